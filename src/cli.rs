@@ -1,0 +1,232 @@
+//! The command line: raw arguments (clap) first, then a validated configuration, then the
+//! work. Only this module prints to the terminal and picks exit codes (0 ok, 2 bad input,
+//! 1 anything else).
+
+use crate::error::{Error, Result};
+use crate::output::summary::{Stats, Summary};
+use crate::scenario::{self, Resolved, DEFAULT_SCENARIO};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(name = "chimera", version, about = "Simulate multi-agent LLM workflows on heterogeneous GPU clusters of vLLM-like engines")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a scenario (the embedded default when no file is given) and write results.
+    Run {
+        /// Scenario YAML; omit to run the embedded default scenario.
+        scenario: Option<PathBuf>,
+        /// Results folder (default: out/<scenario name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override a field: --set path.to.field=value (repeatable; value read as YAML).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        /// No progress bar and no table; only errors.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Check engine invariants after every step (slower).
+        #[arg(long)]
+        check: bool,
+        /// Print the summary as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work with scenarios.
+    Scenario {
+        #[command(subcommand)]
+        what: ScenarioCmd,
+    },
+    /// Check scenario files without running them.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScenarioCmd {
+    /// Print the embedded default scenario as YAML.
+    Default,
+}
+
+/// Entry point; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Scenario { what: ScenarioCmd::Default } => {
+            print!("{DEFAULT_SCENARIO}");
+            Ok(0)
+        }
+        Command::Validate { files, sets } => {
+            let mut bad = 0;
+            for f in &files {
+                match scenario::load(f, &sets) {
+                    Ok(r) => println!("ok    {}  ({} engines, models {})", f.display(), r.engines.len(), r.models.join(", ")),
+                    Err(e) => {
+                        bad += 1;
+                        println!("error {e}");
+                    }
+                }
+            }
+            Ok(if bad > 0 { 2 } else { 0 })
+        }
+        Command::Run { scenario: path, out, seed, mut sets, quiet, check, json } => {
+            if let Some(s) = seed {
+                sets.push(format!("seed={s}"));
+            }
+            if check {
+                sets.push("limits.check_invariants=true".into());
+            }
+            let resolved = match &path {
+                Some(p) => scenario::load(p, &sets)?,
+                None => scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new(".")).map_err(|e| e.context("embedded default scenario"))?,
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from("out").join(&resolved.scenario.name));
+            run_cmd(&resolved, &out, &sets, path.as_deref(), quiet, json)
+        }
+    }
+}
+
+fn run_cmd(r: &Resolved, out: &Path, sets: &[String], path: Option<&Path>, quiet: bool, json: bool) -> Result<i32> {
+    let bar = if quiet || json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} workflows ({elapsed})")
+            .map_err(|e| Error::other(e.to_string()))?
+            .progress_chars("=> "),
+    );
+    bar.set_message(r.scenario.name.clone());
+    let t0 = Instant::now();
+    let mut progress = |done: u64, total: Option<u64>| {
+        if let Some(t) = total {
+            bar.set_length(t);
+        }
+        bar.set_position(done);
+    };
+    let rep = crate::run::run_to_dir(r, out, sets, path, &mut progress);
+    bar.finish_and_clear();
+    let rep = rep?;
+    let wall = t0.elapsed().as_secs_f64();
+    if json {
+        let s = std::fs::read_to_string(out.join("summary.json")).map_err(|e| Error::io(out.join("summary.json"), e))?;
+        print!("{s}");
+    } else if !quiet {
+        print_summary(&rep.summary, rep.sim_end_ns, wall, out);
+    }
+    Ok(0)
+}
+
+fn fmt_opt(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v >= 1000.0 => format!("{v:.0}"),
+        Some(v) if v >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.3}"),
+        None => "-".into(),
+    }
+}
+
+fn stat_row(label: &str, s: &Stats) -> String {
+    format!(
+        "  {label:<28} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        s.count,
+        fmt_opt(s.mean),
+        fmt_opt(s.p50),
+        fmt_opt(s.p90),
+        fmt_opt(s.p99)
+    )
+}
+
+/// The human-readable summary table.
+pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
+    println!(
+        "chimera {} · scenario {} · seed {} · {}",
+        crate::run::VERSION,
+        s.scenario,
+        s.seed,
+        s.policy
+    );
+    println!(
+        "{} workflows ({} failed), {} requests ({} rejected, {} preemptions) · {:.1} s simulated in {:.2} s wall",
+        s.workflows.count,
+        s.workflows.failed,
+        s.requests.count,
+        s.requests.rejected,
+        s.requests.preemptions,
+        sim_end_ns as f64 / 1e9,
+        wall_s
+    );
+    println!();
+    println!("  {:<28} {:>8} {:>10} {:>10} {:>10} {:>10}", "latency", "count", "mean", "p50", "p90", "p99");
+    println!("{}", stat_row("request TTFT (ms)", &s.requests.ttft_ms));
+    println!("{}", stat_row("request TPOT (ms)", &s.requests.tpot_ms));
+    println!("{}", stat_row("request E2E (ms)", &s.requests.e2e_ms));
+    println!("{}", stat_row("request engine queue (ms)", &s.requests.queue_ms));
+    println!("{}", stat_row("workflow E2E (s)", &s.workflows.e2e_s));
+    println!("{}", stat_row("workflow E2E / out token (ms)", &s.workflows.e2e_per_output_token_ms));
+    println!();
+    println!("  {:<16} {:>10} {:>7} {:>10} {:>14}", "model", "workflows", "share", "accuracy", "mean E2E (s)");
+    for m in &s.by_model {
+        let acc = m.accuracy.as_ref().map(|a| format!("{:.1}%", a.accuracy * 100.0)).unwrap_or_else(|| "-".into());
+        println!("  {:<16} {:>10} {:>6.1}% {:>10} {:>14}", m.model, m.workflows, m.share * 100.0, acc, fmt_opt(m.e2e_s.mean));
+    }
+    if let Some(a) = &s.accuracy {
+        println!("  {:<16} {:>10} {:>7} {:>9.1}%", "all", a.known, "", a.accuracy * 100.0);
+    }
+    println!();
+    println!(
+        "  {:<18} {:<13} {:<10} {:>8} {:>6} {:>11} {:>8} {:>10}  {}",
+        "engine", "model", "gpu", "steps", "busy", "tok/step", "preempt", "KV tokens", "step time"
+    );
+    for e in &s.engines {
+        println!(
+            "  {:<18} {:<13} {:<10} {:>8} {:>5.0}% {:>11.1} {:>8} {:>10}  {}",
+            e.name,
+            e.model,
+            e.gpu,
+            e.steps,
+            e.busy_fraction * 100.0,
+            e.mean_step_tokens,
+            e.preemptions,
+            e.kv_capacity_tokens,
+            e.step_time_source
+        );
+    }
+    println!();
+    println!(
+        "  throughput: {:.2} workflows/s, {:.2} requests/s, {:.0} output tokens/s over {:.1} s",
+        s.throughput.workflows_per_s, s.throughput.requests_per_s, s.throughput.output_tokens_per_s, s.throughput.makespan_s
+    );
+    if s.engines.iter().any(|e| e.step_time_source == "roofline-default") {
+        println!("  step times: roofline defaults from datasheets (not measured); give engines a calibration file to change that");
+    }
+    println!("  results: {}/{{requests,workflows,engines}}.parquet, summary.json, manifest.json", out.display());
+}

@@ -1,0 +1,448 @@
+//! One vLLM v1 engine replica: waiting and running queues, the v1 step algorithm, paged KV
+//! blocks and recompute preemption (shared/docs/engine.md, "One scheduler step").
+//!
+//! The engine is driven from outside: [`Engine::begin_step`] schedules a batch at `now` and
+//! returns its duration; [`Engine::end_step`] applies it when that time has come. It never
+//! reads a clock, never decides routing or priorities (they arrive with each request) and
+//! never writes files.
+
+pub mod kv;
+
+use crate::hw::{StepShape, StepTimeModel};
+use crate::time::Nanos;
+use kv::{blocks_for, KvPool};
+use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+/// How the engine orders its waiting queue and picks preemption victims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EnginePolicy {
+    /// First come, first served; the newest running request is preempted first.
+    #[default]
+    Fcfs,
+    /// `--scheduling-policy priority`: waiting ordered by (priority, arrival), lower first; the
+    /// running request with the largest (priority, arrival) is preempted first.
+    Priority,
+}
+
+/// Static limits of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineLimits {
+    pub max_num_batched_tokens: u32,
+    pub max_num_seqs: u32,
+    pub max_model_len: u32,
+    pub policy: EnginePolicy,
+}
+
+/// A request handed to an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewRequest {
+    pub id: u64,
+    pub workflow: u64,
+    pub stage: u32,
+    pub prompt_tokens: u32,
+    /// Output tokens to generate (`max_tokens = min_tokens`, `ignore_eos`).
+    pub output_tokens: u32,
+    pub priority: i64,
+    /// When the client had the request ready (before routing and middleware queueing).
+    pub arrival_ns: Nanos,
+    /// When it reached this engine.
+    pub dispatch_ns: Nanos,
+}
+
+/// A request the engine has finished (or refused).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FinishedRequest {
+    pub req: NewRequest,
+    pub engine: u32,
+    /// Output tokens actually produced (less than asked only when `max_model_len` stopped it).
+    pub output_tokens: u32,
+    pub first_scheduled_ns: Nanos,
+    pub first_token_ns: Nanos,
+    pub finish_ns: Nanos,
+    pub preemptions: u32,
+    /// The prompt alone exceeds `max_model_len`: refused with no output, as vLLM answers 400.
+    pub rejected: bool,
+}
+
+/// What one step looked like, for the engine log and `vllm:iteration_tokens_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepReport {
+    pub start_ns: Nanos,
+    pub duration_ns: Nanos,
+    pub tokens: u32,
+    pub prefill_tokens: u32,
+    pub decode_tokens: u32,
+    pub running: u32,
+    pub waiting: u32,
+    pub kv_used_blocks: u32,
+    pub preempted: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    req: NewRequest,
+    generated: u32,
+    computed: u32,
+    blocks: u32,
+    seq: u64,
+    first_scheduled_ns: Nanos,
+    first_token_ns: Nanos,
+    preemptions: u32,
+    done: bool,
+}
+
+impl Slot {
+    #[inline]
+    fn tokens(&self) -> u32 {
+        self.req.prompt_tokens + self.generated
+    }
+}
+
+#[derive(Debug)]
+enum Waiting {
+    Fcfs(VecDeque<u32>),
+    Priority(BinaryHeap<Reverse<(i64, u64, u32)>>),
+}
+
+/// One engine replica.
+#[derive(Debug)]
+pub struct Engine {
+    pub id: u32,
+    pub limits: EngineLimits,
+    pub steptime: StepTimeModel,
+    kv: KvPool,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    running: Vec<u32>,
+    waiting: Waiting,
+    scheduled: Vec<(u32, u32)>,
+    next_seq: u64,
+    in_step: bool,
+    step: StepReport,
+    total_preemptions: u64,
+}
+
+impl Engine {
+    pub fn new(id: u32, limits: EngineLimits, steptime: StepTimeModel, usable_kv_blocks: u32) -> Self {
+        let waiting = match limits.policy {
+            EnginePolicy::Fcfs => Waiting::Fcfs(VecDeque::new()),
+            EnginePolicy::Priority => Waiting::Priority(BinaryHeap::new()),
+        };
+        Engine {
+            id,
+            limits,
+            steptime,
+            kv: KvPool::new(usable_kv_blocks),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            running: Vec::new(),
+            waiting,
+            scheduled: Vec::new(),
+            next_seq: 0,
+            in_step: false,
+            step: StepReport::default(),
+            total_preemptions: 0,
+        }
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+    pub fn num_waiting(&self) -> usize {
+        match &self.waiting {
+            Waiting::Fcfs(q) => q.len(),
+            Waiting::Priority(h) => h.len(),
+        }
+    }
+    pub fn kv(&self) -> &KvPool {
+        &self.kv
+    }
+    pub fn in_step(&self) -> bool {
+        self.in_step
+    }
+    pub fn total_preemptions(&self) -> u64 {
+        self.total_preemptions
+    }
+    /// Requests the engine holds (running or waiting).
+    pub fn outstanding(&self) -> usize {
+        self.running.len() + self.num_waiting()
+    }
+    pub fn has_work(&self) -> bool {
+        self.outstanding() > 0
+    }
+
+    fn push_waiting(&mut self, slot: u32, front: bool) {
+        let s = &self.slots[slot as usize];
+        match &mut self.waiting {
+            Waiting::Fcfs(q) => {
+                if front {
+                    q.push_front(slot)
+                } else {
+                    q.push_back(slot)
+                }
+            }
+            Waiting::Priority(h) => h.push(Reverse((s.req.priority, s.seq, slot))),
+        }
+    }
+
+    fn peek_waiting(&self) -> Option<u32> {
+        match &self.waiting {
+            Waiting::Fcfs(q) => q.front().copied(),
+            Waiting::Priority(h) => h.peek().map(|Reverse((_, _, s))| *s),
+        }
+    }
+
+    fn pop_waiting(&mut self) {
+        match &mut self.waiting {
+            Waiting::Fcfs(q) => {
+                q.pop_front();
+            }
+            Waiting::Priority(h) => {
+                h.pop();
+            }
+        }
+    }
+
+    /// Accept a request at `now`. A prompt longer than `max_model_len - 1` is refused at once
+    /// and returned as finished-and-rejected.
+    pub fn add_request(&mut self, req: NewRequest) -> Option<FinishedRequest> {
+        if req.prompt_tokens == 0 || req.prompt_tokens >= self.limits.max_model_len {
+            return Some(FinishedRequest {
+                req,
+                engine: self.id,
+                output_tokens: 0,
+                first_scheduled_ns: req.dispatch_ns,
+                first_token_ns: req.dispatch_ns,
+                finish_ns: req.dispatch_ns,
+                preemptions: 0,
+                rejected: true,
+            });
+        }
+        let slot = Slot {
+            req,
+            generated: 0,
+            computed: 0,
+            blocks: 0,
+            seq: self.next_seq,
+            first_scheduled_ns: -1,
+            first_token_ns: -1,
+            preemptions: 0,
+            done: false,
+        };
+        self.next_seq += 1;
+        let idx = match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.push_waiting(idx, false);
+        None
+    }
+
+    /// Free `victim`'s KV and send it back to waiting with nothing computed.
+    fn preempt(&mut self, victim: u32) {
+        let s = &mut self.slots[victim as usize];
+        self.kv.give_back(s.blocks);
+        s.blocks = 0;
+        s.computed = 0;
+        s.preemptions += 1;
+        self.total_preemptions += 1;
+        self.step.preempted += 1;
+        self.push_waiting(victim, true);
+    }
+
+    /// Try to hold KV for `n` more computed tokens of `slot`.
+    #[inline]
+    fn try_grow(&mut self, slot: u32, n: u32) -> bool {
+        let s = &self.slots[slot as usize];
+        let need = blocks_for(s.computed + n).saturating_sub(s.blocks);
+        if self.kv.try_take(need) {
+            self.slots[slot as usize].blocks += need;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Schedule one step at `now` (the v1 algorithm). Returns the step's duration, or None if
+    /// there is nothing to run.
+    pub fn begin_step(&mut self, now: Nanos) -> Option<Nanos> {
+        assert!(!self.in_step, "engine {}: begin_step while a step is running", self.id);
+        self.scheduled.clear();
+        self.step = StepReport { start_ns: now, ..StepReport::default() };
+        let mut budget = self.limits.max_num_batched_tokens;
+        let mut shape = StepShape::default();
+
+        // 1. Running requests, in admission order.
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let slot = self.running[i];
+            let s = &self.slots[slot as usize];
+            let owed = s.tokens() - s.computed;
+            let n = owed.min(budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            let mut can_schedule = true;
+            while !self.try_grow(slot, n) {
+                let victim_pos = match self.limits.policy {
+                    EnginePolicy::Fcfs => self.running.len() - 1,
+                    EnginePolicy::Priority => {
+                        let mut best = 0;
+                        for (p, &r) in self.running.iter().enumerate() {
+                            let (a, b) = (&self.slots[r as usize], &self.slots[self.running[best] as usize]);
+                            if (a.req.priority, a.seq) > (b.req.priority, b.seq) {
+                                best = p;
+                            }
+                        }
+                        best
+                    }
+                };
+                let victim = self.running.remove(victim_pos);
+                if victim_pos < i {
+                    // Already scheduled in this step: unschedule it and restore its budget.
+                    i -= 1;
+                    if let Some(k) = self.scheduled.iter().position(|&(s, _)| s == victim) {
+                        let (_, m) = self.scheduled.remove(k);
+                        budget += m;
+                    }
+                }
+                self.preempt(victim);
+                if victim == slot {
+                    can_schedule = false;
+                    break;
+                }
+            }
+            if !can_schedule {
+                break;
+            }
+            self.scheduled.push((slot, n));
+            budget -= n;
+            i += 1;
+        }
+
+        // 2. Waiting requests, only if nothing was preempted.
+        if self.step.preempted == 0 {
+            while budget > 0 && (self.running.len() as u32) < self.limits.max_num_seqs {
+                let Some(slot) = self.peek_waiting() else { break };
+                let s = &self.slots[slot as usize];
+                let n = (s.tokens() - s.computed).min(budget);
+                if !self.try_grow(slot, n) {
+                    break;
+                }
+                self.pop_waiting();
+                let s = &mut self.slots[slot as usize];
+                if s.first_scheduled_ns < 0 {
+                    s.first_scheduled_ns = now;
+                }
+                self.running.push(slot);
+                self.scheduled.push((slot, n));
+                budget -= n;
+            }
+        }
+
+        if self.scheduled.is_empty() {
+            return None;
+        }
+        for &(slot, n) in &self.scheduled {
+            let s = &self.slots[slot as usize];
+            let samples = s.computed + n >= s.tokens();
+            shape.add(s.computed as u64, n as u64, samples);
+            if n == 1 && samples {
+                self.step.decode_tokens += 1;
+            } else {
+                self.step.prefill_tokens += n;
+            }
+        }
+        let dur = self.steptime.step_ns(&shape);
+        self.step.duration_ns = dur;
+        self.step.tokens = shape.tokens as u32;
+        self.step.running = self.running.len() as u32;
+        self.step.waiting = self.num_waiting() as u32;
+        self.step.kv_used_blocks = self.kv.used();
+        self.in_step = true;
+        Some(dur)
+    }
+
+    /// Apply the running step at its end time `now`: advance computed tokens, sample, finish.
+    /// Finished requests are appended to `out`. Returns the step's report.
+    pub fn end_step(&mut self, now: Nanos, out: &mut Vec<FinishedRequest>) -> StepReport {
+        assert!(self.in_step, "engine {}: end_step without a step", self.id);
+        self.in_step = false;
+        let max_len = self.limits.max_model_len;
+        let mut any_done = false;
+        for k in 0..self.scheduled.len() {
+            let (slot, n) = self.scheduled[k];
+            let s = &mut self.slots[slot as usize];
+            s.computed += n;
+            if s.computed >= s.tokens() {
+                s.generated += 1;
+                if s.first_token_ns < 0 {
+                    s.first_token_ns = now;
+                }
+                if s.generated >= s.req.output_tokens || s.tokens() >= max_len {
+                    s.done = true;
+                    any_done = true;
+                    self.kv.give_back(s.blocks);
+                    s.blocks = 0;
+                    out.push(FinishedRequest {
+                        req: s.req,
+                        engine: self.id,
+                        output_tokens: s.generated,
+                        first_scheduled_ns: s.first_scheduled_ns,
+                        first_token_ns: s.first_token_ns,
+                        finish_ns: now,
+                        preemptions: s.preemptions,
+                        rejected: false,
+                    });
+                }
+            }
+        }
+        if any_done {
+            let slots = &self.slots;
+            let free = &mut self.free_slots;
+            self.running.retain(|&r| {
+                if slots[r as usize].done {
+                    free.push(r);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.step
+    }
+
+    /// Check the engine's invariants; returns a description of the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let held: u64 = self.running.iter().map(|&r| self.slots[r as usize].blocks as u64).sum();
+        if held != self.kv.used() as u64 {
+            return Err(format!("engine {}: running requests hold {held} blocks, pool says {}", self.id, self.kv.used()));
+        }
+        if self.kv.used() > self.kv.usable() {
+            return Err(format!("engine {}: {} KV blocks in use > capacity {}", self.id, self.kv.used(), self.kv.usable()));
+        }
+        if self.running.len() > self.limits.max_num_seqs as usize {
+            return Err(format!("engine {}: {} running > max_num_seqs", self.id, self.running.len()));
+        }
+        for &r in &self.running {
+            let s = &self.slots[r as usize];
+            if s.blocks < blocks_for(s.computed) {
+                return Err(format!("engine {}: request {} computed {} tokens with only {} blocks", self.id, s.req.id, s.computed, s.blocks));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+//! Engine behaviour, case by case, against the v1 algorithm in engine.md.
+
+use super::*;
+use crate::hw::{Catalog, Coefficients};
+use proptest::prelude::*;
+
+fn engine(budget: u32, max_seqs: u32, blocks: u32, policy: EnginePolicy) -> Engine {
+    let c = Catalog::builtin();
+    let st = StepTimeModel::new(c.model("Qwen2.5-7B").unwrap(), c.gpu("RTX-A6000").unwrap(), 1, Coefficients::default());
+    let limits = EngineLimits { max_num_batched_tokens: budget, max_num_seqs: max_seqs, max_model_len: 32768, policy };
+    Engine::new(0, limits, st, blocks)
+}
+
+fn req(id: u64, prompt: u32, out: u32, prio: i64) -> NewRequest {
+    NewRequest { id, workflow: id, stage: 0, prompt_tokens: prompt, output_tokens: out, priority: prio, arrival_ns: 0, dispatch_ns: 0 }
+}
+
+/// Run to completion; returns finished requests and the per-step reports.
+fn drain(e: &mut Engine) -> (Vec<FinishedRequest>, Vec<StepReport>) {
+    let mut now = 0;
+    let mut out = Vec::new();
+    let mut steps = Vec::new();
+    for _ in 0..1_000_000 {
+        let Some(d) = e.begin_step(now) else { break };
+        now += d;
+        steps.push(e.end_step(now, &mut out));
+        e.check_invariants().unwrap();
+    }
+    (out, steps)
+}
+
+#[test]
+fn one_request_prefills_then_decodes_one_token_per_step() {
+    let mut e = engine(2048, 256, 10_000, EnginePolicy::Fcfs);
+    e.add_request(req(1, 100, 5, 0));
+    let (done, steps) = drain(&mut e);
+    assert_eq!(steps.len(), 5, "1 prefill step + 4 decode steps");
+    assert_eq!(steps[0].prefill_tokens, 100);
+    assert!(steps[1..].iter().all(|s| s.tokens == 1 && s.decode_tokens == 1));
+    let f = done[0];
+    assert_eq!(f.output_tokens, 5);
+    assert_eq!(f.first_token_ns, steps[0].duration_ns, "first token comes out of the step that finishes the prompt");
+    assert_eq!(f.finish_ns, steps.iter().map(|s| s.duration_ns).sum::<i64>());
+    assert_eq!(e.kv().used(), 0);
+}
+
+#[test]
+fn chunked_prefill_splits_long_prompts_by_the_token_budget() {
+    let mut e = engine(2048, 256, 10_000, EnginePolicy::Fcfs);
+    e.add_request(req(1, 5000, 2, 0));
+    let (done, steps) = drain(&mut e);
+    let prefill: Vec<u32> = steps.iter().map(|s| s.prefill_tokens).collect();
+    assert_eq!(prefill, vec![2048, 2048, 904, 0]);
+    let ttft: i64 = steps[..3].iter().map(|s| s.duration_ns).sum();
+    assert_eq!(done[0].first_token_ns, ttft, "TTFT is the sum of the prefill chunks' steps");
+}
+
+#[test]
+fn the_last_admitted_request_gets_a_partial_chunk() {
+    let mut e = engine(2048, 256, 10_000, EnginePolicy::Fcfs);
+    e.add_request(req(1, 1500, 3, 0));
+    e.add_request(req(2, 1500, 3, 0));
+    e.begin_step(0).unwrap();
+    let mut out = vec![];
+    let r = e.end_step(1, &mut out);
+    assert_eq!((r.tokens, r.running), (2048, 2));
+    // Next step: request 1 decodes (1 token), request 2 finishes its prompt (952 tokens).
+    e.begin_step(1).unwrap();
+    let r = e.end_step(2, &mut out);
+    assert_eq!((r.decode_tokens, r.prefill_tokens), (1, 952));
+}
+
+#[test]
+fn max_num_seqs_bounds_the_running_set() {
+    let mut e = engine(2048, 2, 10_000, EnginePolicy::Fcfs);
+    for i in 0..3 {
+        e.add_request(req(i, 10, 4, 0));
+    }
+    e.begin_step(0).unwrap();
+    assert_eq!((e.num_running(), e.num_waiting()), (2, 1));
+    let (done, _) = drain_from_step(&mut e);
+    let order: Vec<u64> = done.iter().map(|f| f.req.id).collect();
+    assert_eq!(order, vec![0, 1, 2]);
+}
+
+fn drain_from_step(e: &mut Engine) -> (Vec<FinishedRequest>, Vec<StepReport>) {
+    let mut out = Vec::new();
+    let r = e.end_step(1, &mut out);
+    let (mut more, mut steps) = drain(e);
+    out.append(&mut more);
+    steps.insert(0, r);
+    (out, steps)
+}
+
+#[test]
+fn fcfs_preempts_the_newest_running_request_and_recomputes_it() {
+    // 9 usable blocks = 144 tokens; two requests of 64-token prompts growing by 40 tokens each.
+    let mut e = engine(2048, 256, 9, EnginePolicy::Fcfs);
+    e.add_request(req(1, 64, 40, 0));
+    e.add_request(req(2, 64, 40, 0));
+    let (done, steps) = drain(&mut e);
+    assert_eq!(done.len(), 2);
+    let by_id = |id| done.iter().find(|f| f.req.id == id).unwrap();
+    assert_eq!(by_id(1).preemptions, 0, "the oldest request is never the fcfs victim here");
+    assert!(by_id(2).preemptions >= 1);
+    assert!(done.iter().all(|f| f.output_tokens == 40));
+    assert!(steps.iter().any(|s| s.preempted > 0));
+    // After a preemption, the victim's recompute covers its prompt plus what it had generated.
+    assert!(steps.iter().any(|s| s.prefill_tokens > 64));
+}
+
+#[test]
+fn priority_policy_orders_waiting_by_priority_then_arrival() {
+    let mut e = engine(2048, 1, 10_000, EnginePolicy::Priority);
+    e.add_request(req(1, 10, 2, 5));
+    e.add_request(req(2, 10, 2, 1));
+    e.add_request(req(3, 10, 2, 3));
+    e.add_request(req(4, 10, 2, 1));
+    let (done, _) = drain(&mut e);
+    let order: Vec<u64> = done.iter().map(|f| f.req.id).collect();
+    assert_eq!(order, vec![2, 4, 3, 1]);
+}
+
+#[test]
+fn priority_policy_preempts_the_largest_priority_value() {
+    // Room for the two running requests' prompts but not their growth.
+    let mut e = engine(2048, 256, 9, EnginePolicy::Priority);
+    e.add_request(req(1, 64, 40, 9)); // admitted first but least important
+    e.add_request(req(2, 64, 40, 0));
+    let (done, _) = drain(&mut e);
+    let by_id = |id| done.iter().find(|f| f.req.id == id).unwrap();
+    assert!(by_id(1).preemptions >= 1);
+    assert_eq!(by_id(2).preemptions, 0);
+}
+
+#[test]
+fn a_prompt_longer_than_max_model_len_is_rejected() {
+    let mut e = engine(2048, 256, 10_000, EnginePolicy::Fcfs);
+    let f = e.add_request(req(1, 40_000, 2, 0)).expect("rejected at once");
+    assert!(f.rejected && f.output_tokens == 0);
+    assert!(!e.has_work());
+}
+
+#[test]
+fn waiting_requests_never_preempt_running_ones() {
+    // One long-running request fills KV; a new arrival must wait, not preempt.
+    let mut e = engine(2048, 256, 8, EnginePolicy::Priority);
+    e.add_request(req(1, 100, 20, 9));
+    e.begin_step(0).unwrap();
+    let mut out = vec![];
+    e.end_step(1, &mut out);
+    e.add_request(req(2, 100, 2, 0));
+    e.begin_step(1).unwrap();
+    assert_eq!((e.num_running(), e.num_waiting()), (1, 1));
+    assert_eq!(e.total_preemptions(), 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    /// Whatever the load, limits and policy: KV never exceeds capacity, blocks held match the
+    /// pool, every request finishes with exactly its output tokens, nothing is lost.
+    #[test]
+    fn every_request_finishes_and_kv_is_conserved(
+        budget in 16u32..4096,
+        max_seqs in 1u32..64,
+        blocks in 64u32..400,
+        prio in any::<bool>(),
+        reqs in proptest::collection::vec((1u32..600, 1u32..200, 0i64..5), 1..40),
+    ) {
+        let policy = if prio { EnginePolicy::Priority } else { EnginePolicy::Fcfs };
+        let mut e = engine(budget, max_seqs, blocks, policy);
+        let mut expected = 0;
+        for (i, &(p, o, pr)) in reqs.iter().enumerate() {
+            // Keep each request small enough to fit alone, as the engine's startup check ensures.
+            if blocks_for(p + o) <= blocks {
+                e.add_request(req(i as u64, p, o, pr));
+                expected += 1;
+            }
+        }
+        let (done, steps) = drain(&mut e);
+        prop_assert_eq!(done.len(), expected);
+        for f in &done {
+            prop_assert_eq!(f.output_tokens, f.req.output_tokens);
+            prop_assert!(f.first_token_ns <= f.finish_ns && f.first_scheduled_ns < f.first_token_ns);
+        }
+        for s in &steps {
+            prop_assert!(s.tokens <= budget && s.running <= max_seqs && s.kv_used_blocks <= blocks);
+        }
+        prop_assert_eq!(e.kv().used(), 0);
+        prop_assert!(!e.has_work());
+    }
+}

@@ -1,0 +1,179 @@
+//! Step-time coefficients and the calibration files that override them.
+//!
+//! Without a calibration the roofline defaults apply: efficiencies in the middle of the
+//! ranges hardware.md reports and per-step/per-layer/per-request overheads from published
+//! simulator fits. Those defaults are *not measured*, and results say so. A calibration file
+//! (YAML, `format: chimera-calibration/v1`) overrides any subset of the coefficients and must
+//! say where its numbers came from.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Coefficients of the step-time model.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Coefficients {
+    /// Model FLOP utilisation of the linear layers (fraction of peak tensor FLOPS).
+    pub mfu: f64,
+    /// Memory-bandwidth utilisation when streaming weights.
+    pub mbu: f64,
+    /// FLOP utilisation of attention.
+    pub mfu_attention: f64,
+    /// Bandwidth utilisation when reading and writing the KV cache.
+    pub mbu_attention: f64,
+    /// Fixed cost of a step (scheduling, sampling, launch), microseconds.
+    pub step_overhead_us: f64,
+    /// Fixed cost per decoder layer (kernel launches, norms), microseconds.
+    pub per_layer_us: f64,
+    /// Cost per request in the batch (input preparation, detokenisation), microseconds.
+    pub per_request_us: f64,
+    /// Latency of one tensor-parallel all-reduce, microseconds.
+    pub allreduce_us: f64,
+}
+
+impl Default for Coefficients {
+    fn default() -> Self {
+        Coefficients {
+            mfu: 0.5,
+            mbu: 0.75,
+            mfu_attention: 0.4,
+            mbu_attention: 0.75,
+            step_overhead_us: 300.0,
+            per_layer_us: 20.0,
+            per_request_us: 3.0,
+            allreduce_us: 10.0,
+        }
+    }
+}
+
+impl Coefficients {
+    pub fn validate(&self) -> Result<()> {
+        let fracs = [
+            ("mfu", self.mfu),
+            ("mbu", self.mbu),
+            ("mfu_attention", self.mfu_attention),
+            ("mbu_attention", self.mbu_attention),
+        ];
+        for (name, v) in fracs {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::bad(format!("coefficients.{name}: expected a fraction in (0, 1], got {v}")));
+            }
+        }
+        let times = [
+            ("step_overhead_us", self.step_overhead_us),
+            ("per_layer_us", self.per_layer_us),
+            ("per_request_us", self.per_request_us),
+            ("allreduce_us", self.allreduce_us),
+        ];
+        for (name, v) in times {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::bad(format!("coefficients.{name}: expected a non-negative number, got {v}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a calibration's numbers came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvenanceKind {
+    /// Fitted to measurements (says where, when, with what).
+    Measured,
+    /// Derived from another calibration and datasheets.
+    Derived,
+    /// Datasheet figures and published defaults only.
+    Datasheet,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    pub kind: ProvenanceKind,
+    /// Free text: the data set, machine or calibration it comes from.
+    pub source: String,
+    /// Further facts: gpu, driver, cuda, engine, date, commit ...
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitQuality {
+    pub median_rel_err: f64,
+    pub p90_rel_err: f64,
+    pub points: u64,
+}
+
+/// A calibration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    pub format: String,
+    pub gpu: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub tensor_parallel: Option<u32>,
+    #[serde(default)]
+    pub engine: Option<String>,
+    pub coefficients: Coefficients,
+    pub provenance: Provenance,
+    #[serde(default)]
+    pub fit: Option<FitQuality>,
+}
+
+pub const CALIBRATION_FORMAT: &str = "chimera-calibration/v1";
+
+impl Calibration {
+    pub fn load(path: &Path) -> Result<Calibration> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cal: Calibration = crate::scenario::yaml::from_yaml_str(&text)
+            .map_err(|e| e.context(format!("calibration {}", path.display())))?;
+        if cal.format != CALIBRATION_FORMAT {
+            return Err(Error::bad(format!(
+                "calibration {}: format: expected `{CALIBRATION_FORMAT}`, got `{}`",
+                path.display(),
+                cal.format
+            )));
+        }
+        cal.coefficients
+            .validate()
+            .map_err(|e| e.context(format!("calibration {}", path.display())))?;
+        Ok(cal)
+    }
+
+    /// Check that this calibration applies to an engine of `model` on `gpu` at degree `tp`.
+    pub fn check_applies(&self, path: &Path, gpu: &str, model: &str, tp: u32) -> Result<()> {
+        let cat = crate::hw::Catalog::builtin();
+        let my_gpu = cat.gpu(&self.gpu).map_err(|e| e.context(format!("calibration {}: gpu", path.display())))?;
+        if my_gpu.name != gpu {
+            return Err(Error::bad(format!(
+                "calibration {} is for GPU {}, but the engine runs on {gpu}",
+                path.display(),
+                my_gpu.name
+            )));
+        }
+        if let Some(m) = &self.model {
+            let mine = cat.model(m).map_err(|e| e.context(format!("calibration {}: model", path.display())))?;
+            if mine.name != model {
+                return Err(Error::bad(format!(
+                    "calibration {} is for model {}, but the engine serves {model}",
+                    path.display(),
+                    mine.name
+                )));
+            }
+        }
+        if let Some(t) = self.tensor_parallel {
+            if t != tp {
+                return Err(Error::bad(format!(
+                    "calibration {} is for tensor_parallel {t}, but the engine uses {tp}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}

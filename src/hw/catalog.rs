@@ -1,0 +1,223 @@
+//! The GPU and model catalogue, embedded from `catalog/gpus.yaml` and `catalog/models.yaml`.
+//!
+//! Lookups accept the canonical name or an alias, case-insensitively; an unknown name is a
+//! bad-input error that lists every known name. Derived quantities (parameters, weight bytes,
+//! KV bytes per token) are computed from the shapes here and nowhere else.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
+
+const GPUS_YAML: &str = include_str!("../../catalog/gpus.yaml");
+const MODELS_YAML: &str = include_str!("../../catalog/models.yaml");
+
+pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSpec {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub memory_gib: f64,
+    pub bandwidth_gb_s: f64,
+    pub fp16_tflops: f64,
+    pub interconnect: String,
+    pub interconnect_gb_s: f64,
+    pub provenance: String,
+}
+
+impl GpuSpec {
+    pub fn memory_bytes(&self) -> f64 {
+        self.memory_gib * GIB
+    }
+    pub fn bandwidth_bytes_per_s(&self) -> f64 {
+        self.bandwidth_gb_s * 1e9
+    }
+    pub fn peak_flops(&self) -> f64 {
+        self.fp16_tflops * 1e12
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    pub hidden: u64,
+    pub intermediate: u64,
+    pub layers: u64,
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub vocab: u64,
+    pub tied_embeddings: bool,
+    pub qkv_bias: bool,
+    pub max_position: u32,
+    pub provenance: String,
+    #[serde(default = "default_dtype_bytes")]
+    pub dtype_bytes: u64,
+}
+
+fn default_dtype_bytes() -> u64 {
+    2
+}
+
+impl ModelSpec {
+    /// Matrix-product parameters of one decoder layer (attention and MLP; biases excluded).
+    pub fn layer_matmul_params(&self) -> u64 {
+        let q = self.hidden * self.heads * self.head_dim;
+        let kv = 2 * self.hidden * self.kv_heads * self.head_dim;
+        let o = self.heads * self.head_dim * self.hidden;
+        let mlp = 3 * self.hidden * self.intermediate;
+        q + kv + o + mlp
+    }
+    /// Parameters of one decoder layer including biases and the two norms.
+    pub fn layer_params(&self) -> u64 {
+        let bias = if self.qkv_bias {
+            (self.heads + 2 * self.kv_heads) * self.head_dim
+        } else {
+            0
+        };
+        self.layer_matmul_params() + bias + 2 * self.hidden
+    }
+    /// Matrix-product parameters outside the embedding table: all layers.
+    pub fn non_embedding_matmul_params(&self) -> u64 {
+        self.layers * self.layer_matmul_params()
+    }
+    /// Total parameters: layers, final norm, embedding table and (if untied) the LM head.
+    pub fn total_params(&self) -> u64 {
+        let emb = self.vocab * self.hidden;
+        let head = if self.tied_embeddings { 0 } else { emb };
+        self.layers * self.layer_params() + self.hidden + emb + head
+    }
+    pub fn weight_bytes(&self) -> u64 {
+        self.total_params() * self.dtype_bytes
+    }
+    /// Bytes of weights streamed from memory by one forward step: every layer plus the LM head
+    /// (the embedding gather reads only a few rows).
+    pub fn weight_bytes_read_per_step(&self) -> u64 {
+        (self.layers * self.layer_params() + self.vocab * self.hidden) * self.dtype_bytes
+    }
+    /// KV cache bytes per token over all layers: 2 (K and V) * layers * kv_heads * head_dim * dtype.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GpuFile {
+    gpus: Vec<GpuSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    models: Vec<ModelSpec>,
+}
+
+/// The embedded catalogue.
+#[derive(Debug)]
+pub struct Catalog {
+    pub gpus: Vec<GpuSpec>,
+    pub models: Vec<ModelSpec>,
+}
+
+fn norm(s: &str) -> String {
+    s.trim().to_ascii_lowercase().replace([' ', '_'], "-")
+}
+
+impl Catalog {
+    /// The catalogue shipped in the binary.
+    pub fn builtin() -> &'static Catalog {
+        static CAT: OnceLock<Catalog> = OnceLock::new();
+        CAT.get_or_init(|| {
+            let g: GpuFile = serde_saphyr::from_str(GPUS_YAML).expect("embedded catalog/gpus.yaml parses");
+            let m: ModelFile =
+                serde_saphyr::from_str(MODELS_YAML).expect("embedded catalog/models.yaml parses");
+            Catalog { gpus: g.gpus, models: m.models }
+        })
+    }
+
+    pub fn gpu(&self, name: &str) -> Result<&GpuSpec> {
+        let n = norm(name);
+        self.gpus
+            .iter()
+            .find(|g| norm(&g.name) == n || g.aliases.iter().any(|a| norm(a) == n))
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.gpus.iter().map(|g| g.name.as_str()).collect();
+                Error::bad(format!("unknown GPU `{name}`; known GPUs: {}", known.join(", ")))
+            })
+    }
+
+    pub fn model(&self, name: &str) -> Result<&ModelSpec> {
+        let n = norm(name);
+        let strip = |s: &str| norm(s).trim_end_matches("-instruct").trim_end_matches("-chat").to_string();
+        let ns = strip(name);
+        self.models
+            .iter()
+            .find(|m| norm(&m.name) == n || strip(&m.name) == ns)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+                Error::bad(format!("unknown model `{name}`; known models: {}", known.join(", ")))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_match_published_sizes() {
+        // (model, published parameter count in billions, tolerance)
+        let cases = [
+            ("Qwen2.5-7B", 7.62, 0.01),
+            ("Qwen1.5-7B", 7.72, 0.01),
+            ("Qwen2.5-1.5B", 1.54, 0.01),
+            ("Qwen2.5-14B", 14.77, 0.02),
+            ("Qwen2.5-72B", 72.7, 0.1),
+            ("Llama-2-7B", 6.74, 0.01),
+        ];
+        let cat = Catalog::builtin();
+        for (name, billions, tol) in cases {
+            let p = cat.model(name).unwrap().total_params() as f64 / 1e9;
+            assert!((p - billions).abs() <= tol, "{name}: {p:.3} B, expected {billions} B");
+        }
+    }
+
+    #[test]
+    fn lookups_accept_aliases_and_list_known_names() {
+        let cat = Catalog::builtin();
+        assert_eq!(cat.gpu("rtx a6000").unwrap().name, "RTX-A6000");
+        assert_eq!(cat.gpu("H100").unwrap().name, "H100-SXM");
+        assert_eq!(cat.model("Qwen2.5-7B-Instruct").unwrap().name, "Qwen2.5-7B");
+        let err = cat.gpu("V100").unwrap_err().to_string();
+        assert!(err.contains("V100") && err.contains("RTX-A6000") && err.contains("H200"), "{err}");
+        let err = cat.model("Mistral-7B").unwrap_err().to_string();
+        assert!(err.contains("Qwen2.5-72B") && err.contains("Llama-2-7B"), "{err}");
+    }
+
+    #[test]
+    fn catalogue_has_what_the_issue_requires() {
+        let cat = Catalog::builtin();
+        for g in ["RTX-A6000", "A40", "A100-80GB", "H100-SXM", "H200"] {
+            assert!(!cat.gpu(g).unwrap().provenance.is_empty());
+        }
+        for m in [
+            "Qwen2.5-0.5B", "Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Qwen2.5-14B", "Qwen2.5-32B",
+            "Qwen2.5-72B", "Qwen1.5-1.8B", "Qwen1.5-4B", "Qwen1.5-7B", "Qwen1.5-14B", "Llama-2-7B",
+        ] {
+            assert!(!cat.model(m).unwrap().provenance.is_empty());
+        }
+    }
+
+    #[test]
+    fn qwen15_kv_is_much_larger_than_qwen25() {
+        let cat = Catalog::builtin();
+        let a = cat.model("Qwen1.5-7B").unwrap().kv_bytes_per_token();
+        let b = cat.model("Qwen2.5-7B").unwrap().kv_bytes_per_token();
+        assert_eq!(b, 2 * 28 * 4 * 128 * 2);
+        assert!(a >= 4 * b);
+    }
+}

@@ -1,0 +1,187 @@
+//! Step time of one engine iteration from its batch shape (hardware.md's roofline form).
+//!
+//! `T = max(linear FLOPs / (mfu * peak), weight bytes / (mbu * bw))
+//!    + max(attention FLOPs / (mfu_attention * peak), KV bytes / (mbu_attention * bw))
+//!    + tensor-parallel all-reduces + step overhead + layers * per-layer + requests * per-request`.
+//! Constants are folded once per engine so that the per-step cost is a handful of float
+//! operations. This module knows nothing of queues or requests; it prices a [`StepShape`].
+
+use super::calibration::Coefficients;
+use super::catalog::{GpuSpec, ModelSpec};
+use crate::time::Nanos;
+
+/// The aggregate shape of one step's batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepShape {
+    /// Tokens computed in the step (prefill chunk tokens plus one per decode).
+    pub tokens: u64,
+    /// Requests in the batch.
+    pub requests: u64,
+    /// Requests that sample a token at the end of the step (prompt complete).
+    pub sampled: u64,
+    /// Sum over prefill chunks of c * (a + c / 2), with a the tokens already computed.
+    pub prefill_attn_work: f64,
+    /// Sum over decodes of the attended context length.
+    pub decode_context: u64,
+    /// KV tokens read: context before this step, over all requests in the batch.
+    pub kv_read_tokens: u64,
+}
+
+impl StepShape {
+    /// Add one request that computes `n` new tokens after `computed` already in its KV cache.
+    #[inline]
+    pub fn add(&mut self, computed: u64, n: u64, samples: bool) {
+        self.tokens += n;
+        self.requests += 1;
+        if samples {
+            self.sampled += 1;
+        }
+        if n == 1 && samples {
+            self.decode_context += computed + 1;
+        } else {
+            let c = n as f64;
+            self.prefill_attn_work += c * (computed as f64 + c / 2.0);
+        }
+        self.kv_read_tokens += computed;
+    }
+}
+
+/// A step-time model for one (model, GPU, tensor-parallel degree, coefficients).
+#[derive(Debug, Clone)]
+pub struct StepTimeModel {
+    pub coeffs: Coefficients,
+    lin_flops_per_token: f64,
+    head_flops_per_row: f64,
+    weight_bytes: f64,
+    attn_flop_factor: f64,
+    kv_bytes_per_token: f64,
+    flops_lin: f64,
+    flops_attn: f64,
+    bw_lin: f64,
+    bw_attn: f64,
+    layers: f64,
+    comm_bytes_per_token: f64,
+    link_bw: f64,
+    tp: f64,
+}
+
+impl StepTimeModel {
+    pub fn new(model: &ModelSpec, gpu: &GpuSpec, tp: u32, coeffs: Coefficients) -> Self {
+        let t = tp.max(1) as f64;
+        let peak = gpu.peak_flops();
+        let bw = gpu.bandwidth_bytes_per_s();
+        StepTimeModel {
+            lin_flops_per_token: 2.0 * model.non_embedding_matmul_params() as f64 / t,
+            head_flops_per_row: 2.0 * (model.vocab * model.hidden) as f64 / t,
+            weight_bytes: model.weight_bytes_read_per_step() as f64 / t,
+            attn_flop_factor: 4.0 * (model.layers * model.heads * model.head_dim) as f64 / t,
+            kv_bytes_per_token: model.kv_bytes_per_token() as f64 / t,
+            flops_lin: coeffs.mfu * peak,
+            flops_attn: coeffs.mfu_attention * peak,
+            bw_lin: coeffs.mbu * bw,
+            bw_attn: coeffs.mbu_attention * bw,
+            layers: model.layers as f64,
+            comm_bytes_per_token: (model.hidden * model.dtype_bytes) as f64,
+            link_bw: gpu.interconnect_gb_s * 1e9,
+            tp: t,
+            coeffs,
+        }
+    }
+
+    /// Seconds for a step of this shape, split into its terms (for profiling and tests).
+    pub fn terms(&self, s: &StepShape) -> [f64; 4] {
+        let lin_flops = self.lin_flops_per_token * s.tokens as f64 + self.head_flops_per_row * s.sampled as f64;
+        let t_lin = (lin_flops / self.flops_lin).max(self.weight_bytes / self.bw_lin);
+        let attn_flops = self.attn_flop_factor * (s.prefill_attn_work + s.decode_context as f64);
+        let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens) as f64;
+        let t_attn = (attn_flops / self.flops_attn).max(kv_bytes / self.bw_attn);
+        let t_comm = if self.tp > 1.0 {
+            let ring = 2.0 * (self.tp - 1.0) / self.tp * self.comm_bytes_per_token * s.tokens as f64 / self.link_bw;
+            2.0 * self.layers * (self.coeffs.allreduce_us * 1e-6 + ring)
+        } else {
+            0.0
+        };
+        let t_fixed = 1e-6
+            * (self.coeffs.step_overhead_us
+                + self.layers * self.coeffs.per_layer_us
+                + s.requests as f64 * self.coeffs.per_request_us);
+        [t_lin, t_attn, t_comm, t_fixed]
+    }
+
+    /// Step time in integer nanoseconds (at least 1).
+    #[inline]
+    pub fn step_ns(&self, s: &StepShape) -> Nanos {
+        let t: f64 = self.terms(s).iter().sum();
+        ((t * 1e9).round() as Nanos).max(1)
+    }
+
+    /// Decode throughput in tokens per second at a nominal batch (`batch` decodes, each over
+    /// `context` tokens): the engine's capacity figure handed to routing policies.
+    pub fn decode_tokens_per_s(&self, batch: u64, context: u64) -> f64 {
+        let mut s = StepShape::default();
+        for _ in 0..batch {
+            s.add(context, 1, true);
+        }
+        batch as f64 / (self.step_ns(&s) as f64 * 1e-9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hw::Catalog;
+
+    fn model(m: &str, g: &str, tp: u32) -> StepTimeModel {
+        let c = Catalog::builtin();
+        StepTimeModel::new(c.model(m).unwrap(), c.gpu(g).unwrap(), tp, Coefficients::default())
+    }
+
+    fn decode(batch: u64, ctx: u64) -> StepShape {
+        let mut s = StepShape::default();
+        for _ in 0..batch {
+            s.add(ctx, 1, true);
+        }
+        s
+    }
+
+    #[test]
+    fn small_decode_is_memory_bound_and_near_weight_read_time() {
+        let m = model("Qwen2.5-7B", "RTX-A6000", 1);
+        let t = m.terms(&decode(1, 100));
+        // 15.2 GB of weights at 0.75 * 768 GB/s is about 26 ms.
+        assert!((t[0] - 15.2e9 / (0.75 * 768e9)).abs() / t[0] < 0.03, "{t:?}");
+    }
+
+    #[test]
+    fn large_prefill_is_compute_bound() {
+        let m = model("Qwen2.5-7B", "RTX-A6000", 1);
+        let mut s = StepShape::default();
+        s.add(0, 2048, true);
+        let t = m.terms(&s);
+        let flops = 2.0 * 2048.0 * m.lin_flops_per_token / 2.0;
+        assert!(t[0] > 15.2e9 / (0.75 * 768e9), "{t:?}");
+        assert!((t[0] - flops / (0.5 * 154.8e12)).abs() / t[0] < 0.05, "{t:?}");
+    }
+
+    #[test]
+    fn step_time_grows_with_batch_and_context_and_shrinks_with_faster_gpus() {
+        let a6000 = model("Qwen2.5-7B", "RTX-A6000", 1);
+        let h100 = model("Qwen2.5-7B", "H100-SXM", 1);
+        assert!(a6000.step_ns(&decode(64, 1000)) > a6000.step_ns(&decode(8, 1000)));
+        assert!(a6000.step_ns(&decode(64, 8000)) > a6000.step_ns(&decode(64, 1000)));
+        assert!(h100.step_ns(&decode(64, 1000)) < a6000.step_ns(&decode(64, 1000)));
+        // Bigger model, slower step.
+        let small = model("Qwen2.5-1.5B", "RTX-A6000", 1);
+        assert!(small.step_ns(&decode(16, 500)) < a6000.step_ns(&decode(16, 500)));
+    }
+
+    #[test]
+    fn tensor_parallel_splits_work_and_adds_communication() {
+        let tp1 = model("Qwen2.5-14B", "A100-80GB", 1);
+        let tp2 = model("Qwen2.5-14B", "A100-80GB", 2);
+        let s = decode(32, 1000);
+        let (a, b) = (tp1.step_ns(&s), tp2.step_ns(&s));
+        assert!(b < a && b > a / 2, "tp1 {a} tp2 {b}");
+        assert!(tp2.terms(&s)[2] > 0.0 && tp1.terms(&s)[2] == 0.0);
+    }
+}

@@ -1,0 +1,17 @@
+//! chimera: simulate, explore, calibrate and replay multi-agent LLM serving on heterogeneous
+//! GPU clusters. See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod hw;
+pub mod output;
+pub mod policy;
+pub mod rng;
+pub mod run;
+pub mod scenario;
+pub mod sim;
+pub mod time;
+pub mod workload;
+
+pub use error::{Error, Result};

@@ -1,0 +1,213 @@
+//! Running aggregates of a run and the `summary.json` they become.
+
+use super::Sketch;
+use crate::time::{ns_to_secs, Nanos};
+use serde::Serialize;
+
+/// count, mean, p50, p90, p99, max of one latency, in the unit its name says.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Stats {
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Stats {
+    /// From a sketch of nanosecond values, scaled by `1 / unit_ns`.
+    pub fn from_sketch(s: &Sketch, unit_ns: f64) -> Stats {
+        let f = |x: Option<f64>| x.map(|v| round6(v / unit_ns));
+        Stats { count: s.count(), mean: f(s.mean()), p50: f(s.quantile(0.5)), p90: f(s.quantile(0.9)), p99: f(s.quantile(0.99)), max: f(s.max()) }
+    }
+}
+
+/// Round to 6 significant decimals after the point, so summaries read well and stay stable.
+pub fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+#[derive(Debug, Default)]
+pub struct ModelAgg {
+    pub workflows: u64,
+    pub known: u64,
+    pub solved: u64,
+    pub e2e: Sketch,
+    pub output_tokens: u64,
+}
+
+/// Everything the summary needs, accumulated in fixed memory.
+#[derive(Debug)]
+pub struct Aggregates {
+    pub ttft: Sketch,
+    pub tpot: Sketch,
+    pub e2e: Sketch,
+    pub queue: Sketch,
+    pub wf_e2e: Sketch,
+    pub wf_e2e_per_token: Sketch,
+    pub requests: u64,
+    pub rejected: u64,
+    pub workflows: u64,
+    pub workflows_failed: u64,
+    pub prompt_tokens: u64,
+    pub output_tokens: u64,
+    pub preemptions: u64,
+    pub first_arrival_ns: Option<Nanos>,
+    pub last_finish_ns: Nanos,
+    /// Per model, in the cluster's model order.
+    pub by_model: Vec<(String, ModelAgg)>,
+}
+
+impl Aggregates {
+    pub fn new(models: &[String]) -> Self {
+        Aggregates {
+            ttft: Sketch::new(),
+            tpot: Sketch::new(),
+            e2e: Sketch::new(),
+            queue: Sketch::new(),
+            wf_e2e: Sketch::new(),
+            wf_e2e_per_token: Sketch::new(),
+            requests: 0,
+            rejected: 0,
+            workflows: 0,
+            workflows_failed: 0,
+            prompt_tokens: 0,
+            output_tokens: 0,
+            preemptions: 0,
+            first_arrival_ns: None,
+            last_finish_ns: 0,
+            by_model: models.iter().map(|m| (m.clone(), ModelAgg::default())).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestSummary {
+    pub count: u64,
+    pub rejected: u64,
+    pub preemptions: u64,
+    pub ttft_ms: Stats,
+    pub tpot_ms: Stats,
+    pub e2e_ms: Stats,
+    pub queue_ms: Stats,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkflowSummary {
+    pub count: u64,
+    pub failed: u64,
+    pub e2e_s: Stats,
+    pub e2e_per_output_token_ms: Stats,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Throughput {
+    pub makespan_s: f64,
+    pub requests_per_s: f64,
+    pub workflows_per_s: f64,
+    pub prompt_tokens_per_s: f64,
+    pub output_tokens_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accuracy {
+    pub known: u64,
+    pub solved: u64,
+    pub accuracy: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelSummary {
+    pub model: String,
+    pub workflows: u64,
+    pub share: f64,
+    pub output_tokens: u64,
+    pub e2e_s: Stats,
+    pub accuracy: Option<Accuracy>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineSummary {
+    pub name: String,
+    pub model: String,
+    pub gpu: String,
+    pub tensor_parallel: u32,
+    pub steps: u64,
+    pub busy_fraction: f64,
+    pub mean_step_tokens: f64,
+    pub preemptions: u64,
+    pub kv_capacity_tokens: u64,
+    pub decode_tokens_per_s_nominal: f64,
+    pub step_time_source: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub policy: String,
+    pub requests: RequestSummary,
+    pub workflows: WorkflowSummary,
+    pub throughput: Throughput,
+    pub accuracy: Option<Accuracy>,
+    pub by_model: Vec<ModelSummary>,
+    pub engines: Vec<EngineSummary>,
+    pub quantile_relative_accuracy: f64,
+}
+
+fn accuracy(known: u64, solved: u64) -> Option<Accuracy> {
+    (known > 0).then(|| Accuracy { known, solved, accuracy: round6(solved as f64 / known as f64) })
+}
+
+impl Aggregates {
+    pub fn summarize(&self, scenario: &str, seed: u64, policy: String, engines: Vec<EngineSummary>) -> Summary {
+        let ms = 1e6;
+        let makespan_ns = self.last_finish_ns - self.first_arrival_ns.unwrap_or(0);
+        let span = ns_to_secs(makespan_ns.max(1));
+        let rate = |n: u64| round6(n as f64 / span);
+        let (known, solved) = self.by_model.iter().fold((0, 0), |(k, s), (_, m)| (k + m.known, s + m.solved));
+        Summary {
+            scenario: scenario.to_string(),
+            seed,
+            policy,
+            requests: RequestSummary {
+                count: self.requests,
+                rejected: self.rejected,
+                preemptions: self.preemptions,
+                ttft_ms: Stats::from_sketch(&self.ttft, ms),
+                tpot_ms: Stats::from_sketch(&self.tpot, ms),
+                e2e_ms: Stats::from_sketch(&self.e2e, ms),
+                queue_ms: Stats::from_sketch(&self.queue, ms),
+            },
+            workflows: WorkflowSummary {
+                count: self.workflows,
+                failed: self.workflows_failed,
+                e2e_s: Stats::from_sketch(&self.wf_e2e, 1e9),
+                e2e_per_output_token_ms: Stats::from_sketch(&self.wf_e2e_per_token, ms),
+            },
+            throughput: Throughput {
+                makespan_s: round6(span),
+                requests_per_s: rate(self.requests),
+                workflows_per_s: rate(self.workflows),
+                prompt_tokens_per_s: rate(self.prompt_tokens),
+                output_tokens_per_s: rate(self.output_tokens),
+            },
+            accuracy: accuracy(known, solved),
+            by_model: self
+                .by_model
+                .iter()
+                .map(|(name, m)| ModelSummary {
+                    model: name.clone(),
+                    workflows: m.workflows,
+                    share: round6(m.workflows as f64 / self.workflows.max(1) as f64),
+                    output_tokens: m.output_tokens,
+                    e2e_s: Stats::from_sketch(&m.e2e, 1e9),
+                    accuracy: accuracy(m.known, m.solved),
+                })
+                .collect(),
+            engines,
+            quantile_relative_accuracy: super::sketch::RELATIVE_ACCURACY,
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The policy core: routing, priorities and the middleware queue, as a sans-IO state machine.
+//!
+//! Inputs arrive through `handle_*(now, ..)`; decisions leave through [`PolicyCore::poll_decision`];
+//! [`PolicyCore::poll_timeout`] says when the core wants [`PolicyCore::handle_timeout`] called.
+//! The simulator's event loop and a live replay driver are two drivers of this same object.
+//!
+//! Architecture Invariant: nothing in this module reads a clock, sleeps, spawns, or touches
+//! a file or socket; time is only ever the `now` argument. Randomness comes from a stream
+//! handed in at construction. (`tests/architecture.rs` checks the source for forbidden uses.)
+
+pub mod baselines;
+
+use crate::time::Nanos;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+pub type EngineId = u32;
+
+/// What the core knows of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub id: EngineId,
+    pub name: String,
+    pub model: Arc<str>,
+    pub gpu: String,
+    /// Calibrated decode throughput (tokens/s) at a nominal batch: the engine's speed.
+    pub decode_tokens_per_s: f64,
+}
+
+/// Load the core tracks per engine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineLoad {
+    /// Requests dispatched to the engine and not yet finished or failed.
+    pub in_flight: u32,
+    /// Prompt tokens of those requests.
+    pub in_flight_prompt_tokens: u64,
+    /// Requests routed to the engine but held in the middleware queue.
+    pub held: u32,
+    /// Last figures the engine reported (running, waiting, KV usage 0..1).
+    pub reported_running: u32,
+    pub reported_waiting: u32,
+    pub reported_kv_usage: f64,
+}
+
+/// Simulation-only truths about a request, for oracle policies. A live driver passes None.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Oracle {
+    /// Output tokens of this call on each candidate model.
+    pub output_tokens: Vec<(Arc<str>, u32)>,
+    /// Output tokens of the whole rest of the workflow (this call included), per model.
+    pub remaining_workflow_tokens: Vec<(Arc<str>, u64)>,
+    /// Whether the workflow succeeds, per model, when known.
+    pub success: Vec<(Arc<str>, Option<bool>)>,
+}
+
+/// A request (one workflow stage) ready to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestInfo {
+    pub request: u64,
+    pub workflow: u64,
+    pub stage: u32,
+    pub prompt_tokens: u32,
+    pub context_tokens: u32,
+    /// Output tokens the workflow has produced in earlier stages.
+    pub workflow_output_so_far: u64,
+    pub text: Option<Arc<str>>,
+    pub oracle: Option<Arc<Oracle>>,
+}
+
+/// Why a request failed at an engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailureKind {
+    /// The engine refused it (HTTP 4xx, or a prompt over max_model_len).
+    Rejected(String),
+    /// Connection refused, timeout, HTTP 5xx, a broken stream: may succeed if retried.
+    Transient(String),
+}
+
+/// What the core tells its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Send `request` to `engine` with `priority` (lower runs first), not before `not_before`.
+    Dispatch { request: u64, engine: EngineId, priority: i64, not_before: Nanos },
+    /// Give up on `request`.
+    Abandon { request: u64, reason: String },
+}
+
+/// A read-only view of the cluster handed to routers.
+pub struct ClusterView<'a> {
+    pub engines: &'a [EngineInfo],
+    pub load: &'a [EngineLoad],
+}
+
+impl ClusterView<'_> {
+    /// Among `candidates`, the engine with the fewest requests in flight or held (ties: lowest id,
+    /// or `prefer` when it ties for least).
+    pub fn least_loaded(&self, candidates: impl Iterator<Item = EngineId>, prefer: Option<EngineId>) -> Option<EngineId> {
+        let key = |e: EngineId| {
+            let l = &self.load[e as usize];
+            (l.in_flight + l.held, if Some(e) == prefer { 0 } else { 1 }, e)
+        };
+        candidates.min_by_key(|&e| key(e))
+    }
+}
+
+/// Chooses the engine of a workflow's first stage.
+pub trait Router: Send {
+    fn name(&self) -> &'static str;
+    fn route(&mut self, now: Nanos, req: &RequestInfo, view: &ClusterView) -> EngineId;
+}
+
+/// Gives each request its priority (lower runs first).
+pub trait Prioritizer: Send {
+    fn name(&self) -> &'static str;
+    fn priority(&mut self, now: Nanos, req: &RequestInfo, engine: EngineId) -> i64;
+}
+
+/// Options of the core that are not a router or prioritizer.
+#[derive(Debug, Clone)]
+pub struct CoreOptions {
+    /// Hold requests in the core while an engine already has this many in flight.
+    pub max_in_flight_per_engine: Option<u32>,
+    /// Retries of a transiently failed request before giving up.
+    pub max_retries: u32,
+    /// Backoff before retry k (1-based): base * 2^(k-1).
+    pub retry_backoff_ns: Nanos,
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        CoreOptions { max_in_flight_per_engine: None, max_retries: 2, retry_backoff_ns: 100_000_000 }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    workflow: u64,
+    engine: EngineId,
+    priority: i64,
+    prompt_tokens: u32,
+    attempts: u32,
+    dispatched: bool,
+}
+
+/// The policy core.
+pub struct PolicyCore {
+    engines: Vec<EngineInfo>,
+    load: Vec<EngineLoad>,
+    router: Box<dyn Router>,
+    prioritizer: Box<dyn Prioritizer>,
+    opts: CoreOptions,
+    /// Engine each live workflow was routed to.
+    workflow_engine: HashMap<u64, EngineId>,
+    requests: HashMap<u64, Tracked>,
+    /// Middleware queue per engine, ordered by (priority, arrival sequence).
+    held: Vec<BinaryHeap<Reverse<(i64, u64, u64)>>>,
+    held_seq: u64,
+    out: VecDeque<Decision>,
+}
+
+impl PolicyCore {
+    pub fn new(engines: Vec<EngineInfo>, router: Box<dyn Router>, prioritizer: Box<dyn Prioritizer>, opts: CoreOptions) -> Self {
+        assert!(!engines.is_empty(), "a policy core needs at least one engine");
+        for (i, e) in engines.iter().enumerate() {
+            assert_eq!(e.id as usize, i, "engine ids must be 0..n in order");
+        }
+        let n = engines.len();
+        PolicyCore {
+            engines,
+            load: vec![EngineLoad::default(); n],
+            router,
+            prioritizer,
+            opts,
+            workflow_engine: HashMap::new(),
+            requests: HashMap::new(),
+            held: (0..n).map(|_| BinaryHeap::new()).collect(),
+            held_seq: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    pub fn engines(&self) -> &[EngineInfo] {
+        &self.engines
+    }
+    pub fn load(&self) -> &[EngineLoad] {
+        &self.load
+    }
+    pub fn describe(&self) -> String {
+        format!("router {}, priority {}", self.router.name(), self.prioritizer.name())
+    }
+
+    /// A request is ready to be sent.
+    pub fn handle_request(&mut self, now: Nanos, req: RequestInfo) {
+        let view = ClusterView { engines: &self.engines, load: &self.load };
+        let engine = match self.workflow_engine.get(&req.workflow) {
+            // Later stages stay on the workflow's model: the least loaded replica of it.
+            Some(&prev) => {
+                let model = &self.engines[prev as usize].model;
+                view.least_loaded(self.engines.iter().filter(|e| &e.model == model).map(|e| e.id), Some(prev))
+                    .expect("the previous engine is a candidate")
+            }
+            None => self.router.route(now, &req, &view),
+        };
+        assert!((engine as usize) < self.engines.len(), "router {} chose engine {engine} of {}", self.router.name(), self.engines.len());
+        self.workflow_engine.insert(req.workflow, engine);
+        let priority = self.prioritizer.priority(now, &req, engine);
+        self.requests.insert(
+            req.request,
+            Tracked { workflow: req.workflow, engine, priority, prompt_tokens: req.prompt_tokens, attempts: 0, dispatched: false },
+        );
+        self.send_or_hold(req.request, now);
+    }
+
+    fn send_or_hold(&mut self, request: u64, not_before: Nanos) {
+        let t = &self.requests[&request];
+        let e = t.engine as usize;
+        let full = self.opts.max_in_flight_per_engine.is_some_and(|k| self.load[e].in_flight >= k);
+        if full {
+            self.held[e].push(Reverse((t.priority, self.held_seq, request)));
+            self.held_seq += 1;
+            self.load[e].held += 1;
+        } else {
+            self.dispatch(request, not_before);
+        }
+    }
+
+    fn dispatch(&mut self, request: u64, not_before: Nanos) {
+        let t = self.requests.get_mut(&request).expect("tracked");
+        t.dispatched = true;
+        let l = &mut self.load[t.engine as usize];
+        l.in_flight += 1;
+        l.in_flight_prompt_tokens += t.prompt_tokens as u64;
+        self.out.push_back(Decision::Dispatch { request, engine: t.engine, priority: t.priority, not_before });
+    }
+
+    /// Release what the middleware queue holds for `engine` while it has room.
+    fn release(&mut self, now: Nanos, engine: EngineId) {
+        let e = engine as usize;
+        while self.opts.max_in_flight_per_engine.is_none_or(|k| self.load[e].in_flight < k) {
+            let Some(Reverse((_, _, request))) = self.held[e].pop() else { break };
+            self.load[e].held -= 1;
+            self.dispatch(request, now);
+        }
+    }
+
+    fn settle(&mut self, request: u64) -> Option<Tracked> {
+        let t = self.requests.remove(&request)?;
+        if t.dispatched {
+            let l = &mut self.load[t.engine as usize];
+            l.in_flight -= 1;
+            l.in_flight_prompt_tokens -= t.prompt_tokens as u64;
+        }
+        Some(t)
+    }
+
+    /// A request finished on its engine.
+    pub fn handle_finished(&mut self, now: Nanos, request: u64, _output_tokens: u32) {
+        if let Some(t) = self.settle(request) {
+            self.release(now, t.engine);
+        }
+    }
+
+    /// A request failed. Transient failures are retried with backoff (on another replica of the
+    /// same model when there is one) up to `max_retries`; the rest are abandoned.
+    pub fn handle_failed(&mut self, now: Nanos, request: u64, kind: FailureKind) {
+        let Some(mut t) = self.settle(request) else { return };
+        let failed_engine = t.engine;
+        match kind {
+            FailureKind::Transient(why) if t.attempts < self.opts.max_retries => {
+                t.attempts += 1;
+                let view = ClusterView { engines: &self.engines, load: &self.load };
+                let model = &self.engines[failed_engine as usize].model;
+                let others = self.engines.iter().filter(|e| &e.model == model && e.id != failed_engine).map(|e| e.id);
+                t.engine = view.least_loaded(others, None).unwrap_or(failed_engine);
+                t.dispatched = false;
+                self.workflow_engine.insert(t.workflow, t.engine);
+                let _ = why;
+                let backoff = self.opts.retry_backoff_ns.saturating_mul(1 << (t.attempts - 1).min(20));
+                self.requests.insert(request, t);
+                self.send_or_hold(request, now + backoff);
+            }
+            FailureKind::Transient(why) => {
+                self.out.push_back(Decision::Abandon { request, reason: format!("gave up after {} retries: {why}", self.opts.max_retries) });
+            }
+            FailureKind::Rejected(why) => {
+                self.out.push_back(Decision::Abandon { request, reason: format!("rejected: {why}") });
+            }
+        }
+        self.release(now, failed_engine);
+    }
+
+    /// An engine reported its state.
+    pub fn handle_engine_report(&mut self, _now: Nanos, engine: EngineId, running: u32, waiting: u32, kv_usage: f64) {
+        let l = &mut self.load[engine as usize];
+        l.reported_running = running;
+        l.reported_waiting = waiting;
+        l.reported_kv_usage = kv_usage;
+    }
+
+    /// A workflow ended (all stages done, or abandoned): forget it.
+    pub fn handle_workflow_done(&mut self, _now: Nanos, workflow: u64) {
+        self.workflow_engine.remove(&workflow);
+    }
+
+    /// The next decision, if any.
+    #[must_use]
+    pub fn poll_decision(&mut self) -> Option<Decision> {
+        self.out.pop_front()
+    }
+
+    /// When the core wants `handle_timeout` called (None: no timer). Baselines need none; the
+    /// hook is here for policies with periodic work (aging, batched prediction).
+    pub fn poll_timeout(&self) -> Option<Nanos> {
+        None
+    }
+
+    /// A timer fired. Extra calls do nothing.
+    pub fn handle_timeout(&mut self, _now: Nanos) {}
+
+    /// Requests the core is tracking (dispatched or held).
+    pub fn tracked(&self) -> usize {
+        self.requests.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+//! One simulation run from a resolved scenario to a results folder: manifest first, tables as
+//! the run goes, summary at the end, and the manifest updated with how the run ended.
+
+use crate::error::{Error, Result};
+use crate::scenario::{Resolved, Workload};
+use crate::sim::{file_fingerprint, RunReport, Simulation};
+use crate::workload::arrivals::ArrivalSpec;
+use serde_json::{json, Value};
+use std::path::Path;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_COMMIT: &str = env!("CHIMERA_GIT_COMMIT");
+
+fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(v).map_err(|e| Error::other(format!("{}: {e}", path.display())))?;
+    s.push('\n');
+    std::fs::write(path, s).map_err(|e| Error::io(path, e))
+}
+
+/// The provenance of every input of a resolved scenario.
+pub fn inputs_provenance(r: &Resolved) -> Result<Value> {
+    let mut files = Vec::new();
+    let mut add = |role: &str, p: &Path| -> Result<()> {
+        let (bytes, fnv) = file_fingerprint(p)?;
+        files.push(json!({"role": role, "path": p.display().to_string(), "bytes": bytes, "fnv1a64": fnv}));
+        Ok(())
+    };
+    match &r.scenario.workload {
+        Workload::AzureTrace(a) => add("workload trace (Azure CSV)", &r.base_dir.join(&a.path))?,
+        Workload::Synthetic(s) => {
+            if let ArrivalSpec::Trace { path: Some(p), .. } = &s.arrivals {
+                add("arrival timestamps (Azure CSV)", &r.base_dir.join(p))?;
+            }
+        }
+    }
+    let engines: Vec<Value> = r
+        .engines
+        .iter()
+        .map(|e| {
+            json!({
+                "engine": e.name,
+                "model": e.model,
+                "model_provenance": e.model_provenance,
+                "gpu": e.gpu,
+                "gpu_provenance": e.gpu_provenance,
+                "tensor_parallel": e.tensor_parallel,
+                "max_num_batched_tokens": e.limits.max_num_batched_tokens,
+                "max_num_seqs": e.limits.max_num_seqs,
+                "max_model_len": e.limits.max_model_len,
+                "scheduling": e.limits.policy,
+                "kv": e.kv,
+                "step_time": e.step_time_source,
+                "coefficients": e.steptime.coeffs,
+            })
+        })
+        .collect();
+    Ok(json!({"files": files, "engines": engines}))
+}
+
+fn manifest(r: &Resolved, sets: &[String], scenario_path: Option<&Path>, status: Value) -> Result<Value> {
+    Ok(json!({
+        "chimera_version": VERSION,
+        "git_commit": GIT_COMMIT,
+        "scenario_path": scenario_path.map(|p| p.display().to_string()),
+        "overrides": sets,
+        "seed": r.scenario.seed,
+        "scenario": r.scenario,
+        "inputs": inputs_provenance(r)?,
+        "outputs": ["requests.parquet", "workflows.parquet", "engines.parquet", "summary.json", "manifest.json"],
+        "status": status,
+    }))
+}
+
+/// Run `r` and write every result file into `out_dir`.
+pub fn run_to_dir(
+    r: &Resolved,
+    out_dir: &Path,
+    sets: &[String],
+    scenario_path: Option<&Path>,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<RunReport> {
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let mpath = out_dir.join("manifest.json");
+    write_json(&mpath, &manifest(r, sets, scenario_path, json!({"state": "running"}))?)?;
+    let result = Simulation::new(r, out_dir).and_then(|sim| sim.run(progress));
+    match result {
+        Ok(rep) => {
+            write_json(&out_dir.join("summary.json"), &summary_json(&rep))?;
+            write_json(
+                &mpath,
+                &manifest(r, sets, scenario_path, json!({"state": "complete", "events": rep.events, "sim_end_ns": rep.sim_end_ns, "event_log_hash": format!("{:016x}", rep.event_log_hash)}))?,
+            )?;
+            Ok(rep)
+        }
+        Err(e) => {
+            let _ = write_json(&mpath, &manifest(r, sets, scenario_path, json!({"state": "failed", "error": e.to_string()}))?);
+            Err(e)
+        }
+    }
+}
+
+fn summary_json(rep: &RunReport) -> Value {
+    let mut v = serde_json::to_value(&rep.summary).expect("summary serialises");
+    v["event_log_hash"] = json!(format!("{:016x}", rep.event_log_hash));
+    v["events"] = json!(rep.events);
+    v
+}

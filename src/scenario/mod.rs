@@ -1,0 +1,422 @@
+//! Scenarios: the YAML a user writes, checked and resolved into what the simulator runs.
+//!
+//! Reading is two steps (as ripgrep does with flags): [`Scenario`] is the raw, typed document
+//! (serde, `deny_unknown_fields`, tagged enums for every choice); [`Scenario::resolve`] checks
+//! cross-field rules against the catalogue and produces a [`Resolved`] cluster with KV plans
+//! and step-time models. Every error names the field path and what was expected. This module
+//! never runs a simulation and never writes files.
+
+pub mod yaml;
+
+use crate::engine::kv::{plan_kv, KvPlan, KvSizing};
+use crate::engine::{EngineLimits, EnginePolicy};
+use crate::error::{Error, Result};
+use crate::hw::{Calibration, Catalog, Coefficients, StepTimeModel};
+use crate::workload::arrivals::ArrivalSpec;
+use crate::workload::synthetic::SyntheticSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The embedded default scenario (`scenarios/default.yaml`).
+pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.yaml");
+
+fn default_seed() -> u64 {
+    1
+}
+fn one_u32() -> u32 {
+    1
+}
+fn default_util() -> f64 {
+    0.9
+}
+fn default_non_torch() -> f64 {
+    0.5
+}
+fn default_max_total() -> u32 {
+    4096
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_max_events() -> u64 {
+    2_000_000_000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    pub cluster: Cluster,
+    pub workload: Workload,
+    pub policy: PolicySpec,
+    #[serde(default)]
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub engines: Vec<EngineSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    /// Name in results; default `<model>-<index>`. With replicas, `-r<k>` is appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub model: String,
+    pub gpu: String,
+    #[serde(default = "one_u32")]
+    pub tensor_parallel: u32,
+    #[serde(default = "one_u32")]
+    pub replicas: u32,
+    /// Token budget per step; default as vLLM's OpenAI server picks it for the GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_num_batched_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_num_seqs: Option<u32>,
+    #[serde(default = "default_util")]
+    pub gpu_memory_utilization: f64,
+    /// Default: the model's max_position_embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u32>,
+    #[serde(default)]
+    pub scheduling: EnginePolicy,
+    /// CUDA context, NCCL and other memory outside PyTorch's allocator, GiB per GPU.
+    #[serde(default = "default_non_torch")]
+    pub non_torch_gib: f64,
+    /// A calibration file (path relative to the scenario file); default: roofline defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Workload {
+    Synthetic(SyntheticSpec),
+    AzureTrace(AzureTraceSpec),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureTraceSpec {
+    /// Azure-format CSV, relative to the scenario file.
+    pub path: String,
+    /// Use only the first `limit` rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Start again from the first row when the file ends before `limit`.
+    #[serde(default)]
+    pub cycle: bool,
+    /// Cap on prompt + output tokens per request (prompt cut first).
+    #[serde(default = "default_max_total")]
+    pub max_total_tokens: u32,
+    pub arrivals: ArrivalSpec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub routing: RoutingSpec,
+    #[serde(default)]
+    pub priority: PrioritySpec,
+    /// Hold requests in the policy core while an engine has this many in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_engine: Option<u32>,
+    /// Time charged for each routing/scheduling decision, microseconds.
+    #[serde(default)]
+    pub decision_delay_us: f64,
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RoutingSpec {
+    /// Each workflow goes to a model with the given probability (must sum to 1).
+    FixedFraction { fractions: BTreeMap<String, f64> },
+    RoundRobin,
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrioritySpec {
+    /// Priority 0 for all: arrival order.
+    #[default]
+    Fcfs,
+    /// Earlier workflows first (needs `scheduling: priority` to matter).
+    WorkflowOrder,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Record one engines.parquet row every N steps of each engine (1 = every step, 0 = none).
+    #[serde(default = "one_u32")]
+    pub engine_log_every_steps: u32,
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        OutputSpec { engine_log_every_steps: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The event loop stops with an error past this many events.
+    #[serde(default = "default_max_events")]
+    pub max_events: u64,
+    /// Check engine and conservation invariants after every step (slower; tests turn it on).
+    #[serde(default)]
+    pub check_invariants: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_events: default_max_events(), check_invariants: false }
+    }
+}
+
+/// One engine replica, resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedEngine {
+    pub name: String,
+    pub model: String,
+    pub gpu: String,
+    pub tensor_parallel: u32,
+    pub limits: EngineLimits,
+    pub kv: KvPlan,
+    pub steptime: StepTimeModel,
+    /// Where the step-time coefficients came from.
+    pub step_time_source: serde_json::Value,
+    pub model_provenance: String,
+    pub gpu_provenance: String,
+}
+
+/// A scenario checked and ready to run.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub scenario: Scenario,
+    pub engines: Vec<ResolvedEngine>,
+    /// Distinct models, in order of first appearance.
+    pub models: Vec<String>,
+    /// Directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+}
+
+/// Load a scenario file with overrides, and resolve it.
+pub fn load(path: &Path, sets: &[String]) -> Result<Resolved> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load_str(&text, sets, &base).map_err(|e| e.context(path.display()))
+}
+
+/// Load scenario text (relative paths against `base_dir`) with overrides, and resolve it.
+pub fn load_str(text: &str, sets: &[String], base_dir: &Path) -> Result<Resolved> {
+    let mut tree = yaml::parse_tree(text)?;
+    for s in sets {
+        yaml::apply_set(&mut tree, s)?;
+    }
+    let sc: Scenario = yaml::from_tree(tree)?;
+    sc.resolve(base_dir)
+}
+
+/// vLLM's OpenAI-server defaults: 8192 tokens and 1024 sequences on cards of 70 GiB or more
+/// other than the A100, else 2048 and 256.
+fn vllm_defaults(gpu: &crate::hw::GpuSpec) -> (u32, u32) {
+    if gpu.memory_gib >= 70.0 && !gpu.name.to_ascii_lowercase().contains("a100") {
+        (8192, 1024)
+    } else {
+        (2048, 256)
+    }
+}
+
+impl Scenario {
+    pub fn resolve(self, base_dir: &Path) -> Result<Resolved> {
+        let cat = Catalog::builtin();
+        if self.cluster.engines.is_empty() {
+            return Err(Error::bad("cluster.engines: expected at least one engine"));
+        }
+        let mut engines = Vec::new();
+        let mut models: Vec<String> = Vec::new();
+        for (i, e) in self.cluster.engines.iter().enumerate() {
+            let p = format!("cluster.engines[{i}]");
+            let model = cat.model(&e.model).map_err(|x| x.context(format!("{p}.model")))?;
+            let gpu = cat.gpu(&e.gpu).map_err(|x| x.context(format!("{p}.gpu")))?;
+            if ![1, 2, 4, 8].contains(&e.tensor_parallel) {
+                return Err(Error::bad(format!("{p}.tensor_parallel: expected 1, 2, 4 or 8, got {}", e.tensor_parallel)));
+            }
+            if model.heads % e.tensor_parallel as u64 != 0 {
+                return Err(Error::bad(format!(
+                    "{p}.tensor_parallel: {} attention heads of {} do not split over {} GPUs",
+                    model.heads, model.name, e.tensor_parallel
+                )));
+            }
+            if e.replicas == 0 || e.replicas > 1024 {
+                return Err(Error::bad(format!("{p}.replicas: expected 1..=1024, got {}", e.replicas)));
+            }
+            if !(e.gpu_memory_utilization > 0.0 && e.gpu_memory_utilization <= 1.0) {
+                return Err(Error::bad(format!("{p}.gpu_memory_utilization: expected a fraction in (0, 1], got {}", e.gpu_memory_utilization)));
+            }
+            if !(e.non_torch_gib >= 0.0 && e.non_torch_gib.is_finite()) {
+                return Err(Error::bad(format!("{p}.non_torch_gib: expected a non-negative number, got {}", e.non_torch_gib)));
+            }
+            let (d_tokens, d_seqs) = vllm_defaults(gpu);
+            let max_len = e.max_model_len.unwrap_or(model.max_position);
+            if max_len < 2 || max_len > model.max_position {
+                return Err(Error::bad(format!(
+                    "{p}.max_model_len: expected 2..={} (the max_position_embeddings of {}), got {max_len}",
+                    model.max_position, model.name
+                )));
+            }
+            let budget = e.max_num_batched_tokens.unwrap_or(d_tokens);
+            let seqs = e.max_num_seqs.unwrap_or(d_seqs);
+            if budget == 0 {
+                return Err(Error::bad(format!("{p}.max_num_batched_tokens: expected at least 1")));
+            }
+            if seqs == 0 {
+                return Err(Error::bad(format!("{p}.max_num_seqs: expected at least 1")));
+            }
+            let kv = plan_kv(&KvSizing {
+                model,
+                gpu,
+                tensor_parallel: e.tensor_parallel,
+                gpu_memory_utilization: e.gpu_memory_utilization,
+                max_num_batched_tokens: budget,
+                max_model_len: max_len,
+                non_torch_gib: e.non_torch_gib,
+            })
+            .map_err(|x| x.context(&p))?;
+            let (coeffs, source) = match &e.calibration {
+                None => (
+                    Coefficients::default(),
+                    serde_json::json!({"kind": "roofline-default", "note": "datasheet figures and published default efficiencies; not measured"}),
+                ),
+                Some(c) => {
+                    let cp = base_dir.join(c);
+                    let cal = Calibration::load(&cp).map_err(|x| x.context(format!("{p}.calibration")))?;
+                    cal.check_applies(&cp, &gpu.name, &model.name, e.tensor_parallel).map_err(|x| x.context(format!("{p}.calibration")))?;
+                    (cal.coefficients, serde_json::json!({"kind": "calibration", "path": cp.display().to_string(), "provenance": cal.provenance, "fit": cal.fit}))
+                }
+            };
+            let steptime = StepTimeModel::new(model, gpu, e.tensor_parallel, coeffs);
+            let base_name = e.name.clone().unwrap_or_else(|| format!("{}-{i}", model.name.to_ascii_lowercase()));
+            for r in 0..e.replicas {
+                let name = if e.replicas > 1 { format!("{base_name}-r{r}") } else { base_name.clone() };
+                if engines.iter().any(|x: &ResolvedEngine| x.name == name) {
+                    return Err(Error::bad(format!("{p}.name: engine name `{name}` is used twice")));
+                }
+                engines.push(ResolvedEngine {
+                    name,
+                    model: model.name.clone(),
+                    gpu: gpu.name.clone(),
+                    tensor_parallel: e.tensor_parallel,
+                    limits: EngineLimits { max_num_batched_tokens: budget, max_num_seqs: seqs, max_model_len: max_len, policy: e.scheduling },
+                    kv: kv.clone(),
+                    steptime: steptime.clone(),
+                    step_time_source: source.clone(),
+                    model_provenance: model.provenance.clone(),
+                    gpu_provenance: gpu.provenance.clone(),
+                });
+            }
+            if !models.contains(&model.name) {
+                models.push(model.name.clone());
+            }
+        }
+        // Canonicalise model names used elsewhere to catalogue names.
+        let mut sc = self;
+        let canon = |m: &str, path: &str| -> Result<String> {
+            let name = cat.model(m).map_err(|x| x.context(path))?.name.clone();
+            if !models.contains(&name) {
+                return Err(Error::bad(format!("{path}: no engine serves model `{m}`; models in this cluster: {}", models.join(", "))));
+            }
+            Ok(name)
+        };
+        if let RoutingSpec::FixedFraction { fractions } = &mut sc.policy.routing {
+            let mut fixed = BTreeMap::new();
+            for (m, f) in fractions.iter() {
+                let path = format!("policy.routing.fractions.{m}");
+                if !(0.0..=1.0).contains(f) {
+                    return Err(Error::bad(format!("{path}: expected a fraction in [0, 1], got {f}")));
+                }
+                fixed.insert(canon(m, &path)?, *f);
+            }
+            let sum: f64 = fixed.values().sum();
+            if (sum - 1.0).abs() > 1e-6 {
+                return Err(Error::bad(format!("policy.routing.fractions: the fractions must sum to 1, they sum to {sum}")));
+            }
+            *fractions = fixed;
+        }
+        if let Some(k) = sc.policy.max_in_flight_per_engine {
+            if k == 0 {
+                return Err(Error::bad("policy.max_in_flight_per_engine: expected at least 1"));
+            }
+        }
+        if !(sc.policy.decision_delay_us >= 0.0 && sc.policy.decision_delay_us.is_finite()) {
+            return Err(Error::bad(format!("policy.decision_delay_us: expected a non-negative number, got {}", sc.policy.decision_delay_us)));
+        }
+        let min_len = engines.iter().map(|e| e.limits.max_model_len).min().expect("non-empty");
+        match &mut sc.workload {
+            Workload::Synthetic(s) => {
+                for map in [&mut s.output_scale, &mut s.success_probability] {
+                    let mut fixed = BTreeMap::new();
+                    for (m, v) in map.iter() {
+                        let name = cat.model(m).map(|x| x.name.clone()).unwrap_or_else(|_| m.clone());
+                        fixed.insert(name, *v);
+                    }
+                    *map = fixed;
+                }
+                s.validate("workload", &models)?;
+                if s.max_prompt_tokens >= min_len {
+                    return Err(Error::bad(format!(
+                        "workload.max_prompt_tokens: {} must be below the smallest max_model_len in the cluster ({min_len})",
+                        s.max_prompt_tokens
+                    )));
+                }
+                if let ArrivalSpec::Trace { path, .. } = &s.arrivals {
+                    match path {
+                        None => return Err(Error::bad("workload.arrivals.path: trace arrivals for a synthetic workload need an Azure-format CSV")),
+                        Some(p) if !base_dir.join(p).exists() => {
+                            return Err(Error::bad(format!("workload.arrivals.path: {} does not exist", base_dir.join(p).display())))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Workload::AzureTrace(a) => {
+                a.arrivals.validate("workload.arrivals")?;
+                if let ArrivalSpec::Trace { path: Some(_), .. } = a.arrivals {
+                    return Err(Error::bad("workload.arrivals.path: an azure_trace workload takes its timestamps from workload.path; remove arrivals.path"));
+                }
+                let p = base_dir.join(&a.path);
+                if !p.exists() {
+                    return Err(Error::bad(format!("workload.path: {} does not exist", p.display())));
+                }
+                if a.max_total_tokens < 2 || a.max_total_tokens > min_len {
+                    return Err(Error::bad(format!(
+                        "workload.max_total_tokens: expected 2..={min_len} (the smallest max_model_len), got {}",
+                        a.max_total_tokens
+                    )));
+                }
+            }
+        }
+        if sc.limits.max_events == 0 {
+            return Err(Error::bad("limits.max_events: expected at least 1"));
+        }
+        Ok(Resolved { scenario: sc, engines, models, base_dir: base_dir.to_path_buf() })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,686 @@
+//! The discrete-event simulator: one deterministic loop over a cluster of engines, a workload
+//! source and the policy core.
+//!
+//! Events are ordered by (integer nanosecond time, insertion sequence). All randomness comes
+//! from named streams seeded by the scenario seed. The loop drives the same [`PolicyCore`]
+//! a live driver would, feeding it arrivals, completions and engine reports, and carrying out
+//! its decisions. Results stream to the output tables as they happen.
+//!
+//! Architecture Invariant: same resolved scenario and seed, same bytes in every result file
+//! (`tests/determinism.rs`).
+
+use crate::engine::{Engine, FinishedRequest, NewRequest};
+use crate::error::{Error, Result};
+use crate::output::summary::{Aggregates, EngineSummary, Summary};
+use crate::output::{ColType, Table, Val};
+use crate::policy::baselines::{Fcfs, FixedFraction, LeastOutstanding, RoundRobin, WorkflowOrder};
+use crate::policy::{CoreOptions, Decision, EngineInfo, FailureKind, PolicyCore, Prioritizer, RequestInfo, Router};
+use crate::rng::{fnv1a64, stream};
+use crate::scenario::{PrioritySpec, Resolved, RoutingSpec, Workload};
+use crate::time::Nanos;
+use crate::workload::azure::{AzureWorkload, LengthCaps};
+use crate::workload::synthetic::SyntheticWorkload;
+use crate::workload::{WorkflowSpec, WorkloadSource};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Ev {
+    Arrival,
+    StageReady(u64),
+    Dispatch(u64),
+    Kick(u32),
+    StepDone(u32),
+    Timer,
+}
+
+impl Ev {
+    fn code(self) -> u64 {
+        match self {
+            Ev::Arrival => 1,
+            Ev::StageReady(w) => 2 ^ (w << 4),
+            Ev::Dispatch(r) => 3 ^ (r << 4),
+            Ev::Kick(e) => 4 ^ ((e as u64) << 4),
+            Ev::StepDone(e) => 5 ^ ((e as u64) << 4),
+            Ev::Timer => 6,
+        }
+    }
+}
+
+struct Wf {
+    spec: WorkflowSpec,
+    plan: Option<usize>,
+    stage: u32,
+    first_engine: u32,
+    output_so_far: u64,
+    prompt_tokens: u64,
+    preemptions: u32,
+    failed: bool,
+}
+
+struct Pending {
+    workflow: u64,
+    stage: u32,
+    arrival_ns: Nanos,
+    engine: u32,
+    priority: i64,
+    decided: bool,
+}
+
+/// Progress as the run goes: workflows finished, and the total when known.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, Option<u64>);
+
+/// What a finished run reports besides its files.
+#[derive(Debug)]
+pub struct RunReport {
+    pub summary: Summary,
+    pub events: u64,
+    pub sim_end_ns: Nanos,
+    /// FNV-1a hash over every processed event (time, kind, payload): equal logs, equal hash.
+    pub event_log_hash: u64,
+}
+
+const REQUEST_STATUS: [&str; 2] = ["ok", "rejected"];
+const WORKFLOW_STATUS: [&str; 2] = ["ok", "failed"];
+
+struct Tables {
+    requests: Table,
+    workflows: Table,
+    engines: Table,
+}
+
+impl Tables {
+    fn create(dir: &Path, engine_names: &[String], models: &[String]) -> Result<Tables> {
+        let names = ColType::Str(engine_names.to_vec());
+        let models = ColType::Str(models.to_vec());
+        let status = |s: &[&str]| ColType::Str(s.iter().map(|x| x.to_string()).collect());
+        use ColType::*;
+        Ok(Tables {
+            requests: Table::create(
+                &dir.join("requests.parquet"),
+                &[
+                    ("request_id", U64),
+                    ("workflow_id", U64),
+                    ("stage", U32),
+                    ("engine", names.clone()),
+                    ("model", models.clone()),
+                    ("status", status(&REQUEST_STATUS)),
+                    ("priority", I64),
+                    ("arrival_ns", I64),
+                    ("dispatch_ns", I64),
+                    ("first_scheduled_ns", I64),
+                    ("first_token_ns", I64),
+                    ("finish_ns", I64),
+                    ("queue_ns", I64),
+                    ("ttft_ns", I64),
+                    ("tpot_ns", F64),
+                    ("e2e_ns", I64),
+                    ("prompt_tokens", U32),
+                    ("context_tokens", U32),
+                    ("output_tokens", U32),
+                    ("preemptions", U32),
+                ],
+            )?,
+            workflows: Table::create(
+                &dir.join("workflows.parquet"),
+                &[
+                    ("workflow_id", U64),
+                    ("model", models),
+                    ("engine", names.clone()),
+                    ("status", status(&WORKFLOW_STATUS)),
+                    ("arrival_ns", I64),
+                    ("finish_ns", I64),
+                    ("e2e_ns", I64),
+                    ("e2e_per_output_token_ns", F64),
+                    ("stages", U32),
+                    ("prompt_tokens", U64),
+                    ("output_tokens", U64),
+                    ("success", Bool),
+                    ("preemptions", U32),
+                ],
+            )?,
+            engines: Table::create(
+                &dir.join("engines.parquet"),
+                &[
+                    ("engine", names),
+                    ("step", U64),
+                    ("start_ns", I64),
+                    ("duration_ns", I64),
+                    ("tokens", U32),
+                    ("prefill_tokens", U32),
+                    ("decode_tokens", U32),
+                    ("running", U32),
+                    ("waiting", U32),
+                    ("kv_used_blocks", U32),
+                    ("kv_usage", F64),
+                    ("preempted", U32),
+                ],
+            )?,
+        })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.requests.finish()?;
+        self.workflows.finish()?;
+        self.engines.finish()?;
+        Ok(())
+    }
+}
+
+#[derive(Default, Clone)]
+struct EngineStats {
+    steps: u64,
+    busy_ns: i64,
+    tokens: u64,
+}
+
+/// Build the policy core a scenario asks for.
+pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
+    let infos: Vec<EngineInfo> = r
+        .engines
+        .iter()
+        .enumerate()
+        .map(|(i, e)| EngineInfo {
+            id: i as u32,
+            name: e.name.clone(),
+            model: Arc::from(e.model.as_str()),
+            gpu: e.gpu.clone(),
+            decode_tokens_per_s: e.steptime.decode_tokens_per_s(e.limits.max_num_seqs.min(64) as u64, 1024),
+        })
+        .collect();
+    let p = &r.scenario.policy;
+    let router: Box<dyn Router> = match &p.routing {
+        RoutingSpec::FixedFraction { fractions } => {
+            let f: Vec<(String, f64)> = fractions.iter().map(|(m, x)| (m.clone(), *x)).collect();
+            Box::new(FixedFraction::new(&f, stream(seed, "policy.routing")))
+        }
+        RoutingSpec::RoundRobin => Box::new(RoundRobin::default()),
+        RoutingSpec::LeastOutstanding => Box::new(LeastOutstanding),
+    };
+    let prio: Box<dyn Prioritizer> = match p.priority {
+        PrioritySpec::Fcfs => Box::new(Fcfs),
+        PrioritySpec::WorkflowOrder => Box::new(WorkflowOrder),
+    };
+    let opts = CoreOptions { max_in_flight_per_engine: p.max_in_flight_per_engine, max_retries: p.max_retries, ..CoreOptions::default() };
+    PolicyCore::new(infos, router, prio, opts)
+}
+
+fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
+    Ok(match &r.scenario.workload {
+        Workload::Synthetic(s) => Box::new(SyntheticWorkload::new(s, &r.models, seed, &r.base_dir)?),
+        Workload::AzureTrace(a) => Box::new(AzureWorkload::open(
+            &r.base_dir.join(&a.path),
+            LengthCaps { max_total_tokens: a.max_total_tokens },
+            a.limit,
+            a.cycle,
+            &a.arrivals,
+            stream(seed, "arrivals"),
+        )?),
+    })
+}
+
+/// The simulation of one resolved scenario.
+pub struct Simulation<'a> {
+    r: &'a Resolved,
+    seed: u64,
+    now: Nanos,
+    seq: u64,
+    heap: BinaryHeap<Reverse<(Nanos, u64, Ev)>>,
+    engines: Vec<Engine>,
+    engine_stats: Vec<EngineStats>,
+    kick_pending: Vec<bool>,
+    engine_model: Vec<u32>,
+    policy: PolicyCore,
+    source: Box<dyn WorkloadSource>,
+    next_wf: Option<WorkflowSpec>,
+    workflows: HashMap<u64, Wf>,
+    pending: HashMap<u64, Pending>,
+    next_request: u64,
+    finished: Vec<FinishedRequest>,
+    tables: Tables,
+    agg: Aggregates,
+    decision_delay_ns: Nanos,
+    log_every: u64,
+    check: bool,
+    events: u64,
+    hash: u64,
+    done_workflows: u64,
+    timer_at: Option<Nanos>,
+}
+
+impl<'a> Simulation<'a> {
+    pub fn new(r: &'a Resolved, out_dir: &Path) -> Result<Self> {
+        let seed = r.scenario.seed;
+        let engines: Vec<Engine> = r
+            .engines
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Engine::new(i as u32, e.limits.clone(), e.steptime.clone(), e.kv.num_gpu_blocks.saturating_sub(1)))
+            .collect();
+        let names: Vec<String> = r.engines.iter().map(|e| e.name.clone()).collect();
+        let engine_model = r.engines.iter().map(|e| r.models.iter().position(|m| *m == e.model).expect("model listed") as u32).collect();
+        let tables = Tables::create(out_dir, &names, &r.models)?;
+        let n = engines.len();
+        Ok(Simulation {
+            r,
+            seed,
+            now: 0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            engines,
+            engine_stats: vec![EngineStats::default(); n],
+            kick_pending: vec![false; n],
+            engine_model,
+            policy: build_policy(r, seed),
+            source: open_source(r, seed)?,
+            next_wf: None,
+            workflows: HashMap::new(),
+            pending: HashMap::new(),
+            next_request: 0,
+            finished: Vec::new(),
+            tables,
+            agg: Aggregates::new(&r.models),
+            decision_delay_ns: (r.scenario.policy.decision_delay_us * 1e3).round() as Nanos,
+            log_every: r.scenario.output.engine_log_every_steps as u64,
+            check: r.scenario.limits.check_invariants,
+            events: 0,
+            hash: 0xcbf2_9ce4_8422_2325,
+            done_workflows: 0,
+            timer_at: None,
+        })
+    }
+
+    fn push(&mut self, t: Nanos, ev: Ev) {
+        debug_assert!(t >= self.now, "event scheduled in the past");
+        self.heap.push(Reverse((t, self.seq, ev)));
+        self.seq += 1;
+    }
+
+    fn fail(&self, what: String) -> Error {
+        Error::other(format!(
+            "invariant violated at t={} ns: {what}\n  scenario `{}`, seed {}; rerun with the same scenario and `--seed {}` to reproduce",
+            self.now, self.r.scenario.name, self.seed, self.seed
+        ))
+    }
+
+    /// Run to the end. `progress` is called now and then with (workflows done, total).
+    pub fn run(mut self, progress: Progress) -> Result<RunReport> {
+        let result = self.run_loop(progress);
+        // Whatever happened, finish the tables so rows written so far stay readable.
+        let closed = self.tables.finish();
+        result?;
+        closed?;
+        let summary = self.summarize();
+        Ok(RunReport { summary, events: self.events, sim_end_ns: self.now, event_log_hash: self.hash })
+    }
+
+    fn run_loop(&mut self, progress: Progress) -> Result<()> {
+        let total = self.source.expected_len();
+        self.next_wf = self.source.next_workflow()?;
+        if let Some(w) = &self.next_wf {
+            let t = w.arrival_ns;
+            self.push(t, Ev::Arrival);
+        }
+        let max_events = self.r.scenario.limits.max_events;
+        let mut last_report = 0;
+        while let Some(Reverse((t, _, ev))) = self.heap.pop() {
+            if t < self.now {
+                return Err(self.fail(format!("time went back from {} to {t}", self.now)));
+            }
+            self.now = t;
+            self.events += 1;
+            self.hash = (self.hash ^ (t as u64)).wrapping_mul(0x0100_0000_01b3);
+            self.hash = (self.hash ^ ev.code()).wrapping_mul(0x0100_0000_01b3);
+            if self.events > max_events {
+                return Err(self.fail(format!("more than limits.max_events = {max_events} events")));
+            }
+            match ev {
+                Ev::Arrival => self.on_arrival()?,
+                Ev::StageReady(w) => self.issue_request(w),
+                Ev::Dispatch(r) => self.on_dispatch(r)?,
+                Ev::Kick(e) => {
+                    self.kick_pending[e as usize] = false;
+                    if !self.engines[e as usize].in_step() {
+                        self.start_step(e);
+                    }
+                }
+                Ev::StepDone(e) => self.on_step_done(e)?,
+                Ev::Timer => {
+                    if self.timer_at == Some(t) {
+                        self.timer_at = None;
+                        self.policy.handle_timeout(t);
+                    }
+                }
+            }
+            self.apply_decisions()?;
+            if self.done_workflows >= last_report + 256 {
+                last_report = self.done_workflows;
+                progress(self.done_workflows, total);
+            }
+        }
+        progress(self.done_workflows, total);
+        // Conservation: everything that arrived has finished.
+        if !self.workflows.is_empty() || !self.pending.is_empty() || self.policy.tracked() != 0 {
+            return Err(self.fail(format!(
+                "run ended with {} workflows, {} requests unfinished and {} tracked by the policy",
+                self.workflows.len(),
+                self.pending.len(),
+                self.policy.tracked()
+            )));
+        }
+        if let Some(e) = self.engines.iter().find(|e| e.has_work()) {
+            return Err(self.fail(format!("engine {} still holds {} requests at the end", e.id, e.outstanding())));
+        }
+        if self.agg.requests != self.next_request {
+            return Err(self.fail(format!("{} requests issued but {} recorded", self.next_request, self.agg.requests)));
+        }
+        Ok(())
+    }
+
+    fn on_arrival(&mut self) -> Result<()> {
+        let spec = self.next_wf.take().expect("an arrival event has its workflow");
+        if spec.plans.is_empty() || spec.plans.iter().any(|p| p.stages.is_empty()) {
+            return Err(Error::bad(format!("workflow {} has no stages", spec.id)));
+        }
+        let id = spec.id;
+        self.agg.first_arrival_ns.get_or_insert(self.now);
+        self.workflows.insert(
+            id,
+            Wf { spec, plan: None, stage: 0, first_engine: 0, output_so_far: 0, prompt_tokens: 0, preemptions: 0, failed: false },
+        );
+        self.issue_request(id);
+        self.next_wf = self.source.next_workflow()?;
+        if let Some(w) = &self.next_wf {
+            let t = w.arrival_ns.max(self.now);
+            self.push(t, Ev::Arrival);
+        }
+        Ok(())
+    }
+
+    fn issue_request(&mut self, wf_id: u64) {
+        let wf = &self.workflows[&wf_id];
+        let plan = &wf.spec.plans[wf.plan.unwrap_or(0)];
+        let st = plan.stages[wf.stage as usize];
+        let request = self.next_request;
+        self.next_request += 1;
+        let info = RequestInfo {
+            request,
+            workflow: wf_id,
+            stage: wf.stage,
+            prompt_tokens: st.prompt_tokens,
+            context_tokens: st.context_tokens,
+            workflow_output_so_far: wf.output_so_far,
+            text: wf.spec.text.clone(),
+            oracle: None,
+        };
+        self.pending.insert(request, Pending { workflow: wf_id, stage: wf.stage, arrival_ns: self.now, engine: 0, priority: 0, decided: false });
+        self.policy.handle_request(self.now, info);
+    }
+
+    fn apply_decisions(&mut self) -> Result<()> {
+        while let Some(d) = self.policy.poll_decision() {
+            match d {
+                Decision::Dispatch { request, engine, priority, not_before } => {
+                    let p = self.pending.get_mut(&request).ok_or_else(|| Error::other(format!("policy dispatched unknown request {request}")))?;
+                    p.engine = engine;
+                    p.priority = priority;
+                    let delay = if p.decided { 0 } else { self.decision_delay_ns };
+                    p.decided = true;
+                    let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
+                    if wf.plan.is_none() {
+                        let model = &self.r.engines[engine as usize].model;
+                        let idx = wf.spec.plans.iter().position(|pl| pl.model.as_deref() == Some(model.as_str())).or_else(|| wf.spec.plans.iter().position(|pl| pl.model.is_none())).unwrap_or(0);
+                        wf.plan = Some(idx);
+                        wf.first_engine = engine;
+                    }
+                    let t = self.now.max(not_before) + delay;
+                    self.push(t, Ev::Dispatch(request));
+                }
+                Decision::Abandon { request, reason: _ } => {
+                    let p = self.pending.remove(&request).ok_or_else(|| Error::other(format!("policy abandoned unknown request {request}")))?;
+                    if let Some(wf) = self.workflows.get_mut(&p.workflow) {
+                        wf.failed = true;
+                    }
+                    self.finish_workflow(p.workflow)?;
+                }
+            }
+        }
+        if let Some(t) = self.policy.poll_timeout() {
+            if self.timer_at != Some(t) && t >= self.now {
+                self.timer_at = Some(t);
+                self.push(t, Ev::Timer);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_dispatch(&mut self, request: u64) -> Result<()> {
+        let p = &self.pending[&request];
+        let wf = &self.workflows[&p.workflow];
+        let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
+        let e = p.engine;
+        let req = NewRequest {
+            id: request,
+            workflow: p.workflow,
+            stage: p.stage,
+            prompt_tokens: st.prompt_tokens,
+            output_tokens: st.output_tokens,
+            priority: p.priority,
+            arrival_ns: p.arrival_ns,
+            dispatch_ns: self.now,
+        };
+        if let Some(rejected) = self.engines[e as usize].add_request(req) {
+            self.record_request(&rejected, st.context_tokens)?;
+            let max = self.engines[e as usize].limits.max_model_len;
+            self.policy.handle_failed(self.now, request, FailureKind::Rejected(format!("prompt of {} tokens is not below max_model_len {max}", st.prompt_tokens)));
+            return Ok(());
+        }
+        if !self.engines[e as usize].in_step() && !self.kick_pending[e as usize] {
+            self.kick_pending[e as usize] = true;
+            self.push(self.now, Ev::Kick(e));
+        }
+        Ok(())
+    }
+
+    fn start_step(&mut self, e: u32) {
+        if let Some(d) = self.engines[e as usize].begin_step(self.now) {
+            self.push(self.now + d, Ev::StepDone(e));
+        }
+    }
+
+    fn on_step_done(&mut self, e: u32) -> Result<()> {
+        let mut finished = std::mem::take(&mut self.finished);
+        let eng = &mut self.engines[e as usize];
+        let rep = eng.end_step(self.now, &mut finished);
+        let st = &mut self.engine_stats[e as usize];
+        st.steps += 1;
+        st.busy_ns += rep.duration_ns;
+        st.tokens += rep.tokens as u64;
+        if self.log_every > 0 && (st.steps - 1) % self.log_every == 0 {
+            let usable = eng.kv().usable().max(1);
+            self.tables.engines.push(&[
+                Val::Str(e),
+                Val::U64(st.steps - 1),
+                Val::I64(rep.start_ns),
+                Val::I64(rep.duration_ns),
+                Val::U32(rep.tokens),
+                Val::U32(rep.prefill_tokens),
+                Val::U32(rep.decode_tokens),
+                Val::U32(rep.running),
+                Val::U32(rep.waiting),
+                Val::U32(rep.kv_used_blocks),
+                Val::F64(Some(rep.kv_used_blocks as f64 / usable as f64)),
+                Val::U32(rep.preempted),
+            ])?;
+        }
+        if self.check {
+            if let Err(m) = self.engines[e as usize].check_invariants() {
+                return Err(self.fail(m));
+            }
+        }
+        for f in finished.drain(..) {
+            self.complete_request(f)?;
+        }
+        self.finished = finished;
+        let eng = &self.engines[e as usize];
+        self.policy.handle_engine_report(self.now, e, eng.num_running() as u32, eng.num_waiting() as u32, eng.kv().usage());
+        if self.engines[e as usize].has_work() {
+            self.start_step(e);
+        }
+        Ok(())
+    }
+
+    fn record_request(&mut self, f: &FinishedRequest, context_tokens: u32) -> Result<()> {
+        let q = &f.req;
+        if !f.rejected && !(q.arrival_ns <= q.dispatch_ns && q.dispatch_ns <= f.first_scheduled_ns && f.first_scheduled_ns < f.first_token_ns && f.first_token_ns <= f.finish_ns) {
+            return Err(self.fail(format!(
+                "request {} timeline out of order: arrival {} dispatch {} scheduled {} first token {} finish {}",
+                q.id, q.arrival_ns, q.dispatch_ns, f.first_scheduled_ns, f.first_token_ns, f.finish_ns
+            )));
+        }
+        let ttft = f.first_token_ns - q.arrival_ns;
+        let e2e = f.finish_ns - q.arrival_ns;
+        let queue = f.first_scheduled_ns - q.dispatch_ns;
+        let tpot = (f.output_tokens > 1).then(|| (e2e - ttft) as f64 / (f.output_tokens - 1) as f64);
+        self.tables.requests.push(&[
+            Val::U64(q.id),
+            Val::U64(q.workflow),
+            Val::U32(q.stage),
+            Val::Str(f.engine),
+            Val::Str(self.engine_model[f.engine as usize]),
+            Val::Str(f.rejected as u32),
+            Val::I64(q.priority),
+            Val::I64(q.arrival_ns),
+            Val::I64(q.dispatch_ns),
+            Val::I64(f.first_scheduled_ns),
+            Val::I64(f.first_token_ns),
+            Val::I64(f.finish_ns),
+            Val::I64(queue),
+            Val::I64(ttft),
+            Val::F64(tpot),
+            Val::I64(e2e),
+            Val::U32(q.prompt_tokens),
+            Val::U32(context_tokens),
+            Val::U32(f.output_tokens),
+            Val::U32(f.preemptions),
+        ])?;
+        let a = &mut self.agg;
+        a.requests += 1;
+        a.preemptions += f.preemptions as u64;
+        if f.rejected {
+            a.rejected += 1;
+        } else {
+            a.ttft.add(ttft as f64);
+            a.e2e.add(e2e as f64);
+            a.queue.add(queue as f64);
+            if let Some(t) = tpot {
+                a.tpot.add(t);
+            }
+            a.prompt_tokens += q.prompt_tokens as u64;
+            a.output_tokens += f.output_tokens as u64;
+        }
+        a.last_finish_ns = a.last_finish_ns.max(f.finish_ns);
+        Ok(())
+    }
+
+    fn complete_request(&mut self, f: FinishedRequest) -> Result<()> {
+        let id = f.req.id;
+        let p = self.pending.remove(&id).ok_or_else(|| self.fail(format!("engine finished unknown request {id}")))?;
+        let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
+        let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
+        wf.output_so_far += f.output_tokens as u64;
+        wf.prompt_tokens += f.req.prompt_tokens as u64;
+        wf.preemptions += f.preemptions;
+        wf.stage += 1;
+        let more = (wf.stage as usize) < wf.spec.plans[wf.plan.expect("routed")].stages.len();
+        self.record_request(&f, st.context_tokens)?;
+        self.policy.handle_finished(self.now, id, f.output_tokens);
+        if more {
+            self.push(self.now + st.tool_delay_ns, Ev::StageReady(p.workflow));
+        } else {
+            self.finish_workflow(p.workflow)?;
+        }
+        Ok(())
+    }
+
+    fn finish_workflow(&mut self, id: u64) -> Result<()> {
+        let wf = self.workflows.remove(&id).expect("live workflow");
+        self.policy.handle_workflow_done(self.now, id);
+        let plan = &wf.spec.plans[wf.plan.unwrap_or(0)];
+        let e2e = self.now - wf.spec.arrival_ns;
+        let per_tok = (wf.output_so_far > 0).then(|| e2e as f64 / wf.output_so_far as f64);
+        let success = if wf.failed { plan.success.map(|_| false) } else { plan.success };
+        let model_idx = self.engine_model[wf.first_engine as usize];
+        self.tables.workflows.push(&[
+            Val::U64(id),
+            Val::Str(model_idx),
+            Val::Str(wf.first_engine),
+            Val::Str(wf.failed as u32),
+            Val::I64(wf.spec.arrival_ns),
+            Val::I64(self.now),
+            Val::I64(e2e),
+            Val::F64(per_tok),
+            Val::U32(wf.stage),
+            Val::U64(wf.prompt_tokens),
+            Val::U64(wf.output_so_far),
+            Val::Bool(success),
+            Val::U32(wf.preemptions),
+        ])?;
+        let a = &mut self.agg;
+        a.workflows += 1;
+        if wf.failed {
+            a.workflows_failed += 1;
+        } else {
+            a.wf_e2e.add(e2e as f64);
+            if let Some(x) = per_tok {
+                a.wf_e2e_per_token.add(x);
+            }
+        }
+        let m = &mut a.by_model[model_idx as usize].1;
+        m.workflows += 1;
+        m.output_tokens += wf.output_so_far;
+        if !wf.failed {
+            m.e2e.add(e2e as f64);
+        }
+        if let Some(s) = success {
+            m.known += 1;
+            m.solved += s as u64;
+        }
+        a.last_finish_ns = a.last_finish_ns.max(self.now);
+        self.done_workflows += 1;
+        Ok(())
+    }
+
+    fn summarize(&self) -> Summary {
+        let span = (self.agg.last_finish_ns - self.agg.first_arrival_ns.unwrap_or(0)).max(1) as f64;
+        let engines = self
+            .r
+            .engines
+            .iter()
+            .zip(&self.engines)
+            .zip(&self.engine_stats)
+            .map(|((re, e), st)| EngineSummary {
+                name: re.name.clone(),
+                model: re.model.clone(),
+                gpu: re.gpu.clone(),
+                tensor_parallel: re.tensor_parallel,
+                steps: st.steps,
+                busy_fraction: crate::output::summary::round6(st.busy_ns as f64 / span),
+                mean_step_tokens: crate::output::summary::round6(st.tokens as f64 / st.steps.max(1) as f64),
+                preemptions: e.total_preemptions(),
+                kv_capacity_tokens: re.kv.kv_capacity_tokens,
+                decode_tokens_per_s_nominal: crate::output::summary::round6(self.policy.engines()[e.id as usize].decode_tokens_per_s),
+                step_time_source: re.step_time_source["kind"].as_str().unwrap_or("?").to_string(),
+            })
+            .collect();
+        self.agg.summarize(&self.r.scenario.name, self.seed, self.policy.describe(), engines)
+    }
+}
+
+/// Hash of a file's bytes, for provenance in manifests.
+pub fn file_fingerprint(path: &Path) -> Result<(u64, String)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok((bytes.len() as u64, format!("{:016x}", fnv1a64(&bytes))))
+}

@@ -1,0 +1,67 @@
+//! Workloads: what arrives and when. A workflow is a chain of stages (LLM calls); each stage
+//! has a prompt (its own tokens plus the context accumulated so far), an output length and a
+//! tool delay before the next stage. Workflows are counterfactual: a [`Plan`] per candidate
+//! model says what would happen on that model, and the simulation realises the one the
+//! policy picks.
+//!
+//! Sources are lazy iterators in arrival order, so memory does not grow with the number of
+//! workflows. This module never routes, schedules or writes results.
+
+pub mod arrivals;
+pub mod azure;
+pub mod dist;
+pub mod synthetic;
+
+use crate::error::Result;
+use crate::time::Nanos;
+use std::sync::Arc;
+
+/// One LLM call of a workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage {
+    /// Whole prompt: this stage's own tokens plus `context_tokens`.
+    pub prompt_tokens: u32,
+    /// Tokens of the prompt carried over from earlier stages (outputs, observations).
+    pub context_tokens: u32,
+    pub output_tokens: u32,
+    /// Tool time after this stage finishes, before the next stage is ready.
+    pub tool_delay_ns: Nanos,
+}
+
+/// What a workflow does on one candidate model (or on any, when `model` is None).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub model: Option<Arc<str>>,
+    pub stages: Vec<Stage>,
+    /// Whether the task is solved on this model, when known.
+    pub success: Option<bool>,
+}
+
+/// One workflow as it arrives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowSpec {
+    pub id: u64,
+    pub arrival_ns: Nanos,
+    /// Task text, when the source has it (routers read it).
+    pub text: Option<Arc<str>>,
+    pub plans: Vec<Plan>,
+}
+
+impl WorkflowSpec {
+    /// The plan for `model`: its own if present, else the model-independent one.
+    pub fn plan_for(&self, model: &str) -> &Plan {
+        self.plans
+            .iter()
+            .find(|p| p.model.as_deref() == Some(model))
+            .or_else(|| self.plans.iter().find(|p| p.model.is_none()))
+            .unwrap_or(&self.plans[0])
+    }
+}
+
+/// A lazy, arrival-ordered stream of workflows.
+pub trait WorkloadSource {
+    /// The next workflow, or None when the source is exhausted.
+    fn next_workflow(&mut self) -> Result<Option<WorkflowSpec>>;
+    /// How many workflows the source will produce, when known (for progress bars).
+    fn expected_len(&self) -> Option<u64>;
+}
