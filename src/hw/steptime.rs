@@ -148,8 +148,8 @@ mod tests {
     fn small_decode_is_memory_bound_and_near_weight_read_time() {
         let m = model("Qwen2.5-7B", "RTX-A6000", 1);
         let t = m.terms(&decode(1, 100));
-        // 15.2 GB of weights at 0.75 * 768 GB/s is about 26 ms.
-        assert!((t[0] - 15.2e9 / (0.75 * 768e9)).abs() / t[0] < 0.03, "{t:?}");
+        // 14.1 GB of weights streamed (all but the embedding table) at 0.75 * 768 GB/s: 24.5 ms.
+        assert!((t[0] - 14.14e9 / (0.75 * 768e9)).abs() / t[0] < 0.01, "{t:?}");
     }
 
     #[test]
@@ -159,7 +159,7 @@ mod tests {
         s.add(0, 2048, true);
         let t = m.terms(&s);
         let flops = 2.0 * 2048.0 * m.lin_flops_per_token / 2.0;
-        assert!(t[0] > 15.2e9 / (0.75 * 768e9), "{t:?}");
+        assert!(t[0] > 14.14e9 / (0.75 * 768e9), "{t:?}");
         assert!((t[0] - flops / (0.5 * 154.8e12)).abs() / t[0] < 0.05, "{t:?}");
     }
 

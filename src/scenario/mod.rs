@@ -98,11 +98,33 @@ pub struct EngineSpec {
     pub calibration: Option<String>,
 }
 
+/// The workload. Read by hand (see `TryFrom<Value>`) rather than as a serde internally
+/// tagged enum, so that errors inside it keep their field path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "serde_json::Value")]
 pub enum Workload {
     Synthetic(SyntheticSpec),
     AzureTrace(AzureTraceSpec),
+}
+
+impl TryFrom<serde_json::Value> for Workload {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> std::result::Result<Self, String> {
+        let serde_json::Value::Object(mut m) = v else {
+            return Err("expected a map with `kind: synthetic` or `kind: azure_trace`".into());
+        };
+        let kind = match m.remove("kind") {
+            Some(serde_json::Value::String(k)) => k,
+            Some(_) => return Err("@kind: expected a string, `synthetic` or `azure_trace`".into()),
+            None => return Err("missing field `kind`, expected `synthetic` or `azure_trace`".into()),
+        };
+        let rest = serde_json::Value::Object(m);
+        match kind.as_str() {
+            "synthetic" => yaml::nested(rest).map(Workload::Synthetic),
+            "azure_trace" => yaml::nested(rest).map(Workload::AzureTrace),
+            other => Err(format!("@kind: unknown variant `{other}`, expected `synthetic` or `azure_trace`")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,15 +14,45 @@ pub fn parse_tree(text: &str) -> Result<Value> {
     serde_saphyr::from_str::<Value>(text).map_err(|e| Error::bad(format!("YAML: {e}")))
 }
 
+/// Join a serde path and an error message that may carry a deeper path as `@sub: message`
+/// (from [`nested`]) into `path.sub: message`.
+fn join_path(path: &str, msg: &str) -> String {
+    let path = if path == "." { "" } else { path };
+    let (sub, rest) = match msg.strip_prefix('@').and_then(|m| m.split_once(": ")) {
+        Some((sub, rest)) => (sub, rest),
+        None => ("", msg),
+    };
+    let full = match (path.is_empty(), sub.is_empty()) {
+        (true, true) => String::new(),
+        (true, false) => sub.to_string(),
+        (false, true) => path.to_string(),
+        (false, false) => format!("{path}.{sub}"),
+    };
+    if full.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{full}: {rest}")
+    }
+}
+
 /// Read a typed structure from a value tree; errors name the field path.
 pub fn from_tree<T: DeserializeOwned>(tree: Value) -> Result<T> {
     serde_path_to_error::deserialize(tree).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
+        Error::bad(join_path(&path, &e.into_inner().to_string()))
+    })
+}
+
+/// Read a part of a document inside a hand-written `TryFrom<Value>`; the error keeps the
+/// part's inner path as `@path: message`, which [`from_tree`] joins to the outer path.
+pub fn nested<T: DeserializeOwned>(v: Value) -> std::result::Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = join_path(&path, &e.into_inner().to_string());
         if path == "." || path.is_empty() {
-            Error::bad(inner)
+            msg
         } else {
-            Error::bad(format!("{path}: {inner}"))
+            format!("@{msg}")
         }
     })
 }
@@ -48,7 +78,7 @@ pub fn apply_set(tree: &mut Value, assignment: &str) -> Result<()> {
     } else {
         parse_tree(raw).map_err(|e| e.context(format!("--set {path}")))?
     };
-    let segs: Vec<String> = path.replace('[', ".").replace(']', "").split('.').filter(|s| !s.is_empty()).map(String::from).collect();
+    let segs = split_path(path).map_err(|m| Error::bad(format!("--set {path}: {m}")))?;
     let mut cur = tree;
     let mut walked = String::new();
     for (i, seg) in segs.iter().enumerate() {
@@ -88,6 +118,47 @@ pub fn apply_set(tree: &mut Value, assignment: &str) -> Result<()> {
     Ok(())
 }
 
+/// Split `a.b[0]."x.y"[Qwen2.5-7B]` into `a`, `b`, `0`, `x.y`, `Qwen2.5-7B`: dots separate
+/// segments; brackets and double quotes take their content literally (model names have dots).
+fn split_path(path: &str) -> std::result::Result<Vec<String>, String> {
+    let mut segs = Vec::new();
+    let mut cur = String::new();
+    let mut chars = path.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '.' => {
+                if !cur.is_empty() {
+                    segs.push(std::mem::take(&mut cur));
+                }
+            }
+            '[' | '"' => {
+                if !cur.is_empty() {
+                    segs.push(std::mem::take(&mut cur));
+                }
+                let close = if c == '[' { ']' } else { '"' };
+                let mut lit = String::new();
+                loop {
+                    match chars.next() {
+                        Some(x) if x == close => break,
+                        Some(x) => lit.push(x),
+                        None => return Err(format!("unclosed `{c}`")),
+                    }
+                }
+                let lit = lit.trim_matches('"').to_string();
+                segs.push(lit);
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        segs.push(cur);
+    }
+    if segs.is_empty() {
+        return Err("empty path".into());
+    }
+    Ok(segs)
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -110,6 +181,10 @@ mod tests {
         apply_set(&mut t, "l[1].x=hello").unwrap();
         apply_set(&mut t, "l.0.x={dist: constant, value: 3}").unwrap();
         apply_set(&mut t, "new.deep=true").unwrap();
+        apply_set(&mut t, "m[Qwen2.5-7B]=0.25").unwrap();
+        apply_set(&mut t, "m.\"Qwen2.5-1.5B\"=0.75").unwrap();
+        assert_eq!(t["m"]["Qwen2.5-7B"], serde_json::json!(0.25));
+        assert_eq!(t["m"]["Qwen2.5-1.5B"], serde_json::json!(0.75));
         assert_eq!(t["a"]["b"], serde_json::json!(0.5));
         assert_eq!(t["l"][1]["x"], serde_json::json!("hello"));
         assert_eq!(t["l"][0]["x"]["value"], serde_json::json!(3));
