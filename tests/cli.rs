@@ -1,0 +1,131 @@
+//! The `chimera` binary as a user meets it: commands, outputs, exit codes, error messages.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn chimera(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_chimera")).args(args).current_dir(repo()).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+#[test]
+fn run_default_prints_a_table_and_writes_every_file() {
+    let dir = tmpdir("cli-run");
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = chimera(&["run", "--out", d, "--set", "workload.workflows=150"]);
+    assert_eq!(code, 0, "{err}");
+    for want in ["scenario default", "request TTFT (ms)", "workflow E2E (s)", "Qwen2.5-7B", "throughput", "not measured"] {
+        assert!(out.contains(want), "summary table lacks `{want}`:\n{out}");
+    }
+    for f in ["requests.parquet", "workflows.parquet", "engines.parquet", "summary.json", "manifest.json"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let m = json(&dir.join("manifest.json"));
+    assert_eq!(m["status"]["state"], "complete");
+    assert_eq!(m["seed"], 1);
+    assert_eq!(m["scenario"]["workload"]["workflows"], 150);
+    assert!(m["git_commit"].as_str().unwrap().len() >= 7);
+    assert!(m["inputs"]["engines"][1]["gpu_provenance"].as_str().unwrap().contains("datasheet"));
+    assert_eq!(m["inputs"]["engines"][1]["step_time"]["kind"], "roofline-default");
+}
+
+#[test]
+fn seed_flag_and_json_output() {
+    let dir = tmpdir("cli-json");
+    let (code, out, _) = chimera(&["run", "--out", dir.to_str().unwrap(), "--seed", "7", "--json", "--set", "workload.workflows=50"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["seed"], 7);
+    assert_eq!(v["workflows"]["count"], 50);
+}
+
+#[test]
+fn scenario_default_prints_yaml_that_validates_and_runs() {
+    let (code, yaml, _) = chimera(&["scenario", "default"]);
+    assert_eq!(code, 0);
+    assert!(yaml.contains("kind: synthetic"));
+    let dir = tmpdir("cli-default-yaml");
+    let p = dir.join("mine.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    let (code, out, _) = chimera(&["validate", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ok"));
+}
+
+#[test]
+fn every_shipped_scenario_validates() {
+    let mut files = vec![];
+    for d in ["scenarios", "scenarios/bench"] {
+        for e in std::fs::read_dir(repo().join(d)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 3);
+    if shared_data().is_none() {
+        files.retain(|p| !p.to_string_lossy().contains("bench"));
+    }
+    let args: Vec<&str> = std::iter::once("validate").chain(files.iter().map(|p| p.to_str().unwrap())).collect();
+    let (code, out, _) = chimera(&args);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn bad_input_exits_2_with_the_field_path() {
+    let dir = tmpdir("cli-bad");
+    let bad = dir.join("bad.yaml");
+    let v100 = chimera::scenario::DEFAULT_SCENARIO.replacen("gpu: RTX-A6000", "gpu: V100", 1);
+    let cases: &[(&str, &[&str])] = &[
+        (&v100, &["bad.yaml", "cluster.engines[0].gpu", "unknown GPU `V100`", "H100-SXM"]),
+        ("name: x\nname: y\n", &["bad.yaml", "duplicate"]),
+        ("name: x\ncluster: {engines: []}\nworkload: {kind: synthetic}\npolicy: {routing: {kind: round_robin}}\nextra: 1\n", &["unknown field `extra`"]),
+    ];
+    for (text, wants) in cases {
+        std::fs::write(&bad, text).unwrap();
+        let (code, _, err) = chimera(&["run", bad.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+        assert_eq!(code, 2, "{err}");
+        for w in *wants {
+            assert!(err.contains(w), "`{err}` should mention `{w}`");
+        }
+        let (code, out, _) = chimera(&["validate", bad.to_str().unwrap()]);
+        assert_eq!(code, 2);
+        assert!(out.contains("error"), "{out}");
+    }
+    let (code, _, err) = chimera(&["run", "no/such/file.yaml"]);
+    assert_eq!(code, 1, "a missing file is not a malformed one: {err}");
+    assert!(err.contains("no/such/file.yaml"));
+    let (code, _, _) = chimera(&["run", "--bogus-flag"]);
+    assert_eq!(code, 2);
+    let (code, _, err) = chimera(&["run", "--set", "policy.routing.fractions={Qwen2.5-7B: 2}"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("policy.routing.fractions.Qwen2.5-7B"), "{err}");
+}
+
+#[test]
+fn the_azure_trace_bench_scenario_runs_on_the_shared_trace() {
+    let Some(_) = shared_data() else {
+        eprintln!("skipping: ../shared/data not present");
+        return;
+    };
+    let dir = tmpdir("cli-azure");
+    let (code, _, err) = chimera(&["run", "scenarios/bench/vidur-4x-llama2-7b-a100.yaml", "--out", dir.to_str().unwrap(), "-q", "--set", "workload.limit=300"]);
+    assert_eq!(code, 0, "{err}");
+    let r = dir.join("requests.parquet");
+    let prompts = column(&r, "prompt_tokens");
+    let outs = column(&r, "output_tokens");
+    assert_eq!(prompts.len(), 300);
+    // The first trace row is 374 context tokens and 44 generated.
+    let ids = column(&r, "request_id");
+    let first = ids.iter().position(|&x| x == 0.0).unwrap();
+    assert_eq!((prompts[first], outs[first]), (374.0, 44.0));
+    assert!(prompts.iter().zip(&outs).all(|(p, o)| p + o <= 4096.0));
+    let engines = strings(&r, "engine");
+    for k in 0..4 {
+        assert!(engines.iter().any(|e| e == &format!("llama2-7b-r{k}")), "least outstanding uses every replica");
+    }
+    let m = json(&dir.join("manifest.json"));
+    assert_eq!(m["inputs"]["files"][0]["bytes"], 719_188);
+}

@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests: run a scenario into a fresh folder, read columns
+//! of the result files back.
+#![allow(dead_code)]
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, Int64Type, UInt32Type, UInt64Type};
+use chimera::scenario::{self, Resolved, DEFAULT_SCENARIO};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn shared_data() -> Option<PathBuf> {
+    let p = repo().join("../shared/data");
+    p.exists().then_some(p)
+}
+
+/// A fresh, empty temporary folder unique to this test.
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("chimera-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn default_with(sets: &[&str]) -> Resolved {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new(".")).unwrap()
+}
+
+pub fn run(r: &Resolved, dir: &Path) -> chimera::sim::RunReport {
+    chimera::run::run_to_dir(r, dir, &[], None, &mut |_, _| {}).unwrap()
+}
+
+/// All values of one column, converted to f64 (nulls as NaN).
+pub fn column(file: &Path, name: &str) -> Vec<f64> {
+    let f = std::fs::File::open(file).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name(name).unwrap_or_else(|| panic!("{}: no column {name}", file.display()));
+        for i in 0..col.len() {
+            let v = if col.is_null(i) {
+                f64::NAN
+            } else if let Some(a) = col.as_primitive_opt::<Int64Type>() {
+                a.value(i) as f64
+            } else if let Some(a) = col.as_primitive_opt::<UInt64Type>() {
+                a.value(i) as f64
+            } else if let Some(a) = col.as_primitive_opt::<UInt32Type>() {
+                a.value(i) as f64
+            } else if let Some(a) = col.as_primitive_opt::<Float64Type>() {
+                a.value(i)
+            } else if let Some(a) = col.as_boolean_opt() {
+                a.value(i) as u8 as f64
+            } else {
+                panic!("column {name}: unsupported type {:?}", col.data_type())
+            };
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// All values of a string column.
+pub fn strings(file: &Path, name: &str) -> Vec<String> {
+    let f = std::fs::File::open(file).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name(name).unwrap();
+        let a = col.as_string::<i32>();
+        out.extend((0..a.len()).map(|i| a.value(i).to_string()));
+    }
+    out
+}
+
+pub fn json(file: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
