@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser, Debug)]
-#[command(name = "chimera", version, about = "Simulate multi-agent LLM workflows on heterogeneous GPU clusters of vLLM-like engines")]
+#[command(
+    name = "chimera",
+    version,
+    about = "Simulate multi-agent LLM workflows on heterogeneous GPU clusters of vLLM-like engines"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -83,7 +87,9 @@ pub fn main() -> i32 {
 
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Scenario { what: ScenarioCmd::Default } => {
+        Command::Scenario {
+            what: ScenarioCmd::Default,
+        } => {
             print!("{DEFAULT_SCENARIO}");
             Ok(0)
         }
@@ -91,7 +97,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let mut bad = 0;
             for f in &files {
                 match scenario::load(f, &sets) {
-                    Ok(r) => println!("ok    {}  ({} engines, models {})", f.display(), r.engines.len(), r.models.join(", ")),
+                    Ok(r) => println!(
+                        "ok    {}  ({} engines, models {})",
+                        f.display(),
+                        r.engines.len(),
+                        r.models.join(", ")
+                    ),
                     Err(e) => {
                         bad += 1;
                         println!("error {e}");
@@ -100,7 +111,15 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(if bad > 0 { 2 } else { 0 })
         }
-        Command::Run { scenario: path, out, seed, mut sets, quiet, check, json } => {
+        Command::Run {
+            scenario: path,
+            out,
+            seed,
+            mut sets,
+            quiet,
+            check,
+            json,
+        } => {
             if let Some(s) = seed {
                 sets.push(format!("seed={s}"));
             }
@@ -109,7 +128,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             let resolved = match &path {
                 Some(p) => scenario::load(p, &sets)?,
-                None => scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new(".")).map_err(|e| e.context("embedded default scenario"))?,
+                None => scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new("."))
+                    .map_err(|e| e.context("embedded default scenario"))?,
             };
             let out = out.unwrap_or_else(|| PathBuf::from("out").join(&resolved.scenario.name));
             run_cmd(&resolved, &out, &sets, path.as_deref(), quiet, json)
@@ -117,12 +137,25 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-fn run_cmd(r: &Resolved, out: &Path, sets: &[String], path: Option<&Path>, quiet: bool, json: bool) -> Result<i32> {
-    let bar = if quiet || json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+fn run_cmd(
+    r: &Resolved,
+    out: &Path,
+    sets: &[String],
+    path: Option<&Path>,
+    quiet: bool,
+    json: bool,
+) -> Result<i32> {
+    let bar = if quiet || json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} workflows ({elapsed})")
-            .map_err(|e| Error::other(e.to_string()))?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} workflows ({elapsed})",
+        )
+        .map_err(|e| Error::other(e.to_string()))?
+        .progress_chars("=> "),
     );
     bar.set_message(r.scenario.name.clone());
     let t0 = Instant::now();
@@ -137,7 +170,8 @@ fn run_cmd(r: &Resolved, out: &Path, sets: &[String], path: Option<&Path>, quiet
     let rep = rep?;
     let wall = t0.elapsed().as_secs_f64();
     if json {
-        let s = std::fs::read_to_string(out.join("summary.json")).map_err(|e| Error::io(out.join("summary.json"), e))?;
+        let s = std::fs::read_to_string(out.join("summary.json"))
+            .map_err(|e| Error::io(out.join("summary.json"), e))?;
         print!("{s}");
     } else if !quiet {
         print_summary(&rep.summary, rep.sim_end_ns, wall, out);
@@ -185,21 +219,53 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
         wall_s
     );
     println!();
-    println!("  {:<28} {:>8} {:>10} {:>10} {:>10} {:>10}", "latency", "count", "mean", "p50", "p90", "p99");
+    println!(
+        "  {:<28} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "latency", "count", "mean", "p50", "p90", "p99"
+    );
     println!("{}", stat_row("request TTFT (ms)", &s.requests.ttft_ms));
     println!("{}", stat_row("request TPOT (ms)", &s.requests.tpot_ms));
     println!("{}", stat_row("request E2E (ms)", &s.requests.e2e_ms));
-    println!("{}", stat_row("request engine queue (ms)", &s.requests.queue_ms));
+    println!(
+        "{}",
+        stat_row("request engine queue (ms)", &s.requests.queue_ms)
+    );
     println!("{}", stat_row("workflow E2E (s)", &s.workflows.e2e_s));
-    println!("{}", stat_row("workflow E2E / out token (ms)", &s.workflows.e2e_per_output_token_ms));
+    println!(
+        "{}",
+        stat_row(
+            "workflow E2E / out token (ms)",
+            &s.workflows.e2e_per_output_token_ms
+        )
+    );
     println!();
-    println!("  {:<16} {:>10} {:>7} {:>10} {:>14}", "model", "workflows", "share", "accuracy", "mean E2E (s)");
+    println!(
+        "  {:<16} {:>10} {:>7} {:>10} {:>14}",
+        "model", "workflows", "share", "accuracy", "mean E2E (s)"
+    );
     for m in &s.by_model {
-        let acc = m.accuracy.as_ref().map(|a| format!("{:.1}%", a.accuracy * 100.0)).unwrap_or_else(|| "-".into());
-        println!("  {:<16} {:>10} {:>6.1}% {:>10} {:>14}", m.model, m.workflows, m.share * 100.0, acc, fmt_opt(m.e2e_s.mean));
+        let acc = m
+            .accuracy
+            .as_ref()
+            .map(|a| format!("{:.1}%", a.accuracy * 100.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<16} {:>10} {:>6.1}% {:>10} {:>14}",
+            m.model,
+            m.workflows,
+            m.share * 100.0,
+            acc,
+            fmt_opt(m.e2e_s.mean)
+        );
     }
     if let Some(a) = &s.accuracy {
-        println!("  {:<16} {:>10} {:>7} {:>9.1}%", "all", a.known, "", a.accuracy * 100.0);
+        println!(
+            "  {:<16} {:>10} {:>7} {:>9.1}%",
+            "all",
+            a.known,
+            "",
+            a.accuracy * 100.0
+        );
     }
     println!();
     println!(
@@ -223,10 +289,19 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
     println!();
     println!(
         "  throughput: {:.2} workflows/s, {:.2} requests/s, {:.0} output tokens/s over {:.1} s",
-        s.throughput.workflows_per_s, s.throughput.requests_per_s, s.throughput.output_tokens_per_s, s.throughput.makespan_s
+        s.throughput.workflows_per_s,
+        s.throughput.requests_per_s,
+        s.throughput.output_tokens_per_s,
+        s.throughput.makespan_s
     );
-    if s.engines.iter().any(|e| e.step_time_source == "roofline-default") {
+    if s.engines
+        .iter()
+        .any(|e| e.step_time_source == "roofline-default")
+    {
         println!("  step times: roofline defaults from datasheets (not measured); give engines a calibration file to change that");
     }
-    println!("  results: {}/{{requests,workflows,engines}}.parquet, summary.json, manifest.json", out.display());
+    println!(
+        "  results: {}/{{requests,workflows,engines}}.parquet, summary.json, manifest.json",
+        out.display()
+    );
 }

@@ -12,7 +12,10 @@ pub enum Error {
     /// The user's input is wrong (scenario, trace, calibration, command line). Exit code 2.
     BadInput(String),
     /// A file could not be read or written. Exit code 1.
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Anything else (an internal invariant, a writer failure). Exit code 1.
     Other(String),
 }
@@ -27,7 +30,10 @@ impl Error {
         Error::Other(msg.into())
     }
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
     /// Process exit code for this error: 2 for bad input, 1 otherwise.
     pub fn exit_code(&self) -> i32 {

@@ -45,22 +45,30 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_independent() {
-        let a1: Vec<u64> = (0..4).map({
-            let mut r = stream(7, "arrivals");
-            move |_| r.random()
-        }).collect();
-        let a2: Vec<u64> = (0..4).map({
-            let mut r = stream(7, "arrivals");
-            move |_| r.random()
-        }).collect();
-        let b: Vec<u64> = (0..4).map({
-            let mut r = stream(7, "lengths");
-            move |_| r.random()
-        }).collect();
-        let c: Vec<u64> = (0..4).map({
-            let mut r = stream(8, "arrivals");
-            move |_| r.random()
-        }).collect();
+        let a1: Vec<u64> = (0..4)
+            .map({
+                let mut r = stream(7, "arrivals");
+                move |_| r.random()
+            })
+            .collect();
+        let a2: Vec<u64> = (0..4)
+            .map({
+                let mut r = stream(7, "arrivals");
+                move |_| r.random()
+            })
+            .collect();
+        let b: Vec<u64> = (0..4)
+            .map({
+                let mut r = stream(7, "lengths");
+                move |_| r.random()
+            })
+            .collect();
+        let c: Vec<u64> = (0..4)
+            .map({
+                let mut r = stream(8, "arrivals");
+                move |_| r.random()
+            })
+            .collect();
         assert_eq!(a1, a2);
         assert_ne!(a1, b);
         assert_ne!(a1, c);

@@ -9,7 +9,10 @@ fn sources(dir: &str) -> Vec<(String, String)> {
     for e in std::fs::read_dir(repo().join(dir)).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "rs") {
-            out.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
+            out.push((
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            ));
         }
     }
     assert!(!out.is_empty(), "{dir} has sources");
@@ -18,7 +21,18 @@ fn sources(dir: &str) -> Vec<(String, String)> {
 
 #[test]
 fn the_policy_core_and_engine_touch_no_clock_file_socket_or_thread() {
-    let forbidden = ["std::time", "Instant", "SystemTime", "std::fs", "std::net", "std::thread", "tokio", "std::io", "thread_rng", "rand::rng"];
+    let forbidden = [
+        "std::time",
+        "Instant",
+        "SystemTime",
+        "std::fs",
+        "std::net",
+        "std::thread",
+        "tokio",
+        "std::io",
+        "thread_rng",
+        "rand::rng",
+    ];
     for dir in ["src/policy", "src/engine"] {
         for (path, text) in sources(dir) {
             // Module docs may name what the module must not do; check code lines only.
@@ -28,7 +42,11 @@ fn the_policy_core_and_engine_touch_no_clock_file_socket_or_thread() {
                     continue;
                 }
                 for f in forbidden {
-                    assert!(!code.contains(f), "{path}:{}: `{f}` in a sans-IO module: {line}", n + 1);
+                    assert!(
+                        !code.contains(f),
+                        "{path}:{}: `{f}` in a sans-IO module: {line}",
+                        n + 1
+                    );
                 }
             }
         }
@@ -37,12 +55,24 @@ fn the_policy_core_and_engine_touch_no_clock_file_socket_or_thread() {
 
 #[test]
 fn every_module_says_what_it_is_for() {
-    for dir in ["src", "src/engine", "src/hw", "src/output", "src/policy", "src/scenario", "src/sim", "src/workload"] {
+    for dir in [
+        "src",
+        "src/engine",
+        "src/hw",
+        "src/output",
+        "src/policy",
+        "src/scenario",
+        "src/sim",
+        "src/workload",
+    ] {
         for (path, text) in sources(dir) {
             if path.ends_with("main.rs") || path.ends_with("tests.rs") {
                 continue;
             }
-            assert!(text.trim_start().starts_with("//!"), "{path} starts without a //! module doc");
+            assert!(
+                text.trim_start().starts_with("//!"),
+                "{path} starts without a //! module doc"
+            );
         }
     }
 }

@@ -5,8 +5,16 @@ use common::*;
 use std::process::Command;
 
 fn chimera(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_chimera")).args(args).current_dir(repo()).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+    let o = Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
 
 #[test]
@@ -15,10 +23,23 @@ fn run_default_prints_a_table_and_writes_every_file() {
     let d = dir.to_str().unwrap();
     let (code, out, err) = chimera(&["run", "--out", d, "--set", "workload.workflows=150"]);
     assert_eq!(code, 0, "{err}");
-    for want in ["scenario default", "request TTFT (ms)", "workflow E2E (s)", "Qwen2.5-7B", "throughput", "not measured"] {
+    for want in [
+        "scenario default",
+        "request TTFT (ms)",
+        "workflow E2E (s)",
+        "Qwen2.5-7B",
+        "throughput",
+        "not measured",
+    ] {
         assert!(out.contains(want), "summary table lacks `{want}`:\n{out}");
     }
-    for f in ["requests.parquet", "workflows.parquet", "engines.parquet", "summary.json", "manifest.json"] {
+    for f in [
+        "requests.parquet",
+        "workflows.parquet",
+        "engines.parquet",
+        "summary.json",
+        "manifest.json",
+    ] {
         assert!(dir.join(f).exists(), "{f} missing");
     }
     let m = json(&dir.join("manifest.json"));
@@ -26,14 +47,29 @@ fn run_default_prints_a_table_and_writes_every_file() {
     assert_eq!(m["seed"], 1);
     assert_eq!(m["scenario"]["workload"]["workflows"], 150);
     assert!(m["git_commit"].as_str().unwrap().len() >= 7);
-    assert!(m["inputs"]["engines"][1]["gpu_provenance"].as_str().unwrap().contains("datasheet"));
-    assert_eq!(m["inputs"]["engines"][1]["step_time"]["kind"], "roofline-default");
+    assert!(m["inputs"]["engines"][1]["gpu_provenance"]
+        .as_str()
+        .unwrap()
+        .contains("datasheet"));
+    assert_eq!(
+        m["inputs"]["engines"][1]["step_time"]["kind"],
+        "roofline-default"
+    );
 }
 
 #[test]
 fn seed_flag_and_json_output() {
     let dir = tmpdir("cli-json");
-    let (code, out, _) = chimera(&["run", "--out", dir.to_str().unwrap(), "--seed", "7", "--json", "--set", "workload.workflows=50"]);
+    let (code, out, _) = chimera(&[
+        "run",
+        "--out",
+        dir.to_str().unwrap(),
+        "--seed",
+        "7",
+        "--json",
+        "--set",
+        "workload.workflows=50",
+    ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["seed"], 7);
@@ -68,7 +104,9 @@ fn every_shipped_scenario_validates() {
     if shared_data().is_none() {
         files.retain(|p| !p.to_string_lossy().contains("bench"));
     }
-    let args: Vec<&str> = std::iter::once("validate").chain(files.iter().map(|p| p.to_str().unwrap())).collect();
+    let args: Vec<&str> = std::iter::once("validate")
+        .chain(files.iter().map(|p| p.to_str().unwrap()))
+        .collect();
     let (code, out, _) = chimera(&args);
     assert_eq!(code, 0, "{out}");
 }
@@ -85,7 +123,8 @@ fn bad_input_exits_2_with_the_field_path() {
     ];
     for (text, wants) in cases {
         std::fs::write(&bad, text).unwrap();
-        let (code, _, err) = chimera(&["run", bad.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+        let (code, _, err) =
+            chimera(&["run", bad.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
         assert_eq!(code, 2, "{err}");
         for w in *wants {
             assert!(err.contains(w), "`{err}` should mention `{w}`");
@@ -111,7 +150,15 @@ fn the_azure_trace_bench_scenario_runs_on_the_shared_trace() {
         return;
     };
     let dir = tmpdir("cli-azure");
-    let (code, _, err) = chimera(&["run", "scenarios/bench/vidur-4x-llama2-7b-a100.yaml", "--out", dir.to_str().unwrap(), "-q", "--set", "workload.limit=300"]);
+    let (code, _, err) = chimera(&[
+        "run",
+        "scenarios/bench/vidur-4x-llama2-7b-a100.yaml",
+        "--out",
+        dir.to_str().unwrap(),
+        "-q",
+        "--set",
+        "workload.limit=300",
+    ]);
     assert_eq!(code, 0, "{err}");
     let r = dir.join("requests.parquet");
     let prompts = column(&r, "prompt_tokens");
@@ -124,7 +171,10 @@ fn the_azure_trace_bench_scenario_runs_on_the_shared_trace() {
     assert!(prompts.iter().zip(&outs).all(|(p, o)| p + o <= 4096.0));
     let engines = strings(&r, "engine");
     for k in 0..4 {
-        assert!(engines.iter().any(|e| e == &format!("llama2-7b-r{k}")), "least outstanding uses every replica");
+        assert!(
+            engines.iter().any(|e| e == &format!("llama2-7b-r{k}")),
+            "least outstanding uses every replica"
+        );
     }
     let m = json(&dir.join("manifest.json"));
     assert_eq!(m["inputs"]["files"][0]["bytes"], 719_188);

@@ -4,7 +4,12 @@
 mod common;
 use common::*;
 
-const FILES: [&str; 4] = ["requests.parquet", "workflows.parquet", "engines.parquet", "summary.json"];
+const FILES: [&str; 4] = [
+    "requests.parquet",
+    "workflows.parquet",
+    "engines.parquet",
+    "summary.json",
+];
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_bytes() {
@@ -14,14 +19,21 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
     let rb = run(&default_with(&sets), &b);
     let rc = run(&default_with(&[sets[0], sets[1], "seed=2"]), &c);
     for f in FILES {
-        let (x, y, z) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), std::fs::read(c.join(f)).unwrap());
+        let (x, y, z) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            std::fs::read(c.join(f)).unwrap(),
+        );
         assert!(x == y, "{f} differs between two runs with the same seed (rerun: chimera run --set workload.workflows=400 --seed 1)");
         assert!(x != z, "{f} is the same for seeds 1 and 2");
     }
     assert_eq!(ra.event_log_hash, rb.event_log_hash);
     assert_ne!(ra.event_log_hash, rc.event_log_hash);
     // The manifest is deterministic too (no wall-clock time in it).
-    assert_eq!(std::fs::read(a.join("manifest.json")).unwrap(), std::fs::read(b.join("manifest.json")).unwrap());
+    assert_eq!(
+        std::fs::read(a.join("manifest.json")).unwrap(),
+        std::fs::read(b.join("manifest.json")).unwrap()
+    );
 }
 
 #[test]
@@ -29,7 +41,13 @@ fn policies_see_the_same_workload_under_one_seed() {
     // Common random numbers: changing the routing policy must not change what arrives.
     let (a, b) = (tmpdir("crn-a"), tmpdir("crn-b"));
     run(&default_with(&["workload.workflows=200"]), &a);
-    run(&default_with(&["workload.workflows=200", "policy.routing={kind: round_robin}"]), &b);
+    run(
+        &default_with(&[
+            "workload.workflows=200",
+            "policy.routing={kind: round_robin}",
+        ]),
+        &b,
+    );
     let wa = a.join("workflows.parquet");
     let wb = b.join("workflows.parquet");
     let key = |dir: &std::path::Path, f: &std::path::Path| {
@@ -37,7 +55,12 @@ fn policies_see_the_same_workload_under_one_seed() {
         let ids = column(f, "workflow_id");
         let arr = column(f, "arrival_ns");
         let stages = column(f, "stages");
-        let mut v: Vec<(u64, i64, u64)> = ids.iter().zip(&arr).zip(&stages).map(|((i, t), s)| (*i as u64, *t as i64, *s as u64)).collect();
+        let mut v: Vec<(u64, i64, u64)> = ids
+            .iter()
+            .zip(&arr)
+            .zip(&stages)
+            .map(|((i, t), s)| (*i as u64, *t as i64, *s as u64))
+            .collect();
         v.sort();
         v
     };

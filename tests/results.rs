@@ -8,14 +8,32 @@ use common::*;
 #[test]
 fn request_rows_obey_their_definitions() {
     let dir = tmpdir("rows");
-    let rep = run(&default_with(&["workload.workflows=300", "limits.check_invariants=true"]), &dir);
+    let rep = run(
+        &default_with(&["workload.workflows=300", "limits.check_invariants=true"]),
+        &dir,
+    );
     let f = dir.join("requests.parquet");
     let col = |n| column(&f, n);
-    let (arr, disp, sched, first, fin) = (col("arrival_ns"), col("dispatch_ns"), col("first_scheduled_ns"), col("first_token_ns"), col("finish_ns"));
-    let (ttft, e2e, tpot, queue, out) = (col("ttft_ns"), col("e2e_ns"), col("tpot_ns"), col("queue_ns"), col("output_tokens"));
+    let (arr, disp, sched, first, fin) = (
+        col("arrival_ns"),
+        col("dispatch_ns"),
+        col("first_scheduled_ns"),
+        col("first_token_ns"),
+        col("finish_ns"),
+    );
+    let (ttft, e2e, tpot, queue, out) = (
+        col("ttft_ns"),
+        col("e2e_ns"),
+        col("tpot_ns"),
+        col("queue_ns"),
+        col("output_tokens"),
+    );
     assert_eq!(arr.len() as u64, rep.summary.requests.count);
     for i in 0..arr.len() {
-        assert!(arr[i] <= disp[i] && disp[i] <= sched[i] && sched[i] < first[i] && first[i] <= fin[i], "row {i}: no token before dispatch");
+        assert!(
+            arr[i] <= disp[i] && disp[i] <= sched[i] && sched[i] < first[i] && first[i] <= fin[i],
+            "row {i}: no token before dispatch"
+        );
         assert_eq!(ttft[i], first[i] - arr[i]);
         assert_eq!(e2e[i], fin[i] - arr[i]);
         assert_eq!(queue[i], sched[i] - disp[i]);
@@ -31,7 +49,10 @@ fn request_rows_obey_their_definitions() {
     let stage = col("stage");
     let mut by_wf: std::collections::BTreeMap<u64, Vec<(u32, f64, f64)>> = Default::default();
     for i in 0..wf.len() {
-        by_wf.entry(wf[i] as u64).or_default().push((stage[i] as u32, arr[i], fin[i]));
+        by_wf
+            .entry(wf[i] as u64)
+            .or_default()
+            .push((stage[i] as u32, arr[i], fin[i]));
     }
     let wfile = dir.join("workflows.parquet");
     let stages = column(&wfile, "stages");
@@ -44,11 +65,22 @@ fn request_rows_obey_their_definitions() {
         assert_eq!(v.len(), *n as usize, "workflow {id}");
         for (k, w) in v.windows(2).enumerate() {
             assert_eq!(w[1].0, k as u32 + 1);
-            assert!(w[1].1 >= w[0].2, "workflow {id}: stage {} issued before stage {} finished", k + 1, k);
+            assert!(
+                w[1].1 >= w[0].2,
+                "workflow {id}: stage {} issued before stage {} finished",
+                k + 1,
+                k
+            );
         }
     }
     // Workflow rows: E2E and per-token latency from their own columns.
-    let (wa, wfin, we2e, wpt, wout) = (column(&wfile, "arrival_ns"), column(&wfile, "finish_ns"), column(&wfile, "e2e_ns"), column(&wfile, "e2e_per_output_token_ns"), column(&wfile, "output_tokens"));
+    let (wa, wfin, we2e, wpt, wout) = (
+        column(&wfile, "arrival_ns"),
+        column(&wfile, "finish_ns"),
+        column(&wfile, "e2e_ns"),
+        column(&wfile, "e2e_per_output_token_ns"),
+        column(&wfile, "output_tokens"),
+    );
     for i in 0..wa.len() {
         assert_eq!(we2e[i], wfin[i] - wa[i]);
         assert!((wpt[i] - we2e[i] / wout[i]).abs() < 1e-6);
@@ -62,12 +94,19 @@ fn engine_log_stays_within_limits() {
     run(&r, &dir);
     let f = dir.join("engines.parquet");
     let names = strings(&f, "engine");
-    let (tokens, running, kv) = (column(&f, "tokens"), column(&f, "running"), column(&f, "kv_used_blocks"));
+    let (tokens, running, kv) = (
+        column(&f, "tokens"),
+        column(&f, "running"),
+        column(&f, "kv_used_blocks"),
+    );
     for i in 0..names.len() {
         let e = r.engines.iter().find(|e| e.name == names[i]).unwrap();
         assert!(tokens[i] <= e.limits.max_num_batched_tokens as f64);
         assert!(running[i] <= e.limits.max_num_seqs as f64);
-        assert!(kv[i] < e.kv.num_gpu_blocks as f64, "KV blocks in use within capacity");
+        assert!(
+            kv[i] < e.kv.num_gpu_blocks as f64,
+            "KV blocks in use within capacity"
+        );
     }
     // Overload shows up as large batches.
     assert!(tokens.iter().cloned().fold(0.0, f64::max) > 1000.0);
@@ -76,7 +115,13 @@ fn engine_log_stays_within_limits() {
 #[test]
 fn summary_matches_the_rows() {
     let dir = tmpdir("summary");
-    run(&default_with(&["workload.workflows=200", "workload.success_probability={Qwen2.5-1.5B: 0.3, Qwen2.5-7B: 0.6}"]), &dir);
+    run(
+        &default_with(&[
+            "workload.workflows=200",
+            "workload.success_probability={Qwen2.5-1.5B: 0.3, Qwen2.5-7B: 0.6}",
+        ]),
+        &dir,
+    );
     let s = json(&dir.join("summary.json"));
     let w = dir.join("workflows.parquet");
     let succ = column(&w, "success");
@@ -84,14 +129,27 @@ fn summary_matches_the_rows() {
     let solved = succ.iter().filter(|x| **x == 1.0).count() as u64;
     assert_eq!(s["accuracy"]["solved"], solved);
     assert_eq!(s["accuracy"]["known"], 200);
-    let big: Vec<f64> = succ.iter().zip(&models).filter(|(_, m)| *m == "Qwen2.5-7B").map(|(s, _)| *s).collect();
-    let small: Vec<f64> = succ.iter().zip(&models).filter(|(_, m)| *m == "Qwen2.5-1.5B").map(|(s, _)| *s).collect();
+    let big: Vec<f64> = succ
+        .iter()
+        .zip(&models)
+        .filter(|(_, m)| *m == "Qwen2.5-7B")
+        .map(|(s, _)| *s)
+        .collect();
+    let small: Vec<f64> = succ
+        .iter()
+        .zip(&models)
+        .filter(|(_, m)| *m == "Qwen2.5-1.5B")
+        .map(|(s, _)| *s)
+        .collect();
     let rate = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     assert!(rate(&big) > rate(&small), "the stronger model solves more");
     let e2e = column(&w, "e2e_ns");
     let mean_s = e2e.iter().sum::<f64>() / e2e.len() as f64 / 1e9;
     let reported = s["workflows"]["e2e_s"]["mean"].as_f64().unwrap();
-    assert!((mean_s - reported).abs() / mean_s < 1e-6, "{mean_s} vs {reported}");
+    assert!(
+        (mean_s - reported).abs() / mean_s < 1e-6,
+        "{mean_s} vs {reported}"
+    );
     let mut sorted = e2e.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p90 = sorted[(0.9 * sorted.len() as f64).ceil() as usize - 1] / 1e9;
@@ -105,7 +163,10 @@ fn a_run_that_fails_midway_keeps_what_it_wrote() {
     let r = default_with(&["workload.workflows=2000", "limits.max_events=30000"]);
     let err = chimera::run::run_to_dir(&r, &dir, &[], None, &mut |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("max_events"), "{err}");
-    assert!(err.to_string().contains("--seed 1"), "the error says how to rerun: {err}");
+    assert!(
+        err.to_string().contains("--seed 1"),
+        "the error says how to rerun: {err}"
+    );
     // The tables written so far are complete Parquet files with the rows finished so far.
     let n = column(&dir.join("requests.parquet"), "request_id").len();
     assert!(n > 100, "{n} rows kept");
@@ -118,8 +179,19 @@ fn a_run_that_fails_midway_keeps_what_it_wrote() {
 fn heavier_load_means_longer_latency_and_bigger_models_are_slower() {
     let lat = |rate: &str, frac_big: f64| {
         let dir = tmpdir(&format!("load-{rate}-{frac_big}"));
-        let f = format!("policy.routing.fractions={{Qwen2.5-1.5B: {}, Qwen2.5-7B: {}}}", 1.0 - frac_big, frac_big);
-        let rep = run(&default_with(&["workload.workflows=300", &format!("workload.arrivals.rate_per_s={rate}"), &f]), &dir);
+        let f = format!(
+            "policy.routing.fractions={{Qwen2.5-1.5B: {}, Qwen2.5-7B: {}}}",
+            1.0 - frac_big,
+            frac_big
+        );
+        let rep = run(
+            &default_with(&[
+                "workload.workflows=300",
+                &format!("workload.arrivals.rate_per_s={rate}"),
+                &f,
+            ]),
+            &dir,
+        );
         rep.summary.workflows.e2e_per_output_token_ms.mean.unwrap()
     };
     assert!(lat("0.2", 0.5) < lat("3", 0.5));

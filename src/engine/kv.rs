@@ -27,7 +27,10 @@ pub struct KvPool {
 
 impl KvPool {
     pub fn new(usable_blocks: u32) -> Self {
-        KvPool { usable: usable_blocks, free: usable_blocks }
+        KvPool {
+            usable: usable_blocks,
+            free: usable_blocks,
+        }
     }
     #[inline]
     pub fn usable(&self) -> u32 {
@@ -54,7 +57,10 @@ impl KvPool {
     /// Give back `n` blocks.
     #[inline]
     pub fn give_back(&mut self, n: u32) {
-        assert!(self.free + n <= self.usable, "KV pool: freeing more blocks than were taken");
+        assert!(
+            self.free + n <= self.usable,
+            "KV pool: freeing more blocks than were taken"
+        );
         self.free += n;
     }
     /// Fraction of usable blocks in use, as `vllm:kv_cache_usage_perc` reports it (0..1).
@@ -196,19 +202,47 @@ mod tests {
     fn refusals_explain_with_numbers() {
         let c = Catalog::builtin();
         // 72B weights do not fit one 48 GB card.
-        let e = plan_kv(&sizing(c.model("Qwen2.5-72B").unwrap(), c.gpu("RTX-A6000").unwrap(), 1, 4096))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("does not fit") && e.contains("weights take"), "{e}");
+        let e = plan_kv(&sizing(
+            c.model("Qwen2.5-72B").unwrap(),
+            c.gpu("RTX-A6000").unwrap(),
+            1,
+            4096,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("does not fit") && e.contains("weights take"),
+            "{e}"
+        );
         // Qwen1.5-14B at 32K has no GQA: its max-length request does not fit beside the weights.
-        let e = plan_kv(&sizing(c.model("Qwen1.5-14B").unwrap(), c.gpu("RTX-A6000").unwrap(), 1, 32768))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("max_model_len 32768") && e.contains("GiB"), "{e}");
+        let e = plan_kv(&sizing(
+            c.model("Qwen1.5-14B").unwrap(),
+            c.gpu("RTX-A6000").unwrap(),
+            1,
+            32768,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("max_model_len 32768") && e.contains("GiB"),
+            "{e}"
+        );
         // ... but at 4K it does.
-        plan_kv(&sizing(c.model("Qwen1.5-14B").unwrap(), c.gpu("RTX-A6000").unwrap(), 1, 4096)).unwrap();
+        plan_kv(&sizing(
+            c.model("Qwen1.5-14B").unwrap(),
+            c.gpu("RTX-A6000").unwrap(),
+            1,
+            4096,
+        ))
+        .unwrap();
         // And 72B on 2 x H200 does.
-        plan_kv(&sizing(c.model("Qwen2.5-72B").unwrap(), c.gpu("H200").unwrap(), 2, 32768)).unwrap();
+        plan_kv(&sizing(
+            c.model("Qwen2.5-72B").unwrap(),
+            c.gpu("H200").unwrap(),
+            2,
+            32768,
+        ))
+        .unwrap();
     }
 
     #[derive(Debug, Clone)]
@@ -218,7 +252,10 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![(0u32..40).prop_map(Op::Take), (0usize..64).prop_map(Op::GiveBack)]
+        prop_oneof![
+            (0u32..40).prop_map(Op::Take),
+            (0usize..64).prop_map(Op::GiveBack)
+        ]
     }
 
     proptest! {

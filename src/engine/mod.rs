@@ -126,7 +126,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(id: u32, limits: EngineLimits, steptime: StepTimeModel, usable_kv_blocks: u32) -> Self {
+    pub fn new(
+        id: u32,
+        limits: EngineLimits,
+        steptime: StepTimeModel,
+        usable_kv_blocks: u32,
+    ) -> Self {
         let waiting = match limits.policy {
             EnginePolicy::Fcfs => Waiting::Fcfs(VecDeque::new()),
             EnginePolicy::Priority => Waiting::Priority(BinaryHeap::new()),
@@ -275,9 +280,16 @@ impl Engine {
     /// Schedule one step at `now` (the v1 algorithm). Returns the step's duration, or None if
     /// there is nothing to run.
     pub fn begin_step(&mut self, now: Nanos) -> Option<Nanos> {
-        assert!(!self.in_step, "engine {}: begin_step while a step is running", self.id);
+        assert!(
+            !self.in_step,
+            "engine {}: begin_step while a step is running",
+            self.id
+        );
         self.scheduled.clear();
-        self.step = StepReport { start_ns: now, ..StepReport::default() };
+        self.step = StepReport {
+            start_ns: now,
+            ..StepReport::default()
+        };
         let mut budget = self.limits.max_num_batched_tokens;
         let mut shape = StepShape::default();
 
@@ -299,7 +311,10 @@ impl Engine {
                     EnginePolicy::Priority => {
                         let mut best = 0;
                         for (p, &r) in self.running.iter().enumerate() {
-                            let (a, b) = (&self.slots[r as usize], &self.slots[self.running[best] as usize]);
+                            let (a, b) = (
+                                &self.slots[r as usize],
+                                &self.slots[self.running[best] as usize],
+                            );
                             if (a.req.priority, a.seq) > (b.req.priority, b.seq) {
                                 best = p;
                             }
@@ -333,7 +348,9 @@ impl Engine {
         // 2. Waiting requests, only if nothing was preempted.
         if self.step.preempted == 0 {
             while budget > 0 && (self.running.len() as u32) < self.limits.max_num_seqs {
-                let Some(slot) = self.peek_waiting() else { break };
+                let Some(slot) = self.peek_waiting() else {
+                    break;
+                };
                 let s = &self.slots[slot as usize];
                 let n = (s.tokens() - s.computed).min(budget);
                 if !self.try_grow(slot, n) {
@@ -424,20 +441,40 @@ impl Engine {
 
     /// Check the engine's invariants; returns a description of the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let held: u64 = self.running.iter().map(|&r| self.slots[r as usize].blocks as u64).sum();
+        let held: u64 = self
+            .running
+            .iter()
+            .map(|&r| self.slots[r as usize].blocks as u64)
+            .sum();
         if held != self.kv.used() as u64 {
-            return Err(format!("engine {}: running requests hold {held} blocks, pool says {}", self.id, self.kv.used()));
+            return Err(format!(
+                "engine {}: running requests hold {held} blocks, pool says {}",
+                self.id,
+                self.kv.used()
+            ));
         }
         if self.kv.used() > self.kv.usable() {
-            return Err(format!("engine {}: {} KV blocks in use > capacity {}", self.id, self.kv.used(), self.kv.usable()));
+            return Err(format!(
+                "engine {}: {} KV blocks in use > capacity {}",
+                self.id,
+                self.kv.used(),
+                self.kv.usable()
+            ));
         }
         if self.running.len() > self.limits.max_num_seqs as usize {
-            return Err(format!("engine {}: {} running > max_num_seqs", self.id, self.running.len()));
+            return Err(format!(
+                "engine {}: {} running > max_num_seqs",
+                self.id,
+                self.running.len()
+            ));
         }
         for &r in &self.running {
             let s = &self.slots[r as usize];
             if s.blocks < blocks_for(s.computed) {
-                return Err(format!("engine {}: request {} computed {} tokens with only {} blocks", self.id, s.req.id, s.computed, s.blocks));
+                return Err(format!(
+                    "engine {}: request {} computed {} tokens with only {} blocks",
+                    self.id, s.req.id, s.computed, s.blocks
+                ));
             }
         }
         Ok(())

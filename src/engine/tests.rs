@@ -6,13 +6,32 @@ use proptest::prelude::*;
 
 fn engine(budget: u32, max_seqs: u32, blocks: u32, policy: EnginePolicy) -> Engine {
     let c = Catalog::builtin();
-    let st = StepTimeModel::new(c.model("Qwen2.5-7B").unwrap(), c.gpu("RTX-A6000").unwrap(), 1, Coefficients::default());
-    let limits = EngineLimits { max_num_batched_tokens: budget, max_num_seqs: max_seqs, max_model_len: 32768, policy };
+    let st = StepTimeModel::new(
+        c.model("Qwen2.5-7B").unwrap(),
+        c.gpu("RTX-A6000").unwrap(),
+        1,
+        Coefficients::default(),
+    );
+    let limits = EngineLimits {
+        max_num_batched_tokens: budget,
+        max_num_seqs: max_seqs,
+        max_model_len: 32768,
+        policy,
+    };
     Engine::new(0, limits, st, blocks)
 }
 
 fn req(id: u64, prompt: u32, out: u32, prio: i64) -> NewRequest {
-    NewRequest { id, workflow: id, stage: 0, prompt_tokens: prompt, output_tokens: out, priority: prio, arrival_ns: 0, dispatch_ns: 0 }
+    NewRequest {
+        id,
+        workflow: id,
+        stage: 0,
+        prompt_tokens: prompt,
+        output_tokens: out,
+        priority: prio,
+        arrival_ns: 0,
+        dispatch_ns: 0,
+    }
 }
 
 /// Run to completion; returns finished requests and the per-step reports.
@@ -36,11 +55,19 @@ fn one_request_prefills_then_decodes_one_token_per_step() {
     let (done, steps) = drain(&mut e);
     assert_eq!(steps.len(), 5, "1 prefill step + 4 decode steps");
     assert_eq!(steps[0].prefill_tokens, 100);
-    assert!(steps[1..].iter().all(|s| s.tokens == 1 && s.decode_tokens == 1));
+    assert!(steps[1..]
+        .iter()
+        .all(|s| s.tokens == 1 && s.decode_tokens == 1));
     let f = done[0];
     assert_eq!(f.output_tokens, 5);
-    assert_eq!(f.first_token_ns, steps[0].duration_ns, "first token comes out of the step that finishes the prompt");
-    assert_eq!(f.finish_ns, steps.iter().map(|s| s.duration_ns).sum::<i64>());
+    assert_eq!(
+        f.first_token_ns, steps[0].duration_ns,
+        "first token comes out of the step that finishes the prompt"
+    );
+    assert_eq!(
+        f.finish_ns,
+        steps.iter().map(|s| s.duration_ns).sum::<i64>()
+    );
     assert_eq!(e.kv().used(), 0);
 }
 
@@ -52,7 +79,10 @@ fn chunked_prefill_splits_long_prompts_by_the_token_budget() {
     let prefill: Vec<u32> = steps.iter().map(|s| s.prefill_tokens).collect();
     assert_eq!(prefill, vec![2048, 2048, 904, 0]);
     let ttft: i64 = steps[..3].iter().map(|s| s.duration_ns).sum();
-    assert_eq!(done[0].first_token_ns, ttft, "TTFT is the sum of the prefill chunks' steps");
+    assert_eq!(
+        done[0].first_token_ns, ttft,
+        "TTFT is the sum of the prefill chunks' steps"
+    );
 }
 
 #[test]
@@ -101,7 +131,11 @@ fn fcfs_preempts_the_newest_running_request_and_recomputes_it() {
     let (done, steps) = drain(&mut e);
     assert_eq!(done.len(), 2);
     let by_id = |id| done.iter().find(|f| f.req.id == id).unwrap();
-    assert_eq!(by_id(1).preemptions, 0, "the oldest request is never the fcfs victim here");
+    assert_eq!(
+        by_id(1).preemptions,
+        0,
+        "the oldest request is never the fcfs victim here"
+    );
     assert!(by_id(2).preemptions >= 1);
     assert!(done.iter().all(|f| f.output_tokens == 40));
     assert!(steps.iter().any(|s| s.preempted > 0));
@@ -136,7 +170,9 @@ fn priority_policy_preempts_the_largest_priority_value() {
 #[test]
 fn a_prompt_longer_than_max_model_len_is_rejected() {
     let mut e = engine(2048, 256, 10_000, EnginePolicy::Fcfs);
-    let f = e.add_request(req(1, 40_000, 2, 0)).expect("rejected at once");
+    let f = e
+        .add_request(req(1, 40_000, 2, 0))
+        .expect("rejected at once");
     assert!(f.rejected && f.output_tokens == 0);
     assert!(!e.has_work());
 }

@@ -58,7 +58,9 @@ impl Coefficients {
         ];
         for (name, v) in fracs {
             if !(v > 0.0 && v <= 1.0) {
-                return Err(Error::bad(format!("coefficients.{name}: expected a fraction in (0, 1], got {v}")));
+                return Err(Error::bad(format!(
+                    "coefficients.{name}: expected a fraction in (0, 1], got {v}"
+                )));
             }
         }
         let times = [
@@ -69,7 +71,9 @@ impl Coefficients {
         ];
         for (name, v) in times {
             if !(v >= 0.0 && v.is_finite()) {
-                return Err(Error::bad(format!("coefficients.{name}: expected a non-negative number, got {v}")));
+                return Err(Error::bad(format!(
+                    "coefficients.{name}: expected a non-negative number, got {v}"
+                )));
             }
         }
         Ok(())
@@ -148,7 +152,9 @@ impl Calibration {
     /// Check that this calibration applies to an engine of `model` on `gpu` at degree `tp`.
     pub fn check_applies(&self, path: &Path, gpu: &str, model: &str, tp: u32) -> Result<()> {
         let cat = crate::hw::Catalog::builtin();
-        let my_gpu = cat.gpu(&self.gpu).map_err(|e| e.context(format!("calibration {}: gpu", path.display())))?;
+        let my_gpu = cat
+            .gpu(&self.gpu)
+            .map_err(|e| e.context(format!("calibration {}: gpu", path.display())))?;
         if my_gpu.name != gpu {
             return Err(Error::bad(format!(
                 "calibration {} is for GPU {}, but the engine runs on {gpu}",
@@ -157,7 +163,9 @@ impl Calibration {
             )));
         }
         if let Some(m) = &self.model {
-            let mine = cat.model(m).map_err(|e| e.context(format!("calibration {}: model", path.display())))?;
+            let mine = cat
+                .model(m)
+                .map_err(|e| e.context(format!("calibration {}: model", path.display())))?;
             if mine.name != model {
                 return Err(Error::bad(format!(
                     "calibration {} is for model {}, but the engine serves {model}",

@@ -132,10 +132,14 @@ impl Catalog {
     pub fn builtin() -> &'static Catalog {
         static CAT: OnceLock<Catalog> = OnceLock::new();
         CAT.get_or_init(|| {
-            let g: GpuFile = serde_saphyr::from_str(GPUS_YAML).expect("embedded catalog/gpus.yaml parses");
+            let g: GpuFile =
+                serde_saphyr::from_str(GPUS_YAML).expect("embedded catalog/gpus.yaml parses");
             let m: ModelFile =
                 serde_saphyr::from_str(MODELS_YAML).expect("embedded catalog/models.yaml parses");
-            Catalog { gpus: g.gpus, models: m.models }
+            Catalog {
+                gpus: g.gpus,
+                models: m.models,
+            }
         })
     }
 
@@ -146,20 +150,31 @@ impl Catalog {
             .find(|g| norm(&g.name) == n || g.aliases.iter().any(|a| norm(a) == n))
             .ok_or_else(|| {
                 let known: Vec<&str> = self.gpus.iter().map(|g| g.name.as_str()).collect();
-                Error::bad(format!("unknown GPU `{name}`; known GPUs: {}", known.join(", ")))
+                Error::bad(format!(
+                    "unknown GPU `{name}`; known GPUs: {}",
+                    known.join(", ")
+                ))
             })
     }
 
     pub fn model(&self, name: &str) -> Result<&ModelSpec> {
         let n = norm(name);
-        let strip = |s: &str| norm(s).trim_end_matches("-instruct").trim_end_matches("-chat").to_string();
+        let strip = |s: &str| {
+            norm(s)
+                .trim_end_matches("-instruct")
+                .trim_end_matches("-chat")
+                .to_string()
+        };
         let ns = strip(name);
         self.models
             .iter()
             .find(|m| norm(&m.name) == n || strip(&m.name) == ns)
             .ok_or_else(|| {
                 let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
-                Error::bad(format!("unknown model `{name}`; known models: {}", known.join(", ")))
+                Error::bad(format!(
+                    "unknown model `{name}`; known models: {}",
+                    known.join(", ")
+                ))
             })
     }
 }
@@ -182,7 +197,10 @@ mod tests {
         let cat = Catalog::builtin();
         for (name, billions, tol) in cases {
             let p = cat.model(name).unwrap().total_params() as f64 / 1e9;
-            assert!((p - billions).abs() <= tol, "{name}: {p:.3} B, expected {billions} B");
+            assert!(
+                (p - billions).abs() <= tol,
+                "{name}: {p:.3} B, expected {billions} B"
+            );
         }
     }
 
@@ -193,9 +211,15 @@ mod tests {
         assert_eq!(cat.gpu("H100").unwrap().name, "H100-SXM");
         assert_eq!(cat.model("Qwen2.5-7B-Instruct").unwrap().name, "Qwen2.5-7B");
         let err = cat.gpu("V100").unwrap_err().to_string();
-        assert!(err.contains("V100") && err.contains("RTX-A6000") && err.contains("H200"), "{err}");
+        assert!(
+            err.contains("V100") && err.contains("RTX-A6000") && err.contains("H200"),
+            "{err}"
+        );
         let err = cat.model("Mistral-7B").unwrap_err().to_string();
-        assert!(err.contains("Qwen2.5-72B") && err.contains("Llama-2-7B"), "{err}");
+        assert!(
+            err.contains("Qwen2.5-72B") && err.contains("Llama-2-7B"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -205,8 +229,18 @@ mod tests {
             assert!(!cat.gpu(g).unwrap().provenance.is_empty());
         }
         for m in [
-            "Qwen2.5-0.5B", "Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Qwen2.5-14B", "Qwen2.5-32B",
-            "Qwen2.5-72B", "Qwen1.5-1.8B", "Qwen1.5-4B", "Qwen1.5-7B", "Qwen1.5-14B", "Llama-2-7B",
+            "Qwen2.5-0.5B",
+            "Qwen2.5-1.5B",
+            "Qwen2.5-3B",
+            "Qwen2.5-7B",
+            "Qwen2.5-14B",
+            "Qwen2.5-32B",
+            "Qwen2.5-72B",
+            "Qwen1.5-1.8B",
+            "Qwen1.5-4B",
+            "Qwen1.5-7B",
+            "Qwen1.5-14B",
+            "Llama-2-7B",
         ] {
             assert!(!cat.model(m).unwrap().provenance.is_empty());
         }

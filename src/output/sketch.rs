@@ -26,7 +26,17 @@ impl Default for Sketch {
 impl Sketch {
     pub fn new() -> Self {
         let gamma = (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY);
-        Sketch { ln_gamma: gamma.ln(), gamma, counts: Vec::new(), offset: 0, zeros: 0, count: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY }
+        Sketch {
+            ln_gamma: gamma.ln(),
+            gamma,
+            counts: Vec::new(),
+            offset: 0,
+            zeros: 0,
+            count: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
     }
 
     /// Add a non-negative value (negative values count as zero).
@@ -99,7 +109,9 @@ mod tests {
     #[test]
     fn quantiles_are_within_the_stated_relative_error() {
         let mut r = stream(5, "sketch");
-        let mut xs: Vec<f64> = (0..50_000).map(|_| (r.random::<f64>() * 20.0).exp()).collect();
+        let mut xs: Vec<f64> = (0..50_000)
+            .map(|_| (r.random::<f64>() * 20.0).exp())
+            .collect();
         let mut s = Sketch::new();
         for &x in &xs {
             s.add(x);
@@ -108,7 +120,10 @@ mod tests {
         for q in [0.01, 0.5, 0.9, 0.99, 1.0] {
             let exact = xs[((q * xs.len() as f64).ceil() as usize).max(1) - 1];
             let got = s.quantile(q).unwrap();
-            assert!((got - exact).abs() / exact <= RELATIVE_ACCURACY * 1.01, "q{q}: {got} vs {exact}");
+            assert!(
+                (got - exact).abs() / exact <= RELATIVE_ACCURACY * 1.01,
+                "q{q}: {got} vs {exact}"
+            );
         }
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         assert!((s.mean().unwrap() - mean).abs() / mean < 1e-9);

@@ -19,7 +19,14 @@ impl Stats {
     /// From a sketch of nanosecond values, scaled by `1 / unit_ns`.
     pub fn from_sketch(s: &Sketch, unit_ns: f64) -> Stats {
         let f = |x: Option<f64>| x.map(|v| round6(v / unit_ns));
-        Stats { count: s.count(), mean: f(s.mean()), p50: f(s.quantile(0.5)), p90: f(s.quantile(0.9)), p99: f(s.quantile(0.99)), max: f(s.max()) }
+        Stats {
+            count: s.count(),
+            mean: f(s.mean()),
+            p50: f(s.quantile(0.5)),
+            p90: f(s.quantile(0.9)),
+            p99: f(s.quantile(0.99)),
+            max: f(s.max()),
+        }
     }
 }
 
@@ -77,7 +84,10 @@ impl Aggregates {
             preemptions: 0,
             first_arrival_ns: None,
             last_finish_ns: 0,
-            by_model: models.iter().map(|m| (m.clone(), ModelAgg::default())).collect(),
+            by_model: models
+                .iter()
+                .map(|m| (m.clone(), ModelAgg::default()))
+                .collect(),
         }
     }
 }
@@ -157,16 +167,29 @@ pub struct Summary {
 }
 
 fn accuracy(known: u64, solved: u64) -> Option<Accuracy> {
-    (known > 0).then(|| Accuracy { known, solved, accuracy: round6(solved as f64 / known as f64) })
+    (known > 0).then(|| Accuracy {
+        known,
+        solved,
+        accuracy: round6(solved as f64 / known as f64),
+    })
 }
 
 impl Aggregates {
-    pub fn summarize(&self, scenario: &str, seed: u64, policy: String, engines: Vec<EngineSummary>) -> Summary {
+    pub fn summarize(
+        &self,
+        scenario: &str,
+        seed: u64,
+        policy: String,
+        engines: Vec<EngineSummary>,
+    ) -> Summary {
         let ms = 1e6;
         let makespan_ns = self.last_finish_ns - self.first_arrival_ns.unwrap_or(0);
         let span = ns_to_secs(makespan_ns.max(1));
         let rate = |n: u64| round6(n as f64 / span);
-        let (known, solved) = self.by_model.iter().fold((0, 0), |(k, s), (_, m)| (k + m.known, s + m.solved));
+        let (known, solved) = self
+            .by_model
+            .iter()
+            .fold((0, 0), |(k, s), (_, m)| (k + m.known, s + m.solved));
         Summary {
             scenario: scenario.to_string(),
             seed,

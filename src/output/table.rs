@@ -6,7 +6,9 @@
 //! so the rows written so far stay readable when a run stops on an error.
 
 use crate::error::{Error, Result};
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array, UInt64Array};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array, UInt64Array,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -80,7 +82,8 @@ impl Table {
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("chimera {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| Error::other(format!("{}: {e}", path.display())))?;
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .map_err(|e| Error::other(format!("{}: {e}", path.display())))?;
         let cols = columns
             .iter()
             .map(|(_, t)| match t {
@@ -92,7 +95,14 @@ impl Table {
                 ColType::Str(d) => Buf::Str(Vec::with_capacity(BATCH_ROWS), d.clone()),
             })
             .collect();
-        Ok(Table { path: path.to_path_buf(), schema, cols, rows: 0, total_rows: 0, writer: Some(writer) })
+        Ok(Table {
+            path: path.to_path_buf(),
+            schema,
+            cols,
+            rows: 0,
+            total_rows: 0,
+            writer: Some(writer),
+        })
     }
 
     /// Append one row; `row` must match the declared columns in order and type.
@@ -109,7 +119,10 @@ impl Table {
                     debug_assert!((x as usize) < d.len());
                     b.push(x)
                 }
-                _ => panic!("{}: row does not match the table's column types", self.path.display()),
+                _ => panic!(
+                    "{}: row does not match the table's column types",
+                    self.path.display()
+                ),
             }
         }
         self.rows += 1;
@@ -135,7 +148,9 @@ impl Table {
                     Buf::F64(b) => Arc::new(Float64Array::from(std::mem::take(b))),
                     Buf::Bool(b) => Arc::new(BooleanArray::from(std::mem::take(b))),
                     Buf::Str(b, d) => {
-                        let a = StringArray::from_iter_values(b.iter().map(|&i| d[i as usize].as_str()));
+                        let a = StringArray::from_iter_values(
+                            b.iter().map(|&i| d[i as usize].as_str()),
+                        );
                         b.clear();
                         Arc::new(a)
                     }
@@ -144,8 +159,11 @@ impl Table {
             .collect();
         self.rows = 0;
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
-        let w = self.writer.as_mut().ok_or_else(|| Error::other(format!("{}: table already finished", self.path.display())))?;
-        w.write(&batch).map_err(|e| Error::other(format!("{}: {e}", self.path.display())))?;
+        let w = self.writer.as_mut().ok_or_else(|| {
+            Error::other(format!("{}: table already finished", self.path.display()))
+        })?;
+        w.write(&batch)
+            .map_err(|e| Error::other(format!("{}: {e}", self.path.display())))?;
         Ok(())
     }
 
@@ -153,7 +171,8 @@ impl Table {
     pub fn finish(&mut self) -> Result<u64> {
         self.flush()?;
         if let Some(w) = self.writer.take() {
-            w.close().map_err(|e| Error::other(format!("{}: {e}", self.path.display())))?;
+            w.close()
+                .map_err(|e| Error::other(format!("{}: {e}", self.path.display())))?;
         }
         Ok(self.total_rows)
     }

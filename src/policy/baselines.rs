@@ -37,9 +37,21 @@ impl Router for FixedFraction {
     }
     fn route(&mut self, _now: Nanos, _req: &RequestInfo, view: &ClusterView) -> EngineId {
         let u: f64 = self.rng.random();
-        let model = self.cdf.iter().find(|(_, c)| u < *c).or(self.cdf.last()).map(|(m, _)| m.clone()).expect("non-empty");
-        view.least_loaded(view.engines.iter().filter(|e| e.model == model).map(|e| e.id), None)
-            .expect("every model in the fractions has an engine")
+        let model = self
+            .cdf
+            .iter()
+            .find(|(_, c)| u < *c)
+            .or(self.cdf.last())
+            .map(|(m, _)| m.clone())
+            .expect("non-empty");
+        view.least_loaded(
+            view.engines
+                .iter()
+                .filter(|e| e.model == model)
+                .map(|e| e.id),
+            None,
+        )
+        .expect("every model in the fractions has an engine")
     }
 }
 
@@ -69,7 +81,8 @@ impl Router for LeastOutstanding {
         "least_outstanding"
     }
     fn route(&mut self, _now: Nanos, _req: &RequestInfo, view: &ClusterView) -> EngineId {
-        view.least_loaded(view.engines.iter().map(|e| e.id), None).expect("at least one engine")
+        view.least_loaded(view.engines.iter().map(|e| e.id), None)
+            .expect("at least one engine")
     }
 }
 

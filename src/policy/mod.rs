@@ -11,8 +11,8 @@
 pub mod baselines;
 
 use crate::time::Nanos;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 pub type EngineId = u32;
@@ -81,7 +81,12 @@ pub enum FailureKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Send `request` to `engine` with `priority` (lower runs first), not before `not_before`.
-    Dispatch { request: u64, engine: EngineId, priority: i64, not_before: Nanos },
+    Dispatch {
+        request: u64,
+        engine: EngineId,
+        priority: i64,
+        not_before: Nanos,
+    },
     /// Give up on `request`.
     Abandon { request: u64, reason: String },
 }
@@ -95,10 +100,18 @@ pub struct ClusterView<'a> {
 impl ClusterView<'_> {
     /// Among `candidates`, the engine with the fewest requests in flight or held (ties: lowest id,
     /// or `prefer` when it ties for least).
-    pub fn least_loaded(&self, candidates: impl Iterator<Item = EngineId>, prefer: Option<EngineId>) -> Option<EngineId> {
+    pub fn least_loaded(
+        &self,
+        candidates: impl Iterator<Item = EngineId>,
+        prefer: Option<EngineId>,
+    ) -> Option<EngineId> {
         let key = |e: EngineId| {
             let l = &self.load[e as usize];
-            (l.in_flight + l.held, if Some(e) == prefer { 0 } else { 1 }, e)
+            (
+                l.in_flight + l.held,
+                if Some(e) == prefer { 0 } else { 1 },
+                e,
+            )
         };
         candidates.min_by_key(|&e| key(e))
     }
@@ -129,7 +142,11 @@ pub struct CoreOptions {
 
 impl Default for CoreOptions {
     fn default() -> Self {
-        CoreOptions { max_in_flight_per_engine: None, max_retries: 2, retry_backoff_ns: 100_000_000 }
+        CoreOptions {
+            max_in_flight_per_engine: None,
+            max_retries: 2,
+            retry_backoff_ns: 100_000_000,
+        }
     }
 }
 
@@ -160,8 +177,16 @@ pub struct PolicyCore {
 }
 
 impl PolicyCore {
-    pub fn new(engines: Vec<EngineInfo>, router: Box<dyn Router>, prioritizer: Box<dyn Prioritizer>, opts: CoreOptions) -> Self {
-        assert!(!engines.is_empty(), "a policy core needs at least one engine");
+    pub fn new(
+        engines: Vec<EngineInfo>,
+        router: Box<dyn Router>,
+        prioritizer: Box<dyn Prioritizer>,
+        opts: CoreOptions,
+    ) -> Self {
+        assert!(
+            !engines.is_empty(),
+            "a policy core needs at least one engine"
+        );
         for (i, e) in engines.iter().enumerate() {
             assert_eq!(e.id as usize, i, "engine ids must be 0..n in order");
         }
@@ -187,27 +212,52 @@ impl PolicyCore {
         &self.load
     }
     pub fn describe(&self) -> String {
-        format!("router {}, priority {}", self.router.name(), self.prioritizer.name())
+        format!(
+            "router {}, priority {}",
+            self.router.name(),
+            self.prioritizer.name()
+        )
     }
 
     /// A request is ready to be sent.
     pub fn handle_request(&mut self, now: Nanos, req: RequestInfo) {
-        let view = ClusterView { engines: &self.engines, load: &self.load };
+        let view = ClusterView {
+            engines: &self.engines,
+            load: &self.load,
+        };
         let engine = match self.workflow_engine.get(&req.workflow) {
             // Later stages stay on the workflow's model: the least loaded replica of it.
             Some(&prev) => {
                 let model = &self.engines[prev as usize].model;
-                view.least_loaded(self.engines.iter().filter(|e| &e.model == model).map(|e| e.id), Some(prev))
-                    .expect("the previous engine is a candidate")
+                view.least_loaded(
+                    self.engines
+                        .iter()
+                        .filter(|e| &e.model == model)
+                        .map(|e| e.id),
+                    Some(prev),
+                )
+                .expect("the previous engine is a candidate")
             }
             None => self.router.route(now, &req, &view),
         };
-        assert!((engine as usize) < self.engines.len(), "router {} chose engine {engine} of {}", self.router.name(), self.engines.len());
+        assert!(
+            (engine as usize) < self.engines.len(),
+            "router {} chose engine {engine} of {}",
+            self.router.name(),
+            self.engines.len()
+        );
         self.workflow_engine.insert(req.workflow, engine);
         let priority = self.prioritizer.priority(now, &req, engine);
         self.requests.insert(
             req.request,
-            Tracked { workflow: req.workflow, engine, priority, prompt_tokens: req.prompt_tokens, attempts: 0, dispatched: false },
+            Tracked {
+                workflow: req.workflow,
+                engine,
+                priority,
+                prompt_tokens: req.prompt_tokens,
+                attempts: 0,
+                dispatched: false,
+            },
         );
         self.send_or_hold(req.request, now);
     }
@@ -215,7 +265,10 @@ impl PolicyCore {
     fn send_or_hold(&mut self, request: u64, not_before: Nanos) {
         let t = &self.requests[&request];
         let e = t.engine as usize;
-        let full = self.opts.max_in_flight_per_engine.is_some_and(|k| self.load[e].in_flight >= k);
+        let full = self
+            .opts
+            .max_in_flight_per_engine
+            .is_some_and(|k| self.load[e].in_flight >= k);
         if full {
             self.held[e].push(Reverse((t.priority, self.held_seq, request)));
             self.held_seq += 1;
@@ -231,14 +284,25 @@ impl PolicyCore {
         let l = &mut self.load[t.engine as usize];
         l.in_flight += 1;
         l.in_flight_prompt_tokens += t.prompt_tokens as u64;
-        self.out.push_back(Decision::Dispatch { request, engine: t.engine, priority: t.priority, not_before });
+        self.out.push_back(Decision::Dispatch {
+            request,
+            engine: t.engine,
+            priority: t.priority,
+            not_before,
+        });
     }
 
     /// Release what the middleware queue holds for `engine` while it has room.
     fn release(&mut self, now: Nanos, engine: EngineId) {
         let e = engine as usize;
-        while self.opts.max_in_flight_per_engine.is_none_or(|k| self.load[e].in_flight < k) {
-            let Some(Reverse((_, _, request))) = self.held[e].pop() else { break };
+        while self
+            .opts
+            .max_in_flight_per_engine
+            .is_none_or(|k| self.load[e].in_flight < k)
+        {
+            let Some(Reverse((_, _, request))) = self.held[e].pop() else {
+                break;
+            };
             self.load[e].held -= 1;
             self.dispatch(request, now);
         }
@@ -264,34 +328,59 @@ impl PolicyCore {
     /// A request failed. Transient failures are retried with backoff (on another replica of the
     /// same model when there is one) up to `max_retries`; the rest are abandoned.
     pub fn handle_failed(&mut self, now: Nanos, request: u64, kind: FailureKind) {
-        let Some(mut t) = self.settle(request) else { return };
+        let Some(mut t) = self.settle(request) else {
+            return;
+        };
         let failed_engine = t.engine;
         match kind {
             FailureKind::Transient(why) if t.attempts < self.opts.max_retries => {
                 t.attempts += 1;
-                let view = ClusterView { engines: &self.engines, load: &self.load };
+                let view = ClusterView {
+                    engines: &self.engines,
+                    load: &self.load,
+                };
                 let model = &self.engines[failed_engine as usize].model;
-                let others = self.engines.iter().filter(|e| &e.model == model && e.id != failed_engine).map(|e| e.id);
+                let others = self
+                    .engines
+                    .iter()
+                    .filter(|e| &e.model == model && e.id != failed_engine)
+                    .map(|e| e.id);
                 t.engine = view.least_loaded(others, None).unwrap_or(failed_engine);
                 t.dispatched = false;
                 self.workflow_engine.insert(t.workflow, t.engine);
                 let _ = why;
-                let backoff = self.opts.retry_backoff_ns.saturating_mul(1 << (t.attempts - 1).min(20));
+                let backoff = self
+                    .opts
+                    .retry_backoff_ns
+                    .saturating_mul(1 << (t.attempts - 1).min(20));
                 self.requests.insert(request, t);
                 self.send_or_hold(request, now + backoff);
             }
             FailureKind::Transient(why) => {
-                self.out.push_back(Decision::Abandon { request, reason: format!("gave up after {} retries: {why}", self.opts.max_retries) });
+                self.out.push_back(Decision::Abandon {
+                    request,
+                    reason: format!("gave up after {} retries: {why}", self.opts.max_retries),
+                });
             }
             FailureKind::Rejected(why) => {
-                self.out.push_back(Decision::Abandon { request, reason: format!("rejected: {why}") });
+                self.out.push_back(Decision::Abandon {
+                    request,
+                    reason: format!("rejected: {why}"),
+                });
             }
         }
         self.release(now, failed_engine);
     }
 
     /// An engine reported its state.
-    pub fn handle_engine_report(&mut self, _now: Nanos, engine: EngineId, running: u32, waiting: u32, kv_usage: f64) {
+    pub fn handle_engine_report(
+        &mut self,
+        _now: Nanos,
+        engine: EngineId,
+        running: u32,
+        waiting: u32,
+        kv_usage: f64,
+    ) {
         let l = &mut self.load[engine as usize];
         l.reported_running = running;
         l.reported_waiting = waiting;

@@ -8,12 +8,27 @@ fn engines(models: &[&str]) -> Vec<EngineInfo> {
     models
         .iter()
         .enumerate()
-        .map(|(i, m)| EngineInfo { id: i as u32, name: format!("e{i}"), model: Arc::from(*m), gpu: "RTX-A6000".into(), decode_tokens_per_s: 1000.0 })
+        .map(|(i, m)| EngineInfo {
+            id: i as u32,
+            name: format!("e{i}"),
+            model: Arc::from(*m),
+            gpu: "RTX-A6000".into(),
+            decode_tokens_per_s: 1000.0,
+        })
         .collect()
 }
 
 fn req(request: u64, workflow: u64, stage: u32) -> RequestInfo {
-    RequestInfo { request, workflow, stage, prompt_tokens: 100, context_tokens: 0, workflow_output_so_far: 0, text: None, oracle: None }
+    RequestInfo {
+        request,
+        workflow,
+        stage,
+        prompt_tokens: 100,
+        context_tokens: 0,
+        workflow_output_so_far: 0,
+        text: None,
+        oracle: None,
+    }
 }
 
 fn drain(core: &mut PolicyCore) -> Vec<Decision> {
@@ -30,8 +45,16 @@ fn engine_of(d: &Decision) -> EngineId {
 #[test]
 fn fixed_fraction_sends_the_asked_share_and_is_seeded() {
     let run = |seed| {
-        let router = FixedFraction::new(&[("small".into(), 0.3), ("big".into(), 0.7)], stream(seed, "routing"));
-        let mut core = PolicyCore::new(engines(&["small", "big"]), Box::new(router), Box::new(Fcfs), CoreOptions::default());
+        let router = FixedFraction::new(
+            &[("small".into(), 0.3), ("big".into(), 0.7)],
+            stream(seed, "routing"),
+        );
+        let mut core = PolicyCore::new(
+            engines(&["small", "big"]),
+            Box::new(router),
+            Box::new(Fcfs),
+            CoreOptions::default(),
+        );
         (0..10_000u64)
             .map(|w| {
                 core.handle_request(0, req(w, w, 0));
@@ -51,14 +74,26 @@ fn fixed_fraction_sends_the_asked_share_and_is_seeded() {
 
 #[test]
 fn round_robin_cycles_and_least_outstanding_balances() {
-    let mut rr = PolicyCore::new(engines(&["m", "m", "m"]), Box::new(RoundRobin::default()), Box::new(Fcfs), CoreOptions::default());
-    let picks: Vec<EngineId> = (0..6).map(|w| {
-        rr.handle_request(0, req(w, w, 0));
-        engine_of(&drain(&mut rr)[0])
-    }).collect();
+    let mut rr = PolicyCore::new(
+        engines(&["m", "m", "m"]),
+        Box::new(RoundRobin::default()),
+        Box::new(Fcfs),
+        CoreOptions::default(),
+    );
+    let picks: Vec<EngineId> = (0..6)
+        .map(|w| {
+            rr.handle_request(0, req(w, w, 0));
+            engine_of(&drain(&mut rr)[0])
+        })
+        .collect();
     assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
 
-    let mut lo = PolicyCore::new(engines(&["m", "m"]), Box::new(LeastOutstanding), Box::new(Fcfs), CoreOptions::default());
+    let mut lo = PolicyCore::new(
+        engines(&["m", "m"]),
+        Box::new(LeastOutstanding),
+        Box::new(Fcfs),
+        CoreOptions::default(),
+    );
     let table = [
         // (action, expected engine of the new request)
         (None, 0),    // both idle: lowest id
@@ -77,7 +112,12 @@ fn round_robin_cycles_and_least_outstanding_balances() {
 
 #[test]
 fn later_stages_stay_on_the_workflows_model() {
-    let mut core = PolicyCore::new(engines(&["small", "big", "big"]), Box::new(RoundRobin::default()), Box::new(Fcfs), CoreOptions::default());
+    let mut core = PolicyCore::new(
+        engines(&["small", "big", "big"]),
+        Box::new(RoundRobin::default()),
+        Box::new(Fcfs),
+        CoreOptions::default(),
+    );
     core.handle_request(0, req(0, 7, 0)); // round robin: engine 0 (small)
     core.handle_request(0, req(1, 8, 0)); // engine 1 (big)
     drain(&mut core);
@@ -97,8 +137,16 @@ fn later_stages_stay_on_the_workflows_model() {
 
 #[test]
 fn the_middleware_queue_holds_and_releases_by_priority() {
-    let opts = CoreOptions { max_in_flight_per_engine: Some(1), ..CoreOptions::default() };
-    let mut core = PolicyCore::new(engines(&["m"]), Box::new(LeastOutstanding), Box::new(WorkflowOrder), opts);
+    let opts = CoreOptions {
+        max_in_flight_per_engine: Some(1),
+        ..CoreOptions::default()
+    };
+    let mut core = PolicyCore::new(
+        engines(&["m"]),
+        Box::new(LeastOutstanding),
+        Box::new(WorkflowOrder),
+        opts,
+    );
     for (r, w) in [(0, 5), (1, 9), (2, 3)] {
         core.handle_request(0, req(r, w, 0));
     }
@@ -108,25 +156,50 @@ fn the_middleware_queue_holds_and_releases_by_priority() {
     core.handle_finished(10, 0, 1);
     // Workflow 3 (request 2) has the lower priority value: it goes before workflow 9.
     match &drain(&mut core)[..] {
-        [Decision::Dispatch { request: 2, not_before: 10, .. }] => {}
+        [Decision::Dispatch {
+            request: 2,
+            not_before: 10,
+            ..
+        }] => {}
         other => panic!("{other:?}"),
     }
 }
 
 #[test]
 fn failures_are_retried_elsewhere_then_abandoned() {
-    let opts = CoreOptions { max_retries: 2, retry_backoff_ns: 100, ..CoreOptions::default() };
-    let mut core = PolicyCore::new(engines(&["m", "m"]), Box::new(RoundRobin::default()), Box::new(Fcfs), opts);
+    let opts = CoreOptions {
+        max_retries: 2,
+        retry_backoff_ns: 100,
+        ..CoreOptions::default()
+    };
+    let mut core = PolicyCore::new(
+        engines(&["m", "m"]),
+        Box::new(RoundRobin::default()),
+        Box::new(Fcfs),
+        opts,
+    );
     core.handle_request(0, req(0, 0, 0));
     assert_eq!(engine_of(&drain(&mut core)[0]), 0);
-    core.handle_failed(1_000, 0, FailureKind::Transient("connection refused".into()));
+    core.handle_failed(
+        1_000,
+        0,
+        FailureKind::Transient("connection refused".into()),
+    );
     match &drain(&mut core)[..] {
-        [Decision::Dispatch { engine: 1, not_before: 1_100, .. }] => {}
+        [Decision::Dispatch {
+            engine: 1,
+            not_before: 1_100,
+            ..
+        }] => {}
         other => panic!("first retry on the other replica after 100 ns: {other:?}"),
     }
     core.handle_failed(2_000, 0, FailureKind::Transient("timeout".into()));
     match &drain(&mut core)[..] {
-        [Decision::Dispatch { engine: 0, not_before: 2_200, .. }] => {}
+        [Decision::Dispatch {
+            engine: 0,
+            not_before: 2_200,
+            ..
+        }] => {}
         other => panic!("second retry, doubled backoff: {other:?}"),
     }
     core.handle_failed(3_000, 0, FailureKind::Transient("HTTP 503".into()));
@@ -140,5 +213,8 @@ fn failures_are_retried_elsewhere_then_abandoned() {
     core.handle_request(4_000, req(1, 1, 0));
     drain(&mut core);
     core.handle_failed(4_001, 1, FailureKind::Rejected("prompt too long".into()));
-    assert!(matches!(&drain(&mut core)[..], [Decision::Abandon { request: 1, .. }]));
+    assert!(matches!(
+        &drain(&mut core)[..],
+        [Decision::Abandon { request: 1, .. }]
+    ));
 }

@@ -101,7 +101,11 @@ pub struct EngineSpec {
 /// The workload. Read by hand (see `TryFrom<Value>`) rather than as a serde internally
 /// tagged enum, so that errors inside it keep their field path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", try_from = "serde_json::Value")]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    try_from = "serde_json::Value"
+)]
 pub enum Workload {
     Synthetic(SyntheticSpec),
     AzureTrace(AzureTraceSpec),
@@ -116,13 +120,17 @@ impl TryFrom<serde_json::Value> for Workload {
         let kind = match m.remove("kind") {
             Some(serde_json::Value::String(k)) => k,
             Some(_) => return Err("@kind: expected a string, `synthetic` or `azure_trace`".into()),
-            None => return Err("missing field `kind`, expected `synthetic` or `azure_trace`".into()),
+            None => {
+                return Err("missing field `kind`, expected `synthetic` or `azure_trace`".into())
+            }
         };
         let rest = serde_json::Value::Object(m);
         match kind.as_str() {
             "synthetic" => yaml::nested(rest).map(Workload::Synthetic),
             "azure_trace" => yaml::nested(rest).map(Workload::AzureTrace),
-            other => Err(format!("@kind: unknown variant `{other}`, expected `synthetic` or `azure_trace`")),
+            other => Err(format!(
+                "@kind: unknown variant `{other}`, expected `synthetic` or `azure_trace`"
+            )),
         }
     }
 }
@@ -164,7 +172,9 @@ pub struct PolicySpec {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RoutingSpec {
     /// Each workflow goes to a model with the given probability (must sum to 1).
-    FixedFraction { fractions: BTreeMap<String, f64> },
+    FixedFraction {
+        fractions: BTreeMap<String, f64>,
+    },
     RoundRobin,
     LeastOutstanding,
 }
@@ -189,7 +199,9 @@ pub struct OutputSpec {
 
 impl Default for OutputSpec {
     fn default() -> Self {
-        OutputSpec { engine_log_every_steps: 1 }
+        OutputSpec {
+            engine_log_every_steps: 1,
+        }
     }
 }
 
@@ -206,7 +218,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_events: default_max_events(), check_invariants: false }
+        Limits {
+            max_events: default_max_events(),
+            check_invariants: false,
+        }
     }
 }
 
@@ -274,10 +289,15 @@ impl Scenario {
         let mut models: Vec<String> = Vec::new();
         for (i, e) in self.cluster.engines.iter().enumerate() {
             let p = format!("cluster.engines[{i}]");
-            let model = cat.model(&e.model).map_err(|x| x.context(format!("{p}.model")))?;
+            let model = cat
+                .model(&e.model)
+                .map_err(|x| x.context(format!("{p}.model")))?;
             let gpu = cat.gpu(&e.gpu).map_err(|x| x.context(format!("{p}.gpu")))?;
             if ![1, 2, 4, 8].contains(&e.tensor_parallel) {
-                return Err(Error::bad(format!("{p}.tensor_parallel: expected 1, 2, 4 or 8, got {}", e.tensor_parallel)));
+                return Err(Error::bad(format!(
+                    "{p}.tensor_parallel: expected 1, 2, 4 or 8, got {}",
+                    e.tensor_parallel
+                )));
             }
             if model.heads % e.tensor_parallel as u64 != 0 {
                 return Err(Error::bad(format!(
@@ -286,13 +306,22 @@ impl Scenario {
                 )));
             }
             if e.replicas == 0 || e.replicas > 1024 {
-                return Err(Error::bad(format!("{p}.replicas: expected 1..=1024, got {}", e.replicas)));
+                return Err(Error::bad(format!(
+                    "{p}.replicas: expected 1..=1024, got {}",
+                    e.replicas
+                )));
             }
             if !(e.gpu_memory_utilization > 0.0 && e.gpu_memory_utilization <= 1.0) {
-                return Err(Error::bad(format!("{p}.gpu_memory_utilization: expected a fraction in (0, 1], got {}", e.gpu_memory_utilization)));
+                return Err(Error::bad(format!(
+                    "{p}.gpu_memory_utilization: expected a fraction in (0, 1], got {}",
+                    e.gpu_memory_utilization
+                )));
             }
             if !(e.non_torch_gib >= 0.0 && e.non_torch_gib.is_finite()) {
-                return Err(Error::bad(format!("{p}.non_torch_gib: expected a non-negative number, got {}", e.non_torch_gib)));
+                return Err(Error::bad(format!(
+                    "{p}.non_torch_gib: expected a non-negative number, got {}",
+                    e.non_torch_gib
+                )));
             }
             let (d_tokens, d_seqs) = vllm_defaults(gpu);
             let max_len = e.max_model_len.unwrap_or(model.max_position);
@@ -305,7 +334,9 @@ impl Scenario {
             let budget = e.max_num_batched_tokens.unwrap_or(d_tokens);
             let seqs = e.max_num_seqs.unwrap_or(d_seqs);
             if budget == 0 {
-                return Err(Error::bad(format!("{p}.max_num_batched_tokens: expected at least 1")));
+                return Err(Error::bad(format!(
+                    "{p}.max_num_batched_tokens: expected at least 1"
+                )));
             }
             if seqs == 0 {
                 return Err(Error::bad(format!("{p}.max_num_seqs: expected at least 1")));
@@ -327,24 +358,43 @@ impl Scenario {
                 ),
                 Some(c) => {
                     let cp = base_dir.join(c);
-                    let cal = Calibration::load(&cp).map_err(|x| x.context(format!("{p}.calibration")))?;
-                    cal.check_applies(&cp, &gpu.name, &model.name, e.tensor_parallel).map_err(|x| x.context(format!("{p}.calibration")))?;
-                    (cal.coefficients, serde_json::json!({"kind": "calibration", "path": cp.display().to_string(), "provenance": cal.provenance, "fit": cal.fit}))
+                    let cal = Calibration::load(&cp)
+                        .map_err(|x| x.context(format!("{p}.calibration")))?;
+                    cal.check_applies(&cp, &gpu.name, &model.name, e.tensor_parallel)
+                        .map_err(|x| x.context(format!("{p}.calibration")))?;
+                    (
+                        cal.coefficients,
+                        serde_json::json!({"kind": "calibration", "path": cp.display().to_string(), "provenance": cal.provenance, "fit": cal.fit}),
+                    )
                 }
             };
             let steptime = StepTimeModel::new(model, gpu, e.tensor_parallel, coeffs);
-            let base_name = e.name.clone().unwrap_or_else(|| format!("{}-{i}", model.name.to_ascii_lowercase()));
+            let base_name = e
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{i}", model.name.to_ascii_lowercase()));
             for r in 0..e.replicas {
-                let name = if e.replicas > 1 { format!("{base_name}-r{r}") } else { base_name.clone() };
+                let name = if e.replicas > 1 {
+                    format!("{base_name}-r{r}")
+                } else {
+                    base_name.clone()
+                };
                 if engines.iter().any(|x: &ResolvedEngine| x.name == name) {
-                    return Err(Error::bad(format!("{p}.name: engine name `{name}` is used twice")));
+                    return Err(Error::bad(format!(
+                        "{p}.name: engine name `{name}` is used twice"
+                    )));
                 }
                 engines.push(ResolvedEngine {
                     name,
                     model: model.name.clone(),
                     gpu: gpu.name.clone(),
                     tensor_parallel: e.tensor_parallel,
-                    limits: EngineLimits { max_num_batched_tokens: budget, max_num_seqs: seqs, max_model_len: max_len, policy: e.scheduling },
+                    limits: EngineLimits {
+                        max_num_batched_tokens: budget,
+                        max_num_seqs: seqs,
+                        max_model_len: max_len,
+                        policy: e.scheduling,
+                    },
                     kv: kv.clone(),
                     steptime: steptime.clone(),
                     step_time_source: source.clone(),
@@ -361,7 +411,10 @@ impl Scenario {
         let canon = |m: &str, path: &str| -> Result<String> {
             let name = cat.model(m).map_err(|x| x.context(path))?.name.clone();
             if !models.contains(&name) {
-                return Err(Error::bad(format!("{path}: no engine serves model `{m}`; models in this cluster: {}", models.join(", "))));
+                return Err(Error::bad(format!(
+                    "{path}: no engine serves model `{m}`; models in this cluster: {}",
+                    models.join(", ")
+                )));
             }
             Ok(name)
         };
@@ -370,31 +423,47 @@ impl Scenario {
             for (m, f) in fractions.iter() {
                 let path = format!("policy.routing.fractions.{m}");
                 if !(0.0..=1.0).contains(f) {
-                    return Err(Error::bad(format!("{path}: expected a fraction in [0, 1], got {f}")));
+                    return Err(Error::bad(format!(
+                        "{path}: expected a fraction in [0, 1], got {f}"
+                    )));
                 }
                 fixed.insert(canon(m, &path)?, *f);
             }
             let sum: f64 = fixed.values().sum();
             if (sum - 1.0).abs() > 1e-6 {
-                return Err(Error::bad(format!("policy.routing.fractions: the fractions must sum to 1, they sum to {sum}")));
+                return Err(Error::bad(format!(
+                    "policy.routing.fractions: the fractions must sum to 1, they sum to {sum}"
+                )));
             }
             *fractions = fixed;
         }
         if let Some(k) = sc.policy.max_in_flight_per_engine {
             if k == 0 {
-                return Err(Error::bad("policy.max_in_flight_per_engine: expected at least 1"));
+                return Err(Error::bad(
+                    "policy.max_in_flight_per_engine: expected at least 1",
+                ));
             }
         }
         if !(sc.policy.decision_delay_us >= 0.0 && sc.policy.decision_delay_us.is_finite()) {
-            return Err(Error::bad(format!("policy.decision_delay_us: expected a non-negative number, got {}", sc.policy.decision_delay_us)));
+            return Err(Error::bad(format!(
+                "policy.decision_delay_us: expected a non-negative number, got {}",
+                sc.policy.decision_delay_us
+            )));
         }
-        let min_len = engines.iter().map(|e| e.limits.max_model_len).min().expect("non-empty");
+        let min_len = engines
+            .iter()
+            .map(|e| e.limits.max_model_len)
+            .min()
+            .expect("non-empty");
         match &mut sc.workload {
             Workload::Synthetic(s) => {
                 for map in [&mut s.output_scale, &mut s.success_probability] {
                     let mut fixed = BTreeMap::new();
                     for (m, v) in map.iter() {
-                        let name = cat.model(m).map(|x| x.name.clone()).unwrap_or_else(|_| m.clone());
+                        let name = cat
+                            .model(m)
+                            .map(|x| x.name.clone())
+                            .unwrap_or_else(|_| m.clone());
                         fixed.insert(name, *v);
                     }
                     *map = fixed;
@@ -423,7 +492,10 @@ impl Scenario {
                 }
                 let p = base_dir.join(&a.path);
                 if !p.exists() {
-                    return Err(Error::bad(format!("workload.path: {} does not exist", p.display())));
+                    return Err(Error::bad(format!(
+                        "workload.path: {} does not exist",
+                        p.display()
+                    )));
                 }
                 if a.max_total_tokens < 2 || a.max_total_tokens > min_len {
                     return Err(Error::bad(format!(
@@ -436,7 +508,12 @@ impl Scenario {
         if sc.limits.max_events == 0 {
             return Err(Error::bad("limits.max_events: expected at least 1"));
         }
-        Ok(Resolved { scenario: sc, engines, models, base_dir: base_dir.to_path_buf() })
+        Ok(Resolved {
+            scenario: sc,
+            engines,
+            models,
+            base_dir: base_dir.to_path_buf(),
+        })
     }
 }
 

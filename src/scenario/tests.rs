@@ -19,34 +19,144 @@ fn the_default_scenario_resolves() {
 
 #[test]
 fn gpu_defaults_follow_vllm() {
-    let r = resolve(&["cluster.engines[1].gpu=H100", "cluster.engines[0].gpu=A100-80GB"]).unwrap();
-    assert_eq!((r.engines[1].limits.max_num_batched_tokens, r.engines[1].limits.max_num_seqs), (8192, 1024));
-    assert_eq!((r.engines[0].limits.max_num_batched_tokens, r.engines[0].limits.max_num_seqs), (2048, 256));
+    let r = resolve(&[
+        "cluster.engines[1].gpu=H100",
+        "cluster.engines[0].gpu=A100-80GB",
+    ])
+    .unwrap();
+    assert_eq!(
+        (
+            r.engines[1].limits.max_num_batched_tokens,
+            r.engines[1].limits.max_num_seqs
+        ),
+        (8192, 1024)
+    );
+    assert_eq!(
+        (
+            r.engines[0].limits.max_num_batched_tokens,
+            r.engines[0].limits.max_num_seqs
+        ),
+        (2048, 256)
+    );
 }
 
 #[test]
 fn bad_fields_name_their_path_and_what_was_expected() {
     let cases: &[(&[&str], &[&str])] = &[
-        (&["cluster.engines[0].gpux=A40"], &["cluster.engines[0]", "unknown field `gpux`", "expected one of"]),
-        (&["cluster.engines[1].gpu=V100"], &["cluster.engines[1].gpu", "unknown GPU `V100`", "RTX-A6000", "H200"]),
-        (&["cluster.engines[0].model=GPT-5"], &["cluster.engines[0].model", "unknown model", "Qwen2.5-72B"]),
-        (&["cluster.engines[0].tensor_parallel=3"], &["cluster.engines[0].tensor_parallel", "expected 1, 2, 4 or 8"]),
-        (&["cluster.engines[0].replicas=zero"], &["cluster.engines[0].replicas", "invalid type"]),
-        (&["cluster.engines[0].gpu_memory_utilization=1.5"], &["gpu_memory_utilization", "(0, 1]"]),
-        (&["cluster.engines[0].scheduling=lifo"], &["cluster.engines[0].scheduling", "unknown variant `lifo`", "fcfs", "priority"]),
-        (&["policy.routing.fractions[Qwen2.5-7B]=0.7"], &["policy.routing.fractions", "sum to 1", "1.2"]),
-        (&["policy.routing.fractions.\"Qwen2.5-3B\"=0.0"], &["policy.routing.fractions.Qwen2.5-3B", "no engine serves", "Qwen2.5-1.5B, Qwen2.5-7B"]),
-        (&["policy.routing.kind=random"], &["policy.routing", "unknown variant `random`", "fixed_fraction", "least_outstanding"]),
-        (&["workload.kind=poisson"], &["workload", "unknown variant `poisson`", "synthetic", "azure_trace"]),
-        (&["workload.output_tokens.cv=-1"], &["workload.output_tokens", "cv must be > 0"]),
-        (&["workload.stages.weights=[1, 2]"], &["workload.stages", "weights has 2 entries but values has 4"]),
-        (&["workload.arrivals.process=gamma"], &["workload.arrivals", "missing field `cv`"]),
-        (&["workload.arrivals={process: gamma, rate_per_s: 1, cv: 0}"], &["workload.arrivals.cv", "expected a number > 0"]),
-        (&["workload.success_probability={Qwen2.5-7B: 0.5}"], &["workload.success_probability", "missing Qwen2.5-1.5B"]),
-        (&["workload.success_probability={Qwen2.5-7B: 1.5, Qwen2.5-1.5B: 0.2}"], &["workload.success_probability.Qwen2.5-7B", "probability in [0, 1]"]),
-        (&["workload.max_prompt_tokens=40000"], &["workload.max_prompt_tokens", "smallest max_model_len"]),
-        (&["cluster.engines[0].max_model_len=100000"], &["cluster.engines[0].max_model_len", "2..=32768"]),
-        (&["cluster.engines=[]"], &["cluster.engines", "at least one engine"]),
+        (
+            &["cluster.engines[0].gpux=A40"],
+            &[
+                "cluster.engines[0]",
+                "unknown field `gpux`",
+                "expected one of",
+            ],
+        ),
+        (
+            &["cluster.engines[1].gpu=V100"],
+            &[
+                "cluster.engines[1].gpu",
+                "unknown GPU `V100`",
+                "RTX-A6000",
+                "H200",
+            ],
+        ),
+        (
+            &["cluster.engines[0].model=GPT-5"],
+            &["cluster.engines[0].model", "unknown model", "Qwen2.5-72B"],
+        ),
+        (
+            &["cluster.engines[0].tensor_parallel=3"],
+            &[
+                "cluster.engines[0].tensor_parallel",
+                "expected 1, 2, 4 or 8",
+            ],
+        ),
+        (
+            &["cluster.engines[0].replicas=zero"],
+            &["cluster.engines[0].replicas", "invalid type"],
+        ),
+        (
+            &["cluster.engines[0].gpu_memory_utilization=1.5"],
+            &["gpu_memory_utilization", "(0, 1]"],
+        ),
+        (
+            &["cluster.engines[0].scheduling=lifo"],
+            &[
+                "cluster.engines[0].scheduling",
+                "unknown variant `lifo`",
+                "fcfs",
+                "priority",
+            ],
+        ),
+        (
+            &["policy.routing.fractions[Qwen2.5-7B]=0.7"],
+            &["policy.routing.fractions", "sum to 1", "1.2"],
+        ),
+        (
+            &["policy.routing.fractions.\"Qwen2.5-3B\"=0.0"],
+            &[
+                "policy.routing.fractions.Qwen2.5-3B",
+                "no engine serves",
+                "Qwen2.5-1.5B, Qwen2.5-7B",
+            ],
+        ),
+        (
+            &["policy.routing.kind=random"],
+            &[
+                "policy.routing",
+                "unknown variant `random`",
+                "fixed_fraction",
+                "least_outstanding",
+            ],
+        ),
+        (
+            &["workload.kind=poisson"],
+            &[
+                "workload",
+                "unknown variant `poisson`",
+                "synthetic",
+                "azure_trace",
+            ],
+        ),
+        (
+            &["workload.output_tokens.cv=-1"],
+            &["workload.output_tokens", "cv must be > 0"],
+        ),
+        (
+            &["workload.stages.weights=[1, 2]"],
+            &["workload.stages", "weights has 2 entries but values has 4"],
+        ),
+        (
+            &["workload.arrivals.process=gamma"],
+            &["workload.arrivals", "missing field `cv`"],
+        ),
+        (
+            &["workload.arrivals={process: gamma, rate_per_s: 1, cv: 0}"],
+            &["workload.arrivals.cv", "expected a number > 0"],
+        ),
+        (
+            &["workload.success_probability={Qwen2.5-7B: 0.5}"],
+            &["workload.success_probability", "missing Qwen2.5-1.5B"],
+        ),
+        (
+            &["workload.success_probability={Qwen2.5-7B: 1.5, Qwen2.5-1.5B: 0.2}"],
+            &[
+                "workload.success_probability.Qwen2.5-7B",
+                "probability in [0, 1]",
+            ],
+        ),
+        (
+            &["workload.max_prompt_tokens=40000"],
+            &["workload.max_prompt_tokens", "smallest max_model_len"],
+        ),
+        (
+            &["cluster.engines[0].max_model_len=100000"],
+            &["cluster.engines[0].max_model_len", "2..=32768"],
+        ),
+        (
+            &["cluster.engines=[]"],
+            &["cluster.engines", "at least one engine"],
+        ),
         (&["seed=-4"], &["seed", "invalid value"]),
     ];
     for (sets, wants) in cases {
@@ -64,24 +174,55 @@ fn bad_fields_name_their_path_and_what_was_expected() {
 
 #[test]
 fn models_that_do_not_fit_are_refused_with_numbers() {
-    let e = resolve(&["cluster.engines[1].model=Qwen2.5-72B"]).unwrap_err().to_string();
-    assert!(e.starts_with("cluster.engines[1]: Qwen2.5-72B does not fit"), "{e}");
+    let e = resolve(&["cluster.engines[1].model=Qwen2.5-72B"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("cluster.engines[1]: Qwen2.5-72B does not fit"),
+        "{e}"
+    );
     assert!(e.contains("GiB"));
-    let swap = ["cluster.engines[1].model=Qwen1.5-14B", "workload.max_prompt_tokens=4000", "policy.routing={kind: round_robin}"];
+    let swap = [
+        "cluster.engines[1].model=Qwen1.5-14B",
+        "workload.max_prompt_tokens=4000",
+        "policy.routing={kind: round_robin}",
+    ];
     let e = resolve(&swap).unwrap_err().to_string();
-    assert!(e.contains("max_model_len 32768") && e.contains("decrease max_model_len"), "{e}");
-    resolve(&[swap[0], swap[1], swap[2], "cluster.engines[1].max_model_len=8192"]).unwrap();
+    assert!(
+        e.contains("max_model_len 32768") && e.contains("decrease max_model_len"),
+        "{e}"
+    );
+    resolve(&[
+        swap[0],
+        swap[1],
+        swap[2],
+        "cluster.engines[1].max_model_len=8192",
+    ])
+    .unwrap();
 }
 
 #[test]
 fn duplicate_engine_names_are_refused() {
-    let e = resolve(&["cluster.engines[1].name=qwen2.5-1.5b"]).unwrap_err().to_string();
-    assert!(e.contains("cluster.engines[1].name") && e.contains("used twice"), "{e}");
+    let e = resolve(&["cluster.engines[1].name=qwen2.5-1.5b"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cluster.engines[1].name") && e.contains("used twice"),
+        "{e}"
+    );
 }
 
 #[test]
 fn replicas_get_their_own_names() {
     let r = resolve(&["cluster.engines[1].replicas=3"]).unwrap();
     let names: Vec<&str> = r.engines.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, vec!["qwen2.5-1.5b", "qwen2.5-7b-r0", "qwen2.5-7b-r1", "qwen2.5-7b-r2"]);
+    assert_eq!(
+        names,
+        vec![
+            "qwen2.5-1.5b",
+            "qwen2.5-7b-r0",
+            "qwen2.5-7b-r1",
+            "qwen2.5-7b-r2"
+        ]
+    );
 }

@@ -83,7 +83,11 @@ pub fn apply_set(tree: &mut Value, assignment: &str) -> Result<()> {
     let mut walked = String::new();
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
-        let here = if walked.is_empty() { seg.clone() } else { format!("{walked}.{seg}") };
+        let here = if walked.is_empty() {
+            seg.clone()
+        } else {
+            format!("{walked}.{seg}")
+        };
         cur = match cur {
             Value::Object(map) => {
                 if last {

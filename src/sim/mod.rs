@@ -14,7 +14,9 @@ use crate::error::{Error, Result};
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
 use crate::output::{ColType, Table, Val};
 use crate::policy::baselines::{Fcfs, FixedFraction, LeastOutstanding, RoundRobin, WorkflowOrder};
-use crate::policy::{CoreOptions, Decision, EngineInfo, FailureKind, PolicyCore, Prioritizer, RequestInfo, Router};
+use crate::policy::{
+    CoreOptions, Decision, EngineInfo, FailureKind, PolicyCore, Prioritizer, RequestInfo, Router,
+};
 use crate::rng::{fnv1a64, stream};
 use crate::scenario::{PrioritySpec, Resolved, RoutingSpec, Workload};
 use crate::time::Nanos;
@@ -187,7 +189,9 @@ pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
             name: e.name.clone(),
             model: Arc::from(e.model.as_str()),
             gpu: e.gpu.clone(),
-            decode_tokens_per_s: e.steptime.decode_tokens_per_s(e.limits.max_num_seqs.min(64) as u64, 1024),
+            decode_tokens_per_s: e
+                .steptime
+                .decode_tokens_per_s(e.limits.max_num_seqs.min(64) as u64, 1024),
         })
         .collect();
     let p = &r.scenario.policy;
@@ -203,16 +207,24 @@ pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
         PrioritySpec::Fcfs => Box::new(Fcfs),
         PrioritySpec::WorkflowOrder => Box::new(WorkflowOrder),
     };
-    let opts = CoreOptions { max_in_flight_per_engine: p.max_in_flight_per_engine, max_retries: p.max_retries, ..CoreOptions::default() };
+    let opts = CoreOptions {
+        max_in_flight_per_engine: p.max_in_flight_per_engine,
+        max_retries: p.max_retries,
+        ..CoreOptions::default()
+    };
     PolicyCore::new(infos, router, prio, opts)
 }
 
 fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
     Ok(match &r.scenario.workload {
-        Workload::Synthetic(s) => Box::new(SyntheticWorkload::new(s, &r.models, seed, &r.base_dir)?),
+        Workload::Synthetic(s) => {
+            Box::new(SyntheticWorkload::new(s, &r.models, seed, &r.base_dir)?)
+        }
         Workload::AzureTrace(a) => Box::new(AzureWorkload::open(
             &r.base_dir.join(&a.path),
-            LengthCaps { max_total_tokens: a.max_total_tokens },
+            LengthCaps {
+                max_total_tokens: a.max_total_tokens,
+            },
             a.limit,
             a.cycle,
             &a.arrivals,
@@ -257,10 +269,26 @@ impl<'a> Simulation<'a> {
             .engines
             .iter()
             .enumerate()
-            .map(|(i, e)| Engine::new(i as u32, e.limits.clone(), e.steptime.clone(), e.kv.num_gpu_blocks.saturating_sub(1)))
+            .map(|(i, e)| {
+                Engine::new(
+                    i as u32,
+                    e.limits.clone(),
+                    e.steptime.clone(),
+                    e.kv.num_gpu_blocks.saturating_sub(1),
+                )
+            })
             .collect();
         let names: Vec<String> = r.engines.iter().map(|e| e.name.clone()).collect();
-        let engine_model = r.engines.iter().map(|e| r.models.iter().position(|m| *m == e.model).expect("model listed") as u32).collect();
+        let engine_model = r
+            .engines
+            .iter()
+            .map(|e| {
+                r.models
+                    .iter()
+                    .position(|m| *m == e.model)
+                    .expect("model listed") as u32
+            })
+            .collect();
         let tables = Tables::create(out_dir, &names, &r.models)?;
         let n = engines.len();
         Ok(Simulation {
@@ -313,7 +341,12 @@ impl<'a> Simulation<'a> {
         result?;
         closed?;
         let summary = self.summarize();
-        Ok(RunReport { summary, events: self.events, sim_end_ns: self.now, event_log_hash: self.hash })
+        Ok(RunReport {
+            summary,
+            events: self.events,
+            sim_end_ns: self.now,
+            event_log_hash: self.hash,
+        })
     }
 
     fn run_loop(&mut self, progress: Progress) -> Result<()> {
@@ -371,16 +404,26 @@ impl<'a> Simulation<'a> {
             )));
         }
         if let Some(e) = self.engines.iter().find(|e| e.has_work()) {
-            return Err(self.fail(format!("engine {} still holds {} requests at the end", e.id, e.outstanding())));
+            return Err(self.fail(format!(
+                "engine {} still holds {} requests at the end",
+                e.id,
+                e.outstanding()
+            )));
         }
         if self.agg.requests != self.next_request {
-            return Err(self.fail(format!("{} requests issued but {} recorded", self.next_request, self.agg.requests)));
+            return Err(self.fail(format!(
+                "{} requests issued but {} recorded",
+                self.next_request, self.agg.requests
+            )));
         }
         Ok(())
     }
 
     fn on_arrival(&mut self) -> Result<()> {
-        let spec = self.next_wf.take().expect("an arrival event has its workflow");
+        let spec = self
+            .next_wf
+            .take()
+            .expect("an arrival event has its workflow");
         if spec.plans.is_empty() || spec.plans.iter().any(|p| p.stages.is_empty()) {
             return Err(Error::bad(format!("workflow {} has no stages", spec.id)));
         }
@@ -388,7 +431,16 @@ impl<'a> Simulation<'a> {
         self.agg.first_arrival_ns.get_or_insert(self.now);
         self.workflows.insert(
             id,
-            Wf { spec, plan: None, stage: 0, first_engine: 0, output_so_far: 0, prompt_tokens: 0, preemptions: 0, failed: false },
+            Wf {
+                spec,
+                plan: None,
+                stage: 0,
+                first_engine: 0,
+                output_so_far: 0,
+                prompt_tokens: 0,
+                preemptions: 0,
+                failed: false,
+            },
         );
         self.issue_request(id);
         self.next_wf = self.source.next_workflow()?;
@@ -415,15 +467,32 @@ impl<'a> Simulation<'a> {
             text: wf.spec.text.clone(),
             oracle: None,
         };
-        self.pending.insert(request, Pending { workflow: wf_id, stage: wf.stage, arrival_ns: self.now, engine: 0, priority: 0, decided: false });
+        self.pending.insert(
+            request,
+            Pending {
+                workflow: wf_id,
+                stage: wf.stage,
+                arrival_ns: self.now,
+                engine: 0,
+                priority: 0,
+                decided: false,
+            },
+        );
         self.policy.handle_request(self.now, info);
     }
 
     fn apply_decisions(&mut self) -> Result<()> {
         while let Some(d) = self.policy.poll_decision() {
             match d {
-                Decision::Dispatch { request, engine, priority, not_before } => {
-                    let p = self.pending.get_mut(&request).ok_or_else(|| Error::other(format!("policy dispatched unknown request {request}")))?;
+                Decision::Dispatch {
+                    request,
+                    engine,
+                    priority,
+                    not_before,
+                } => {
+                    let p = self.pending.get_mut(&request).ok_or_else(|| {
+                        Error::other(format!("policy dispatched unknown request {request}"))
+                    })?;
                     p.engine = engine;
                     p.priority = priority;
                     let delay = if p.decided { 0 } else { self.decision_delay_ns };
@@ -431,7 +500,13 @@ impl<'a> Simulation<'a> {
                     let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
                     if wf.plan.is_none() {
                         let model = &self.r.engines[engine as usize].model;
-                        let idx = wf.spec.plans.iter().position(|pl| pl.model.as_deref() == Some(model.as_str())).or_else(|| wf.spec.plans.iter().position(|pl| pl.model.is_none())).unwrap_or(0);
+                        let idx = wf
+                            .spec
+                            .plans
+                            .iter()
+                            .position(|pl| pl.model.as_deref() == Some(model.as_str()))
+                            .or_else(|| wf.spec.plans.iter().position(|pl| pl.model.is_none()))
+                            .unwrap_or(0);
                         wf.plan = Some(idx);
                         wf.first_engine = engine;
                     }
@@ -439,7 +514,9 @@ impl<'a> Simulation<'a> {
                     self.push(t, Ev::Dispatch(request));
                 }
                 Decision::Abandon { request, reason: _ } => {
-                    let p = self.pending.remove(&request).ok_or_else(|| Error::other(format!("policy abandoned unknown request {request}")))?;
+                    let p = self.pending.remove(&request).ok_or_else(|| {
+                        Error::other(format!("policy abandoned unknown request {request}"))
+                    })?;
                     if let Some(wf) = self.workflows.get_mut(&p.workflow) {
                         wf.failed = true;
                     }
@@ -474,7 +551,14 @@ impl<'a> Simulation<'a> {
         if let Some(rejected) = self.engines[e as usize].add_request(req) {
             self.record_request(&rejected, st.context_tokens)?;
             let max = self.engines[e as usize].limits.max_model_len;
-            self.policy.handle_failed(self.now, request, FailureKind::Rejected(format!("prompt of {} tokens is not below max_model_len {max}", st.prompt_tokens)));
+            self.policy.handle_failed(
+                self.now,
+                request,
+                FailureKind::Rejected(format!(
+                    "prompt of {} tokens is not below max_model_len {max}",
+                    st.prompt_tokens
+                )),
+            );
             return Ok(());
         }
         if !self.engines[e as usize].in_step() && !self.kick_pending[e as usize] {
@@ -525,7 +609,13 @@ impl<'a> Simulation<'a> {
         }
         self.finished = finished;
         let eng = &self.engines[e as usize];
-        self.policy.handle_engine_report(self.now, e, eng.num_running() as u32, eng.num_waiting() as u32, eng.kv().usage());
+        self.policy.handle_engine_report(
+            self.now,
+            e,
+            eng.num_running() as u32,
+            eng.num_waiting() as u32,
+            eng.kv().usage(),
+        );
         if self.engines[e as usize].has_work() {
             self.start_step(e);
         }
@@ -534,7 +624,12 @@ impl<'a> Simulation<'a> {
 
     fn record_request(&mut self, f: &FinishedRequest, context_tokens: u32) -> Result<()> {
         let q = &f.req;
-        if !f.rejected && !(q.arrival_ns <= q.dispatch_ns && q.dispatch_ns <= f.first_scheduled_ns && f.first_scheduled_ns < f.first_token_ns && f.first_token_ns <= f.finish_ns) {
+        if !f.rejected
+            && !(q.arrival_ns <= q.dispatch_ns
+                && q.dispatch_ns <= f.first_scheduled_ns
+                && f.first_scheduled_ns < f.first_token_ns
+                && f.first_token_ns <= f.finish_ns)
+        {
             return Err(self.fail(format!(
                 "request {} timeline out of order: arrival {} dispatch {} scheduled {} first token {} finish {}",
                 q.id, q.arrival_ns, q.dispatch_ns, f.first_scheduled_ns, f.first_token_ns, f.finish_ns
@@ -543,7 +638,8 @@ impl<'a> Simulation<'a> {
         let ttft = f.first_token_ns - q.arrival_ns;
         let e2e = f.finish_ns - q.arrival_ns;
         let queue = f.first_scheduled_ns - q.dispatch_ns;
-        let tpot = (f.output_tokens > 1).then(|| (e2e - ttft) as f64 / (f.output_tokens - 1) as f64);
+        let tpot =
+            (f.output_tokens > 1).then(|| (e2e - ttft) as f64 / (f.output_tokens - 1) as f64);
         self.tables.requests.push(&[
             Val::U64(q.id),
             Val::U64(q.workflow),
@@ -587,7 +683,10 @@ impl<'a> Simulation<'a> {
 
     fn complete_request(&mut self, f: FinishedRequest) -> Result<()> {
         let id = f.req.id;
-        let p = self.pending.remove(&id).ok_or_else(|| self.fail(format!("engine finished unknown request {id}")))?;
+        let p = self
+            .pending
+            .remove(&id)
+            .ok_or_else(|| self.fail(format!("engine finished unknown request {id}")))?;
         let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
         let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
         wf.output_so_far += f.output_tokens as u64;
@@ -611,7 +710,11 @@ impl<'a> Simulation<'a> {
         let plan = &wf.spec.plans[wf.plan.unwrap_or(0)];
         let e2e = self.now - wf.spec.arrival_ns;
         let per_tok = (wf.output_so_far > 0).then(|| e2e as f64 / wf.output_so_far as f64);
-        let success = if wf.failed { plan.success.map(|_| false) } else { plan.success };
+        let success = if wf.failed {
+            plan.success.map(|_| false)
+        } else {
+            plan.success
+        };
         let model_idx = self.engine_model[wf.first_engine as usize];
         self.tables.workflows.push(&[
             Val::U64(id),
@@ -668,14 +771,26 @@ impl<'a> Simulation<'a> {
                 tensor_parallel: re.tensor_parallel,
                 steps: st.steps,
                 busy_fraction: crate::output::summary::round6(st.busy_ns as f64 / span),
-                mean_step_tokens: crate::output::summary::round6(st.tokens as f64 / st.steps.max(1) as f64),
+                mean_step_tokens: crate::output::summary::round6(
+                    st.tokens as f64 / st.steps.max(1) as f64,
+                ),
                 preemptions: e.total_preemptions(),
                 kv_capacity_tokens: re.kv.kv_capacity_tokens,
-                decode_tokens_per_s_nominal: crate::output::summary::round6(self.policy.engines()[e.id as usize].decode_tokens_per_s),
-                step_time_source: re.step_time_source["kind"].as_str().unwrap_or("?").to_string(),
+                decode_tokens_per_s_nominal: crate::output::summary::round6(
+                    self.policy.engines()[e.id as usize].decode_tokens_per_s,
+                ),
+                step_time_source: re.step_time_source["kind"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
             })
             .collect();
-        self.agg.summarize(&self.r.scenario.name, self.seed, self.policy.describe(), engines)
+        self.agg.summarize(
+            &self.r.scenario.name,
+            self.seed,
+            self.policy.describe(),
+            engines,
+        )
     }
 }
 

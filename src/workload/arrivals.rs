@@ -50,17 +50,21 @@ impl ArrivalSpec {
     pub fn validate(&self, path: &str) -> Result<()> {
         let s = self.rate_scale();
         if !(s > 0.0 && s.is_finite()) {
-            return Err(Error::bad(format!("{path}.rate_scale: expected a number > 0, got {s}")));
+            return Err(Error::bad(format!(
+                "{path}.rate_scale: expected a number > 0, got {s}"
+            )));
         }
         match self {
             ArrivalSpec::Poisson { rate_per_s, .. } | ArrivalSpec::Gamma { rate_per_s, .. }
                 if !(*rate_per_s > 0.0 && rate_per_s.is_finite()) =>
             {
-                Err(Error::bad(format!("{path}.rate_per_s: expected a number > 0, got {rate_per_s}")))
+                Err(Error::bad(format!(
+                    "{path}.rate_per_s: expected a number > 0, got {rate_per_s}"
+                )))
             }
-            ArrivalSpec::Gamma { cv, .. } if !(*cv > 0.0 && cv.is_finite()) => {
-                Err(Error::bad(format!("{path}.cv: expected a number > 0, got {cv}")))
-            }
+            ArrivalSpec::Gamma { cv, .. } if !(*cv > 0.0 && cv.is_finite()) => Err(Error::bad(
+                format!("{path}.cv: expected a number > 0, got {cv}"),
+            )),
             _ => Ok(()),
         }
     }
@@ -77,13 +81,22 @@ impl InterArrival {
     /// The sampler for a Poisson or Gamma spec (None for traces).
     pub fn from_spec(spec: &ArrivalSpec) -> Option<InterArrival> {
         match spec {
-            ArrivalSpec::Poisson { rate_per_s, rate_scale } => {
-                Some(InterArrival::Poisson(Exp::new(rate_per_s * rate_scale).expect("validated")))
-            }
-            ArrivalSpec::Gamma { rate_per_s, cv, rate_scale } => {
+            ArrivalSpec::Poisson {
+                rate_per_s,
+                rate_scale,
+            } => Some(InterArrival::Poisson(
+                Exp::new(rate_per_s * rate_scale).expect("validated"),
+            )),
+            ArrivalSpec::Gamma {
+                rate_per_s,
+                cv,
+                rate_scale,
+            } => {
                 let shape = 1.0 / (cv * cv);
                 let mean = 1.0 / (rate_per_s * rate_scale);
-                Some(InterArrival::Gamma(Gamma::new(shape, mean / shape).expect("validated")))
+                Some(InterArrival::Gamma(
+                    Gamma::new(shape, mean / shape).expect("validated"),
+                ))
             }
             ArrivalSpec::Trace { .. } => None,
         }
@@ -109,10 +122,13 @@ mod tests {
     fn ks(mut xs: Vec<f64>, cdf: impl Fn(f64) -> f64) -> f64 {
         xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let n = xs.len() as f64;
-        xs.iter().enumerate().map(|(i, &x)| {
-            let f = cdf(x);
-            (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
-        }).fold(0.0, f64::max)
+        xs.iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let f = cdf(x);
+                (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
+            })
+            .fold(0.0, f64::max)
     }
 
     fn gaps(spec: &ArrivalSpec, n: usize) -> Vec<f64> {
@@ -123,7 +139,13 @@ mod tests {
 
     #[test]
     fn poisson_gaps_are_exponential_at_the_scaled_rate() {
-        let xs = gaps(&ArrivalSpec::Poisson { rate_per_s: 4.0, rate_scale: 2.5 }, 20_000);
+        let xs = gaps(
+            &ArrivalSpec::Poisson {
+                rate_per_s: 4.0,
+                rate_scale: 2.5,
+            },
+            20_000,
+        );
         let d = ks(xs, |x| SExp::new(10.0).unwrap().cdf(x));
         assert!(d < 1.36 / (20_000f64).sqrt(), "KS {d}");
     }
@@ -131,7 +153,14 @@ mod tests {
     #[test]
     fn gamma_gaps_have_the_asked_cv() {
         // (Very bursty settings, cv > 2, put a visible share of gaps below the 1 ns resolution.)
-        let xs = gaps(&ArrivalSpec::Gamma { rate_per_s: 2.0, cv: 1.5, rate_scale: 1.0 }, 20_000);
+        let xs = gaps(
+            &ArrivalSpec::Gamma {
+                rate_per_s: 2.0,
+                cv: 1.5,
+                rate_scale: 1.0,
+            },
+            20_000,
+        );
         let shape = 1.0 / 2.25;
         let d = ks(xs, |x| SGamma::new(shape, shape * 2.0).unwrap().cdf(x));
         assert!(d < 1.36 / (20_000f64).sqrt(), "KS {d}");
@@ -139,12 +168,22 @@ mod tests {
 
     #[test]
     fn bad_rates_are_named() {
-        let e = ArrivalSpec::Gamma { rate_per_s: 1.0, cv: 0.0, rate_scale: 1.0 }
-            .validate("workload.arrivals")
-            .unwrap_err()
-            .to_string();
+        let e = ArrivalSpec::Gamma {
+            rate_per_s: 1.0,
+            cv: 0.0,
+            rate_scale: 1.0,
+        }
+        .validate("workload.arrivals")
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("workload.arrivals.cv"), "{e}");
-        let e = ArrivalSpec::Poisson { rate_per_s: 1.0, rate_scale: -2.0 }.validate("a").unwrap_err().to_string();
+        let e = ArrivalSpec::Poisson {
+            rate_per_s: 1.0,
+            rate_scale: -2.0,
+        }
+        .validate("a")
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("a.rate_scale"), "{e}");
     }
 }

@@ -36,11 +36,24 @@ impl AzureReader {
         let mut lines = BufReader::new(f).lines();
         let header = match lines.next() {
             Some(h) => h.map_err(|e| Error::io(path, e))?,
-            None => return Err(Error::bad(format!("{}: empty file, expected a header line", path.display()))),
+            None => {
+                return Err(Error::bad(format!(
+                    "{}: empty file, expected a header line",
+                    path.display()
+                )))
+            }
         };
-        let names: Vec<&str> = header.trim_start_matches('\u{feff}').trim().split(',').map(str::trim).collect();
+        let names: Vec<&str> = header
+            .trim_start_matches('\u{feff}')
+            .trim()
+            .split(',')
+            .map(str::trim)
+            .collect();
         let mut cols = [0usize; 3];
-        for (k, want) in ["TIMESTAMP", "ContextTokens", "GeneratedTokens"].iter().enumerate() {
+        for (k, want) in ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
+            .iter()
+            .enumerate()
+        {
             cols[k] = names.iter().position(|n| n.eq_ignore_ascii_case(want)).ok_or_else(|| {
                 Error::bad(format!(
                     "{}: line 1: missing column `{want}`; expected TIMESTAMP,ContextTokens,GeneratedTokens, found {}",
@@ -49,12 +62,20 @@ impl AzureReader {
                 ))
             })?;
         }
-        Ok(AzureReader { path: path.to_path_buf(), lines, line_no: 1, cols, ncols: names.len() })
+        Ok(AzureReader {
+            path: path.to_path_buf(),
+            lines,
+            line_no: 1,
+            cols,
+            ncols: names.len(),
+        })
     }
 
     pub fn next_row(&mut self) -> Result<Option<AzureRow>> {
         loop {
-            let Some(line) = self.lines.next() else { return Ok(None) };
+            let Some(line) = self.lines.next() else {
+                return Ok(None);
+            };
             self.line_no += 1;
             let line = line.map_err(|e| Error::io(&self.path, e))?;
             if line.trim().is_empty() {
@@ -62,7 +83,11 @@ impl AzureReader {
             }
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
             let at = |col: &str, msg: String| {
-                Error::bad(format!("{}: line {}: column {col}: {msg}", self.path.display(), self.line_no))
+                Error::bad(format!(
+                    "{}: line {}: column {col}: {msg}",
+                    self.path.display(),
+                    self.line_no
+                ))
             };
             if fields.len() != self.ncols {
                 return Err(Error::bad(format!(
@@ -75,15 +100,23 @@ impl AzureReader {
             }
             let ts = fields[self.cols[0]];
             let timestamp_ns = parse_timestamp(ts).ok_or_else(|| {
-                at("TIMESTAMP", format!("`{ts}` is not a timestamp like 2023-11-16 18:15:46.6805900"))
+                at(
+                    "TIMESTAMP",
+                    format!("`{ts}` is not a timestamp like 2023-11-16 18:15:46.6805900"),
+                )
             })?;
             let num = |k: usize, name: &str| -> Result<u32> {
                 let s = fields[self.cols[k]];
-                s.parse::<u32>().map_err(|_| at(name, format!("`{s}` is not a non-negative integer")))
+                s.parse::<u32>()
+                    .map_err(|_| at(name, format!("`{s}` is not a non-negative integer")))
             };
             let context_tokens = num(1, "ContextTokens")?;
             let generated_tokens = num(2, "GeneratedTokens")?;
-            return Ok(Some(AzureRow { timestamp_ns, context_tokens, generated_tokens }));
+            return Ok(Some(AzureRow {
+                timestamp_ns,
+                context_tokens,
+                generated_tokens,
+            }));
         }
     }
 
@@ -107,7 +140,11 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 pub fn parse_timestamp(s: &str) -> Option<Nanos> {
     let (date, time) = s.split_once([' ', 'T'])?;
     let mut d = date.split('-');
-    let (y, mo, da): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    let (y, mo, da): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
     if d.next().is_some() || !(1..=12).contains(&mo) || !(1..=31).contains(&da) {
         return None;
     }
@@ -117,14 +154,22 @@ pub fn parse_timestamp(s: &str) -> Option<Nanos> {
         None => (time, ""),
     };
     let mut t = hms.split(':');
-    let (h, mi, se): (i64, i64, i64) = (t.next()?.parse().ok()?, t.next()?.parse().ok()?, t.next()?.parse().ok()?);
+    let (h, mi, se): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
     if t.next().is_some() || h > 23 || mi > 59 || se > 60 {
         return None;
     }
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let mut frac_ns: i64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let mut frac_ns: i64 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     for _ in frac.len()..9 {
         frac_ns *= 10;
     }
@@ -165,7 +210,14 @@ pub struct AzureWorkload {
 impl AzureWorkload {
     /// `cycle`: when the file ends before `limit`, start again from its first row (trace
     /// timestamps continue after the last one).
-    pub fn open(path: &Path, caps: LengthCaps, limit: Option<u64>, cycle: bool, arrivals: &ArrivalSpec, rng: StreamRng) -> Result<Self> {
+    pub fn open(
+        path: &Path,
+        caps: LengthCaps,
+        limit: Option<u64>,
+        cycle: bool,
+        arrivals: &ArrivalSpec,
+        rng: StreamRng,
+    ) -> Result<Self> {
         let renewal = InterArrival::from_spec(arrivals).map(|ia| (ia, rng));
         Ok(AzureWorkload {
             reader: AzureReader::open(path)?,
@@ -233,7 +285,12 @@ impl WorkloadSource for AzureWorkload {
             text: None,
             plans: vec![Plan {
                 model: None,
-                stages: vec![Stage { prompt_tokens: p, context_tokens: 0, output_tokens: o, tool_delay_ns: 0 }],
+                stages: vec![Stage {
+                    prompt_tokens: p,
+                    context_tokens: 0,
+                    output_tokens: o,
+                    tool_delay_ns: 0,
+                }],
                 success: None,
             }],
         }))
@@ -268,16 +325,30 @@ mod tests {
         let a = parse_timestamp("2023-11-16 18:15:46.6805900").unwrap();
         let b = parse_timestamp("2023-11-16 18:15:50.9951690").unwrap();
         assert_eq!(b - a, 4_314_579_000);
-        assert_eq!(parse_timestamp("1970-01-02 00:00:00").unwrap(), 86_400_000_000_000);
-        assert_eq!(parse_timestamp("2024-03-01T00:00:00Z").unwrap() - parse_timestamp("2024-02-28 00:00:00").unwrap(), 2 * 86_400_000_000_000);
-        for bad in ["2023-13-01 00:00:00", "yesterday", "2023-11-16 25:00:00", "2023-11-16 10:00:00.12x"] {
+        assert_eq!(
+            parse_timestamp("1970-01-02 00:00:00").unwrap(),
+            86_400_000_000_000
+        );
+        assert_eq!(
+            parse_timestamp("2024-03-01T00:00:00Z").unwrap()
+                - parse_timestamp("2024-02-28 00:00:00").unwrap(),
+            2 * 86_400_000_000_000
+        );
+        for bad in [
+            "2023-13-01 00:00:00",
+            "yesterday",
+            "2023-11-16 25:00:00",
+            "2023-11-16 10:00:00.12x",
+        ] {
             assert!(parse_timestamp(bad).is_none(), "{bad}");
         }
     }
 
     #[test]
     fn caps_cut_prompt_first_then_output() {
-        let c = LengthCaps { max_total_tokens: 4096 };
+        let c = LengthCaps {
+            max_total_tokens: 4096,
+        };
         assert_eq!(c.apply(100, 50), (100, 50));
         assert_eq!(c.apply(5000, 50), (4095, 1));
         assert_eq!(c.apply(4000, 500), (4000, 96));
@@ -313,7 +384,8 @@ mod tests {
 
     #[test]
     fn the_shared_azure_trace_reads_whole() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/arrivals/AzureLLMInferenceTrace_conv.csv");
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/arrivals/AzureLLMInferenceTrace_conv.csv");
         if !p.exists() {
             eprintln!("skipping: {} not present", p.display());
             return;

@@ -12,9 +12,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Dist {
-    Constant { value: f64 },
-    Uniform { min: f64, max: f64 },
-    Exponential { mean: f64 },
+    Constant {
+        value: f64,
+    },
+    Uniform {
+        min: f64,
+        max: f64,
+    },
+    Exponential {
+        mean: f64,
+    },
     Lognormal {
         mean: f64,
         cv: f64,
@@ -54,7 +61,9 @@ impl Dist {
             }
             Dist::Uniform { min, max } => {
                 if !(min.is_finite() && max.is_finite() && *min >= 0.0 && min <= max) {
-                    return bad(format!("expected 0 <= min <= max, got min {min}, max {max}"));
+                    return bad(format!(
+                        "expected 0 <= min <= max, got min {min}, max {max}"
+                    ));
                 }
                 Ok(Sampler::Uniform(*min, *max))
             }
@@ -78,7 +87,11 @@ impl Dist {
                 }
                 let sigma2 = (1.0 + cv * cv).ln();
                 let mu = mean.ln() - sigma2 / 2.0;
-                Ok(Sampler::LogNormal(LogNormal::new(mu, sigma2.sqrt()).expect("checked"), lo, hi))
+                Ok(Sampler::LogNormal(
+                    LogNormal::new(mu, sigma2.sqrt()).expect("checked"),
+                    lo,
+                    hi,
+                ))
             }
             Dist::Empirical { values, weights } => {
                 if values.is_empty() {
@@ -89,7 +102,11 @@ impl Dist {
                 }
                 let w = weights.clone().unwrap_or_else(|| vec![1.0; values.len()]);
                 if w.len() != values.len() {
-                    return bad(format!("weights has {} entries but values has {}", w.len(), values.len()));
+                    return bad(format!(
+                        "weights has {} entries but values has {}",
+                        w.len(),
+                        values.len()
+                    ));
                 }
                 if w.iter().any(|x| !x.is_finite() || *x < 0.0) || w.iter().sum::<f64>() <= 0.0 {
                     return bad("weights must be non-negative with a positive sum".into());
@@ -140,11 +157,14 @@ impl Sampler {
             Sampler::Exp(_) | Sampler::LogNormal(..) => f64::NAN,
             Sampler::Empirical(v, cdf) => {
                 let mut prev = 0.0;
-                v.iter().zip(cdf).map(|(x, c)| {
-                    let p = c - prev;
-                    prev = *c;
-                    x * p
-                }).sum()
+                v.iter()
+                    .zip(cdf)
+                    .map(|(x, c)| {
+                        let p = c - prev;
+                        prev = *c;
+                        x * p
+                    })
+                    .sum()
             }
         }
     }
@@ -166,14 +186,25 @@ mod tests {
 
     #[test]
     fn lognormal_has_the_mean_and_cv_asked_for() {
-        let (m, cv) = mean_of(&Dist::Lognormal { mean: 300.0, cv: 0.8, min: None, max: None }, 200_000);
+        let (m, cv) = mean_of(
+            &Dist::Lognormal {
+                mean: 300.0,
+                cv: 0.8,
+                min: None,
+                max: None,
+            },
+            200_000,
+        );
         assert!((m - 300.0).abs() < 3.0, "mean {m}");
         assert!((cv - 0.8).abs() < 0.03, "cv {cv}");
     }
 
     #[test]
     fn empirical_follows_its_weights() {
-        let d = Dist::Empirical { values: vec![1.0, 2.0, 3.0, 4.0], weights: Some(vec![1.0, 0.0, 1.0, 2.0]) };
+        let d = Dist::Empirical {
+            values: vec![1.0, 2.0, 3.0, 4.0],
+            weights: Some(vec![1.0, 0.0, 1.0, 2.0]),
+        };
         let s = d.sampler("t").unwrap();
         let mut r = stream(1, "t");
         let mut counts = [0usize; 5];
@@ -181,21 +212,47 @@ mod tests {
             counts[s.sample(&mut r) as usize] += 1;
         }
         assert_eq!(counts[2], 0);
-        assert!((counts[4] as f64 / 40_000.0 - 0.5).abs() < 0.01, "{counts:?}");
+        assert!(
+            (counts[4] as f64 / 40_000.0 - 0.5).abs() < 0.01,
+            "{counts:?}"
+        );
         assert!((s.mean() - 3.0).abs() < 1e-12);
     }
 
     #[test]
     fn bad_parameters_name_the_field() {
         let cases = [
-            (Dist::Lognormal { mean: -1.0, cv: 1.0, min: None, max: None }, "mean must be > 0"),
+            (
+                Dist::Lognormal {
+                    mean: -1.0,
+                    cv: 1.0,
+                    min: None,
+                    max: None,
+                },
+                "mean must be > 0",
+            ),
             (Dist::Uniform { min: 5.0, max: 1.0 }, "min <= max"),
-            (Dist::Empirical { values: vec![1.0], weights: Some(vec![1.0, 2.0]) }, "weights has 2"),
-            (Dist::Empirical { values: vec![], weights: None }, "must not be empty"),
+            (
+                Dist::Empirical {
+                    values: vec![1.0],
+                    weights: Some(vec![1.0, 2.0]),
+                },
+                "weights has 2",
+            ),
+            (
+                Dist::Empirical {
+                    values: vec![],
+                    weights: None,
+                },
+                "must not be empty",
+            ),
         ];
         for (d, want) in cases {
             let e = d.sampler("workload.output_tokens").unwrap_err().to_string();
-            assert!(e.starts_with("workload.output_tokens: ") && e.contains(want), "{e}");
+            assert!(
+                e.starts_with("workload.output_tokens: ") && e.contains(want),
+                "{e}"
+            );
         }
     }
 }

@@ -61,11 +61,21 @@ impl SyntheticSpec {
     fn samplers(&self, path: &str) -> Result<Samplers> {
         Ok(Samplers {
             stages: self.stages.sampler(&format!("{path}.stages"))?,
-            first: self.first_prompt_tokens.sampler(&format!("{path}.first_prompt_tokens"))?,
-            stage_prompt: self.stage_prompt_tokens.sampler(&format!("{path}.stage_prompt_tokens"))?,
-            output: self.output_tokens.sampler(&format!("{path}.output_tokens"))?,
-            observation: self.observation_tokens.sampler(&format!("{path}.observation_tokens"))?,
-            delay: self.tool_delay_ms.sampler(&format!("{path}.tool_delay_ms"))?,
+            first: self
+                .first_prompt_tokens
+                .sampler(&format!("{path}.first_prompt_tokens"))?,
+            stage_prompt: self
+                .stage_prompt_tokens
+                .sampler(&format!("{path}.stage_prompt_tokens"))?,
+            output: self
+                .output_tokens
+                .sampler(&format!("{path}.output_tokens"))?,
+            observation: self
+                .observation_tokens
+                .sampler(&format!("{path}.observation_tokens"))?,
+            delay: self
+                .tool_delay_ms
+                .sampler(&format!("{path}.tool_delay_ms"))?,
         })
     }
 
@@ -75,10 +85,15 @@ impl SyntheticSpec {
             return Err(Error::bad(format!("{path}.workflows: expected at least 1")));
         }
         if self.max_prompt_tokens < 2 {
-            return Err(Error::bad(format!("{path}.max_prompt_tokens: expected at least 2")));
+            return Err(Error::bad(format!(
+                "{path}.max_prompt_tokens: expected at least 2"
+            )));
         }
         self.arrivals.validate(&format!("{path}.arrivals"))?;
-        for (field, map) in [("output_scale", &self.output_scale), ("success_probability", &self.success_probability)] {
+        for (field, map) in [
+            ("output_scale", &self.output_scale),
+            ("success_probability", &self.success_probability),
+        ] {
             for (m, v) in map {
                 if !models.iter().any(|x| x == m) {
                     return Err(Error::bad(format!(
@@ -86,16 +101,29 @@ impl SyntheticSpec {
                         models.join(", ")
                     )));
                 }
-                let ok = if field == "output_scale" { *v > 0.0 && v.is_finite() } else { (0.0..=1.0).contains(v) };
+                let ok = if field == "output_scale" {
+                    *v > 0.0 && v.is_finite()
+                } else {
+                    (0.0..=1.0).contains(v)
+                };
                 if !ok {
-                    let want = if field == "output_scale" { "a number > 0" } else { "a probability in [0, 1]" };
-                    return Err(Error::bad(format!("{path}.{field}.{m}: expected {want}, got {v}")));
+                    let want = if field == "output_scale" {
+                        "a number > 0"
+                    } else {
+                        "a probability in [0, 1]"
+                    };
+                    return Err(Error::bad(format!(
+                        "{path}.{field}.{m}: expected {want}, got {v}"
+                    )));
                 }
             }
         }
         if !self.success_probability.is_empty() && self.success_probability.len() != models.len() {
-            let missing: Vec<&str> =
-                models.iter().filter(|m| !self.success_probability.contains_key(*m)).map(|s| s.as_str()).collect();
+            let missing: Vec<&str> = models
+                .iter()
+                .filter(|m| !self.success_probability.contains_key(*m))
+                .map(|s| s.as_str())
+                .collect();
             return Err(Error::bad(format!(
                 "{path}.success_probability: give every model or none; missing {}",
                 missing.join(", ")
@@ -123,7 +151,12 @@ fn build_stages(draws: &[Draw], output_scale: f64, cap: u32) -> Vec<Stage> {
             let ctx = context.min(cap - own);
             let out = ((d.out as f64 * output_scale).round() as u32).max(1);
             context = ctx + own + out + d.obs;
-            Stage { prompt_tokens: ctx + own, context_tokens: ctx, output_tokens: out, tool_delay_ns: d.delay }
+            Stage {
+                prompt_tokens: ctx + own,
+                context_tokens: ctx,
+                output_tokens: out,
+                tool_delay_ns: d.delay,
+            }
         })
         .collect()
 }
@@ -147,12 +180,21 @@ enum Arrivals {
 
 impl SyntheticWorkload {
     /// `models`: the distinct models of the cluster, in a stable order.
-    pub fn new(spec: &SyntheticSpec, models: &[String], seed: u64, base_dir: &std::path::Path) -> Result<Self> {
+    pub fn new(
+        spec: &SyntheticSpec,
+        models: &[String],
+        seed: u64,
+        base_dir: &std::path::Path,
+    ) -> Result<Self> {
         let s = spec.samplers("workload")?;
         let arrivals = match InterArrival::from_spec(&spec.arrivals) {
             Some(ia) => Arrivals::Renewal(ia, stream(seed, "arrivals"), 0),
             None => {
-                let ArrivalSpec::Trace { path: Some(p), rate_scale } = &spec.arrivals else {
+                let ArrivalSpec::Trace {
+                    path: Some(p),
+                    rate_scale,
+                } = &spec.arrivals
+                else {
                     return Err(Error::bad("workload.arrivals.path: a synthetic workload with trace arrivals needs the path of an Azure-format CSV"));
                 };
                 let ts = super::azure::read_timestamps(&base_dir.join(p))?;
@@ -189,38 +231,66 @@ impl WorkloadSource for SyntheticWorkload {
         if self.produced >= self.spec.workflows {
             return Ok(None);
         }
-        let Some(arrival_ns) = self.next_arrival() else { return Ok(None) };
+        let Some(arrival_ns) = self.next_arrival() else {
+            return Ok(None);
+        };
         let n = (self.s.stages.sample(&mut self.rng_stages).round() as usize).clamp(1, 8);
         let cap = self.spec.max_prompt_tokens;
         let r = &mut self.rng_lengths;
         // Draw every length once; each model's plan is then built from the same draws.
         let mut draws = Vec::with_capacity(n);
         for k in 0..n {
-            let own = if k == 0 { self.s.first.sample_tokens(r, 1) } else { self.s.stage_prompt.sample_tokens(r, 1) };
+            let own = if k == 0 {
+                self.s.first.sample_tokens(r, 1)
+            } else {
+                self.s.stage_prompt.sample_tokens(r, 1)
+            };
             let out = self.s.output.sample_tokens(r, 1);
             let (obs, delay) = if k + 1 < n {
-                (self.s.observation.sample_tokens(r, 0), secs_to_ns(self.s.delay.sample(r) / 1e3))
+                (
+                    self.s.observation.sample_tokens(r, 0),
+                    secs_to_ns(self.s.delay.sample(r) / 1e3),
+                )
             } else {
                 (0, 0)
             };
-            draws.push(Draw { own, out, obs, delay });
+            draws.push(Draw {
+                own,
+                out,
+                obs,
+                delay,
+            });
         }
         let u: f64 = self.rng_outcome.random();
-        let plans = if self.spec.output_scale.is_empty() && self.spec.success_probability.is_empty() {
-            vec![Plan { model: None, stages: build_stages(&draws, 1.0, cap), success: None }]
+        let plans = if self.spec.output_scale.is_empty() && self.spec.success_probability.is_empty()
+        {
+            vec![Plan {
+                model: None,
+                stages: build_stages(&draws, 1.0, cap),
+                success: None,
+            }]
         } else {
             self.models
                 .iter()
                 .map(|m| {
                     let scale = self.spec.output_scale.get(&**m).copied().unwrap_or(1.0);
                     let success = self.spec.success_probability.get(&**m).map(|p| u < *p);
-                    Plan { model: Some(m.clone()), stages: build_stages(&draws, scale, cap), success }
+                    Plan {
+                        model: Some(m.clone()),
+                        stages: build_stages(&draws, scale, cap),
+                        success,
+                    }
                 })
                 .collect()
         };
         let id = self.produced;
         self.produced += 1;
-        Ok(Some(WorkflowSpec { id, arrival_ns, text: None, plans }))
+        Ok(Some(WorkflowSpec {
+            id,
+            arrival_ns,
+            text: None,
+            plans,
+        }))
     }
 
     fn expected_len(&self) -> Option<u64> {
