@@ -197,3 +197,112 @@ fn heavier_load_means_longer_latency_and_bigger_models_are_slower() {
     assert!(lat("0.2", 0.5) < lat("3", 0.5));
     assert!(lat("0.2", 0.0) < lat("0.2", 1.0));
 }
+
+#[test]
+fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
+    let dir = tmpdir("calib");
+    let cal = dir.join("a6000-fast.yaml");
+    std::fs::write(
+        &cal,
+        "format: chimera-calibration/v1\ngpu: RTX-A6000\nmodel: Qwen2.5-7B\ncoefficients: {mbu: 0.95, step_overhead_us: 50}\nprovenance: {kind: derived, source: test fixture}\n",
+    )
+    .unwrap();
+    let text = chimera::scenario::DEFAULT_SCENARIO.replacen(
+        "      model: Qwen2.5-7B\n      gpu: RTX-A6000\n",
+        "      model: Qwen2.5-7B\n      gpu: RTX-A6000\n      calibration: a6000-fast.yaml\n",
+        1,
+    );
+    let sets = vec![
+        "workload.workflows=200".to_string(),
+        "policy.routing.fractions={Qwen2.5-1.5B: 0.0, Qwen2.5-7B: 1.0}".to_string(),
+    ];
+    let calibrated = chimera::scenario::load_str(&text, &sets, &dir).unwrap();
+    assert_eq!(calibrated.engines[1].steptime.coeffs.mbu, 0.95);
+    assert_eq!(
+        calibrated.engines[1].steptime.coeffs.mfu, 0.5,
+        "unlisted coefficients keep their defaults"
+    );
+    let (a, b) = (tmpdir("calib-a"), tmpdir("calib-b"));
+    let fast = run(&calibrated, &a);
+    let plain = run(
+        &chimera::scenario::load_str(chimera::scenario::DEFAULT_SCENARIO, &sets, &dir).unwrap(),
+        &b,
+    );
+    assert!(
+        fast.summary.requests.tpot_ms.mean.unwrap() < plain.summary.requests.tpot_ms.mean.unwrap()
+    );
+    let m = json(&a.join("manifest.json"));
+    assert_eq!(
+        m["inputs"]["engines"][1]["step_time"]["kind"],
+        "calibration"
+    );
+    assert_eq!(
+        m["inputs"]["engines"][1]["step_time"]["provenance"]["kind"],
+        "derived"
+    );
+    assert_eq!(fast.summary.engines[1].step_time_source, "calibration");
+    // A calibration for another GPU is refused with both names.
+    let e = chimera::scenario::load_str(
+        &text
+            .replacen(
+                "      calibration: a6000-fast.yaml\n      ",
+                "      calibration: a6000-fast.yaml\n      ",
+                1,
+            )
+            .replacen(
+                "gpu: RTX-A6000\n      calibration",
+                "gpu: A40\n      calibration",
+                1,
+            ),
+        &sets,
+        &dir,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cluster.engines[1].calibration")
+            && e.contains("RTX-A6000")
+            && e.contains("A40"),
+        "{e}"
+    );
+    // A malformed file names itself and the field.
+    std::fs::write(&cal, "format: chimera-calibration/v1\ngpu: RTX-A6000\ncoefficients: {mbu: 1.5}\nprovenance: {kind: measured, source: x}\n").unwrap();
+    let e = chimera::scenario::load_str(&text, &sets, &dir)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a6000-fast.yaml") && e.contains("coefficients.mbu"),
+        "{e}"
+    );
+}
+
+#[test]
+fn trace_arrivals_follow_the_trace_compressed_by_the_rate_scale() {
+    let Some(data) = shared_data() else { return };
+    let trace = data.join("arrivals/AzureLLMInferenceTrace_code.csv");
+    let ts = chimera::workload::azure::read_timestamps(&trace).unwrap();
+    let base = repo().join("scenarios/bench");
+    let sets = |scale: &str| {
+        vec![
+            "workload.limit=100".to_string(),
+            format!("workload.path={}", trace.display()),
+            format!("workload.arrivals={{process: trace, rate_scale: {scale}}}"),
+        ]
+    };
+    for scale in ["1", "4"] {
+        let r = chimera::scenario::load(&base.join("vidur-4x-llama2-7b-a100.yaml"), &sets(scale))
+            .unwrap();
+        let dir = tmpdir(&format!("trace-arr-{scale}"));
+        run(&r, &dir);
+        let mut arr = column(&dir.join("workflows.parquet"), "arrival_ns");
+        arr.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let k: f64 = scale.parse().unwrap();
+        for (i, a) in arr.iter().enumerate() {
+            assert!(
+                (a - (ts[i] as f64 / k).round()).abs() <= 1.0,
+                "row {i}: {a} vs {}",
+                ts[i] as f64 / k
+            );
+        }
+    }
+}

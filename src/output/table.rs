@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const BATCH_ROWS: usize = 16_384;
-const ROW_GROUP_ROWS: usize = 131_072;
+const ROW_GROUP_ROWS: usize = 65_536;
 
 #[derive(Debug, Clone)]
 pub enum ColType {
@@ -77,7 +77,18 @@ impl Table {
             .collect();
         let schema = Arc::new(Schema::new(fields));
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
-        let props = WriterProperties::builder()
+        // Dictionary encoding only for the string columns: numeric columns (timestamps) are
+        // nearly unique, where a dictionary costs memory and time and saves nothing.
+        let mut props = WriterProperties::builder().set_dictionary_enabled(false);
+        for (name, t) in columns {
+            if matches!(t, ColType::Str(_)) {
+                props = props.set_column_dictionary_enabled(
+                    parquet::schema::types::ColumnPath::from(*name),
+                    true,
+                );
+            }
+        }
+        let props = props
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_created_by(format!("chimera {}", env!("CARGO_PKG_VERSION")))
