@@ -51,12 +51,74 @@ pub enum Command {
         #[command(subcommand)]
         what: ScenarioCmd,
     },
+    /// Workflow traces: generate, import, inspect, fit.
+    Trace {
+        #[command(subcommand)]
+        what: TraceCmd,
+    },
     /// Check scenario files without running them.
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[arg(long = "set", value_name = "PATH=VALUE")]
         sets: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TraceCmd {
+    /// Generate APPS or MATH ReAct workflows for some models from the fitted parameters.
+    Gen {
+        #[arg(long)]
+        task: String,
+        /// Comma-separated catalogue model names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        models: Vec<String>,
+        #[arg(long)]
+        workflows: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import real per-item outcomes into a trace.
+    Import {
+        #[command(subcommand)]
+        what: ImportCmd,
+    },
+    /// Per-model accuracy, output tokens and stage counts of a trace (beside the data's).
+    Stats {
+        file: PathBuf,
+        /// The data folder (../shared/data) to compare with.
+        #[arg(long)]
+        compare_data: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fit the generator's parameters to the data folder and write them (YAML).
+    Fit {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCmd {
+    /// MATH level 5 from ZeroEval-format outcomes and a problems JSONL.
+    #[command(name = "math-l5")]
+    MathL5 {
+        #[arg(long)]
+        outcomes: PathBuf,
+        #[arg(long)]
+        problems: PathBuf,
+        #[arg(long, value_delimiter = ',', required = true)]
+        models: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -93,6 +155,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             print!("{DEFAULT_SCENARIO}");
             Ok(0)
         }
+        Command::Trace { what } => trace_cmd(what),
         Command::Validate { files, sets } => {
             let mut bad = 0;
             for f in &files {
@@ -135,6 +198,88 @@ fn dispatch(cli: Cli) -> Result<i32> {
             run_cmd(&resolved, &out, &sets, path.as_deref(), quiet, json)
         }
     }
+}
+
+fn trace_cmd(what: TraceCmd) -> Result<i32> {
+    use crate::trace::{self, FittedParams, Task};
+    match what {
+        TraceCmd::Gen {
+            task,
+            models,
+            workflows,
+            seed,
+            out,
+        } => {
+            let task = Task::parse(&task).map_err(|e| e.context("--task"))?;
+            if workflows == 0 {
+                return Err(Error::bad("--workflows: expected at least 1"));
+            }
+            let t = trace::gen::generate(FittedParams::embedded(), task, &models, workflows, seed)?;
+            trace::write_trace(&out, &t)?;
+            println!(
+                "wrote {} ({} workflows of {} for {})",
+                out.display(),
+                t.workflows.len(),
+                task.name(),
+                t.models.join(", ")
+            );
+        }
+        TraceCmd::Import {
+            what:
+                ImportCmd::MathL5 {
+                    outcomes,
+                    problems,
+                    models,
+                    seed,
+                    out,
+                },
+        } => {
+            let t = trace::import::import_math_l5(
+                &outcomes,
+                &problems,
+                &models,
+                seed,
+                FittedParams::embedded(),
+            )?;
+            trace::write_trace(&out, &t)?;
+            println!(
+                "wrote {} ({} workflows with real problem text and outcomes for {})",
+                out.display(),
+                t.workflows.len(),
+                t.models.join(", ")
+            );
+        }
+        TraceCmd::Stats {
+            file,
+            compare_data,
+            json,
+        } => {
+            let t = trace::read_trace(&file)?;
+            let rows = trace::stats::stats(&t, compare_data.as_deref(), FittedParams::embedded())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).map_err(|e| Error::other(e.to_string()))?
+                );
+            } else {
+                println!(
+                    "{}: {} workflows, models {}",
+                    file.display(),
+                    t.workflows.len(),
+                    t.models.join(", ")
+                );
+                print!("{}", trace::stats::table(&rows));
+            }
+        }
+        TraceCmd::Fit { data, out } => {
+            let p = trace::fit::fit(&data)?;
+            let mut text = String::from("# Generator parameters fitted by `chimera trace fit --data ../shared/data`.\n# Do not edit by hand: refit. Each note says which file and columns a part came from.\n");
+            text += &serde_saphyr::to_string(&p).map_err(|e| Error::other(e.to_string()))?;
+            std::fs::write(&out, text).map_err(|e| Error::io(&out, e))?;
+            println!("wrote {}", out.display());
+        }
+    }
+    Ok(0)
 }
 
 fn run_cmd(

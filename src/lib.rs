@@ -12,6 +12,7 @@ pub mod run;
 pub mod scenario;
 pub mod sim;
 pub mod time;
+pub mod trace;
 pub mod workload;
 
 pub use error::{Error, Result};

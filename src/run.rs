@@ -30,6 +30,11 @@ pub fn inputs_provenance(r: &Resolved) -> Result<Value> {
     };
     match &r.scenario.workload {
         Workload::AzureTrace(a) => add("workload trace (Azure CSV)", &r.base_dir.join(&a.path))?,
+        Workload::Trace(t) => {
+            let p = r.base_dir.join(&t.path);
+            add("workflow trace (chimera-trace/v1)", &p)?;
+        }
+        Workload::Generated(_) => {}
         Workload::Synthetic(s) => {
             if let ArrivalSpec::Trace { path: Some(p), .. } = &s.arrivals {
                 add("arrival timestamps (Azure CSV)", &r.base_dir.join(p))?;
@@ -57,7 +62,15 @@ pub fn inputs_provenance(r: &Resolved) -> Result<Value> {
             })
         })
         .collect();
-    Ok(json!({"files": files, "engines": engines}))
+    let workload = match &r.scenario.workload {
+        Workload::Trace(t) => crate::trace::read_trace(&r.base_dir.join(&t.path))?.provenance,
+        Workload::Generated(_) => {
+            json!({"generator": "traces/fitted-params.yaml (embedded)", "notes": crate::trace::FittedParams::embedded().notes})
+        }
+        Workload::Synthetic(_) => json!("distributions given in the scenario"),
+        Workload::AzureTrace(_) => json!("Azure LLM inference trace format; see files"),
+    };
+    Ok(json!({"files": files, "workload": workload, "engines": engines}))
 }
 
 fn manifest(

@@ -118,9 +118,20 @@ fn bad_input_exits_2_with_the_field_path() {
     let v100 = chimera::scenario::DEFAULT_SCENARIO.replacen("gpu: RTX-A6000", "gpu: V100", 1);
     let extra = format!("{}extra: 1\n", chimera::scenario::DEFAULT_SCENARIO);
     let cases: &[(&str, &[&str])] = &[
-        (&v100, &["bad.yaml", "cluster.engines[0].gpu", "unknown GPU `V100`", "H100-SXM"]),
+        (
+            &v100,
+            &[
+                "bad.yaml",
+                "cluster.engines[0].gpu",
+                "unknown GPU `V100`",
+                "H100-SXM",
+            ],
+        ),
         ("name: x\nname: y\n", &["bad.yaml", "duplicate"]),
-        (&extra, &["unknown field `extra`", "expected one of", "cluster"]),
+        (
+            &extra,
+            &["unknown field `extra`", "expected one of", "cluster"],
+        ),
     ];
     for (text, wants) in cases {
         std::fs::write(&bad, text).unwrap();

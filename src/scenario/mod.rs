@@ -109,13 +109,45 @@ pub struct EngineSpec {
 pub enum Workload {
     Synthetic(SyntheticSpec),
     AzureTrace(AzureTraceSpec),
+    /// A workflow trace file (`chimera-trace/v1`, see traces/README.md).
+    Trace(TraceFileSpec),
+    /// APPS/MATH workflows generated as they arrive from the fitted parameters.
+    Generated(GeneratedSpec),
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceFileSpec {
+    /// The trace, relative to the scenario file.
+    pub path: String,
+    /// Poisson or Gamma arrivals (traces carry no timestamps).
+    pub arrivals: ArrivalSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Start again from the first workflow after the last (needs `limit`).
+    #[serde(default)]
+    pub cycle: bool,
+    /// Visit workflows in an order shuffled by the seed instead of file order.
+    #[serde(default)]
+    pub shuffle: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratedSpec {
+    /// Weight of each task family (`apps`, `math`); normalised.
+    pub tasks: BTreeMap<String, f64>,
+    pub workflows: u64,
+    pub arrivals: ArrivalSpec,
+}
+
+const KINDS: &str = "`synthetic`, `azure_trace`, `trace`, `generated`";
 
 impl TryFrom<serde_json::Value> for Workload {
     type Error = String;
     fn try_from(v: serde_json::Value) -> std::result::Result<Self, String> {
         let serde_json::Value::Object(mut m) = v else {
-            return Err("expected a map with `kind: synthetic` or `kind: azure_trace`".into());
+            return Err(format!("expected a map with `kind:` one of {KINDS}"));
         };
         let kind = match m.remove("kind") {
             Some(serde_json::Value::String(k)) => k,
@@ -267,6 +299,16 @@ pub fn load_str(text: &str, sets: &[String], base_dir: &Path) -> Result<Resolved
     }
     let sc: Scenario = yaml::from_tree(tree)?;
     sc.resolve(base_dir)
+}
+
+fn renewal_only(a: &ArrivalSpec) -> Result<()> {
+    a.validate("workload.arrivals")?;
+    if let ArrivalSpec::Trace { .. } = a {
+        return Err(Error::bad(
+            "workload.arrivals.process: workflow traces carry no timestamps; use poisson or gamma",
+        ));
+    }
+    Ok(())
 }
 
 /// vLLM's OpenAI-server defaults: 8192 tokens and 1024 sequences on cards of 70 GiB or more
@@ -483,6 +525,62 @@ impl Scenario {
                         }
                         _ => {}
                     }
+                }
+            }
+            Workload::Trace(t) => {
+                renewal_only(&t.arrivals)?;
+                let p = base_dir.join(&t.path);
+                let trace = crate::trace::read_trace(&p)?;
+                crate::trace::source::check_models(
+                    &trace.models,
+                    &models,
+                    &format!("workload.path: trace {}", p.display()),
+                )?;
+                if t.cycle && t.limit.is_none() {
+                    return Err(Error::bad("workload.limit: `cycle: true` needs a limit"));
+                }
+                let longest = trace
+                    .workflows
+                    .iter()
+                    .flat_map(|w| &w.plans)
+                    .flat_map(|p| &p.stages)
+                    .map(|s| s.prompt_tokens)
+                    .max()
+                    .unwrap_or(0);
+                if longest >= min_len {
+                    return Err(Error::bad(format!(
+                        "workload.path: trace {} has a prompt of {longest} tokens, not below the smallest max_model_len ({min_len})",
+                        p.display()
+                    )));
+                }
+            }
+            Workload::Generated(g) => {
+                renewal_only(&g.arrivals)?;
+                if g.workflows == 0 {
+                    return Err(Error::bad("workload.workflows: expected at least 1"));
+                }
+                if g.tasks.is_empty() {
+                    return Err(Error::bad(
+                        "workload.tasks: give at least one of apps, math with a weight",
+                    ));
+                }
+                for (t, w) in &g.tasks {
+                    crate::trace::Task::parse(t)
+                        .map_err(|e| e.context(format!("workload.tasks.{t}")))?;
+                    if !(*w >= 0.0 && w.is_finite()) {
+                        return Err(Error::bad(format!(
+                            "workload.tasks.{t}: expected a non-negative weight, got {w}"
+                        )));
+                    }
+                }
+                if g.tasks.values().sum::<f64>() <= 0.0 {
+                    return Err(Error::bad("workload.tasks: the weights sum to 0"));
+                }
+                if crate::trace::gen::MAX_PROMPT_TOKENS >= min_len {
+                    return Err(Error::bad(format!(
+                        "cluster.engines: generated workflows may have prompts up to {} tokens; every max_model_len must exceed that (smallest is {min_len})",
+                        crate::trace::gen::MAX_PROMPT_TOKENS
+                    )));
                 }
             }
             Workload::AzureTrace(a) => {

@@ -20,6 +20,7 @@ use crate::policy::{
 use crate::rng::{fnv1a64, stream};
 use crate::scenario::{PrioritySpec, Resolved, RoutingSpec, Workload};
 use crate::time::Nanos;
+use crate::workload::arrivals::InterArrival;
 use crate::workload::azure::{AzureWorkload, LengthCaps};
 use crate::workload::synthetic::SyntheticWorkload;
 use crate::workload::{WorkflowSpec, WorkloadSource};
@@ -230,6 +231,29 @@ fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
             &a.arrivals,
             stream(seed, "arrivals"),
         )?),
+        Workload::Trace(t) => Box::new(crate::trace::source::TraceWorkload::open(
+            &r.base_dir.join(&t.path),
+            &r.models,
+            InterArrival::from_spec(&t.arrivals).expect("validated: renewal arrivals"),
+            seed,
+            t.limit,
+            t.cycle,
+            t.shuffle,
+        )?),
+        Workload::Generated(g) => {
+            let mix: Vec<(crate::trace::Task, f64)> = g
+                .tasks
+                .iter()
+                .map(|(t, w)| crate::trace::Task::parse(t).map(|t| (t, *w)))
+                .collect::<Result<_>>()?;
+            Box::new(crate::trace::source::GeneratedWorkload::new(
+                &mix,
+                &r.models,
+                g.workflows,
+                InterArrival::from_spec(&g.arrivals).expect("validated: renewal arrivals"),
+                seed,
+            )?)
+        }
     })
 }
 

@@ -1,0 +1,338 @@
+//! The trace generator: ReAct workflows for APPS or MATH on chosen models, drawn from the fitted
+//! parameters. Deterministic under a seed; each model draws from its own named stream, so adding
+//! a model to the list leaves the others' plans unchanged (common random numbers).
+
+use super::format::{Trace, TraceWorkflow};
+use super::params::{FittedParams, Task, TaskParams};
+use crate::error::Result;
+use crate::hw::Catalog;
+use crate::rng::{stream, StreamRng};
+use crate::workload::dist::{Dist, Sampler};
+use crate::workload::{Plan, Stage};
+use rand::RngExt;
+use std::sync::Arc;
+
+/// Largest prompt a generated stage may have; older context is dropped beyond it.
+pub const MAX_PROMPT_TOKENS: u32 = 30_000;
+
+fn lognormal(mean: f64, cv: f64) -> Sampler {
+    Dist::Lognormal {
+        mean: mean.max(1e-3),
+        cv: cv.max(1e-3),
+        min: None,
+        max: None,
+    }
+    .sampler("fitted parameters")
+    .expect("valid lognormal")
+}
+
+/// Draws the parts of a workflow that do not depend on the outcome.
+pub struct StageModel<'a> {
+    pub p: &'a TaskParams,
+    obs: Sampler,
+    delay: Sampler,
+}
+
+impl<'a> StageModel<'a> {
+    pub fn new(p: &'a TaskParams) -> Self {
+        StageModel {
+            p,
+            obs: lognormal(p.observation_tokens.mean, p.observation_tokens.cv),
+            delay: lognormal(p.tool_delay_ms.mean, p.tool_delay_ms.cv),
+        }
+    }
+
+    /// Number of stages for a model of `params_b` billion parameters and an outcome.
+    pub fn stage_count(&self, params_b: f64, solved: bool, rng: &mut StreamRng) -> usize {
+        let probs = self.p.stage_probs(params_b, solved);
+        let u: f64 = rng.random();
+        let mut acc = 0.0;
+        for (k, p) in probs.iter().enumerate() {
+            acc += p;
+            if u < acc {
+                return k + 1;
+            }
+        }
+        4
+    }
+
+    /// Lay out `n` stages: the first prompt is template + problem; each later prompt carries the
+    /// previous prompt and output as context plus the tool observation; the workflow's total
+    /// output splits over stages by the fitted shares.
+    pub fn layout(
+        &self,
+        n: usize,
+        total_output: f64,
+        problem_tokens: u32,
+        rng: &mut StreamRng,
+    ) -> Vec<Stage> {
+        let share: Vec<f64> = if n == 1 {
+            vec![1.0]
+        } else {
+            self.p.stages.output_share[n - 2].clone()
+        };
+        let mut stages = Vec::with_capacity(n);
+        let mut prompt =
+            (self.p.template_tokens.round() as u32 + problem_tokens).clamp(1, MAX_PROMPT_TOKENS);
+        let mut context = 0u32;
+        for (k, s) in share.iter().enumerate().take(n) {
+            let out = ((total_output * s).round() as u32).max(1);
+            let (obs, delay_ns) = if k + 1 < n {
+                (
+                    self.obs.sample_tokens(rng, 1),
+                    (self.delay.sample(rng) * 1e6).round() as i64,
+                )
+            } else {
+                (0, 0)
+            };
+            stages.push(Stage {
+                prompt_tokens: prompt,
+                context_tokens: context,
+                output_tokens: out,
+                tool_delay_ns: delay_ns,
+            });
+            context = (prompt + out).min(MAX_PROMPT_TOKENS - obs.min(MAX_PROMPT_TOKENS - 1));
+            prompt = context + obs;
+        }
+        stages
+    }
+
+    /// Total output tokens of a workflow on a model.
+    pub fn total_output(
+        &self,
+        params_b: f64,
+        solved: bool,
+        level: &str,
+        rng: &mut StreamRng,
+    ) -> f64 {
+        lognormal(
+            self.p.mean_output_tokens(params_b, solved, level),
+            self.p.output.cv,
+        )
+        .sample(rng)
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Draw one of equal-mass quantiles with a uniform `u` in [0, 1).
+pub fn sample_quantiles(q: &[f64], u: f64) -> f64 {
+    q[((u * q.len() as f64) as usize).min(q.len() - 1)]
+}
+
+/// A lazy generator of one task's workflows for a set of models.
+pub struct TraceGen<'a> {
+    task: Task,
+    p: &'a TaskParams,
+    sm: StageModel<'a>,
+    specs: Vec<(String, f64)>,
+    problem: Sampler,
+    wf_rng: StreamRng,
+    model_rngs: Vec<StreamRng>,
+    next_id: u64,
+}
+
+impl<'a> TraceGen<'a> {
+    /// `models` are catalogue names (aliases accepted).
+    pub fn new(params: &'a FittedParams, task: Task, models: &[String], seed: u64) -> Result<Self> {
+        let cat = Catalog::builtin();
+        let specs: Vec<(String, f64)> = models
+            .iter()
+            .map(|m| {
+                cat.model(m)
+                    .map(|s| (s.name.clone(), s.total_params() as f64 / 1e9))
+            })
+            .collect::<Result<_>>()?;
+        let p = params.task(task);
+        Ok(TraceGen {
+            task,
+            p,
+            sm: StageModel::new(p),
+            problem: lognormal(p.problem_tokens.mean, p.problem_tokens.cv),
+            wf_rng: stream(seed, &format!("trace.{}.workflow", task.name())),
+            model_rngs: specs
+                .iter()
+                .map(|(m, _)| stream(seed, &format!("trace.{}.model.{m}", task.name())))
+                .collect(),
+            specs,
+            next_id: 0,
+        })
+    }
+
+    pub fn models(&self) -> Vec<String> {
+        self.specs.iter().map(|(m, _)| m.clone()).collect()
+    }
+
+    /// The next workflow.
+    pub fn next_workflow(&mut self) -> TraceWorkflow {
+        let p = self.p;
+        let total_w: f64 = p.difficulty_mix.iter().map(|(_, w)| w).sum();
+        let u: f64 = self.wf_rng.random::<f64>() * total_w;
+        let mut acc = 0.0;
+        let level = p.difficulty_mix.iter().find(|(_, w)| {
+            acc += w;
+            u < acc
+        });
+        let level = level
+            .or(p.difficulty_mix.last())
+            .map(|(l, _)| l.clone())
+            .expect("a level");
+        let b = sample_quantiles(p.quantiles(&level), self.wf_rng.random());
+        let problem_tokens = self.problem.sample_tokens(&mut self.wf_rng, 8);
+        let sm = &self.sm;
+        let plans = self
+            .specs
+            .iter()
+            .zip(self.model_rngs.iter_mut())
+            .map(|((name, params_b), rng)| {
+                let solved = rng.random::<f64>() < sigmoid(p.ability_of(name, *params_b) - b);
+                let k = sm.stage_count(*params_b, solved, rng);
+                let total = sm.total_output(*params_b, solved, &level, rng);
+                let stages = sm.layout(k, total, problem_tokens, rng);
+                Plan {
+                    model: Some(Arc::from(name.as_str())),
+                    stages,
+                    success: Some(solved),
+                }
+            })
+            .collect();
+        let id = self.next_id;
+        self.next_id += 1;
+        TraceWorkflow {
+            id,
+            task: self.task.name().into(),
+            problem_id: format!("{}-gen-{id}", self.task.name()),
+            difficulty: level,
+            text: None,
+            plans,
+        }
+    }
+}
+
+/// Generate `n` workflows of `task` for `models` (catalogue names).
+pub fn generate(
+    params: &FittedParams,
+    task: Task,
+    models: &[String],
+    n: u64,
+    seed: u64,
+) -> Result<Trace> {
+    let mut g = TraceGen::new(params, task, models, seed)?;
+    let workflows = (0..n).map(|_| g.next_workflow()).collect();
+    let provenance = serde_json::json!({
+        "kind": "generated",
+        "generator": format!("chimera {} trace gen", env!("CARGO_PKG_VERSION")),
+        "task": task.name(),
+        "models": g.models(),
+        "workflows": n,
+        "seed": seed,
+        "params": "traces/fitted-params.yaml (embedded)",
+        "params_notes": params.notes,
+    });
+    Ok(Trace {
+        models: g.models(),
+        workflows,
+        provenance,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_is_deterministic_and_models_do_not_disturb_each_other() {
+        let p = FittedParams::embedded();
+        let two = vec!["Qwen2.5-1.5B".to_string(), "Qwen2.5-7B".to_string()];
+        let one = vec!["Qwen2.5-7B".to_string()];
+        let a = generate(p, Task::Math, &two, 200, 5).unwrap();
+        let b = generate(p, Task::Math, &two, 200, 5).unwrap();
+        let c = generate(p, Task::Math, &one, 200, 5).unwrap();
+        assert_eq!(a.workflows, b.workflows);
+        for (wa, wc) in a.workflows.iter().zip(&c.workflows) {
+            assert_eq!(
+                wa.plans[1], wc.plans[0],
+                "the 7B plan does not depend on the other models"
+            );
+        }
+        let d = generate(p, Task::Math, &two, 200, 6).unwrap();
+        assert_ne!(a.workflows, d.workflows);
+    }
+
+    #[test]
+    fn stages_are_well_formed() {
+        let p = FittedParams::embedded();
+        let t = generate(
+            p,
+            Task::Apps,
+            &["Qwen2.5-1.5B".into(), "Qwen2.5-14B".into()],
+            300,
+            1,
+        )
+        .unwrap();
+        for w in &t.workflows {
+            for plan in &w.plans {
+                assert!((1..=4).contains(&plan.stages.len()));
+                for (k, s) in plan.stages.iter().enumerate() {
+                    assert!(
+                        s.output_tokens >= 1
+                            && s.prompt_tokens >= 1
+                            && s.context_tokens <= s.prompt_tokens
+                    );
+                    if k > 0 {
+                        let prev = plan.stages[k - 1];
+                        assert_eq!(
+                            s.context_tokens,
+                            prev.prompt_tokens + prev.output_tokens,
+                            "context carries the history"
+                        );
+                        assert!(prev.tool_delay_ns > 0);
+                    }
+                }
+                assert_eq!(plan.stages.last().unwrap().tool_delay_ns, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn bigger_models_solve_more_and_a_problem_hard_for_the_big_model_is_hard_for_the_small() {
+        let p = FittedParams::embedded();
+        let t = generate(
+            p,
+            Task::Math,
+            &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
+            4000,
+            2,
+        )
+        .unwrap();
+        let solved = |k: usize| {
+            t.workflows
+                .iter()
+                .filter(|w| w.plans[k].success == Some(true))
+                .count() as f64
+        };
+        assert!(
+            solved(1) > solved(0) * 1.3,
+            "{} vs {}",
+            solved(1),
+            solved(0)
+        );
+        // Correlation through the latent difficulty: P(small solves | big fails) < P(small solves).
+        let big_fails: Vec<_> = t
+            .workflows
+            .iter()
+            .filter(|w| w.plans[1].success == Some(false))
+            .collect();
+        let p_small_given_big_fail = big_fails
+            .iter()
+            .filter(|w| w.plans[0].success == Some(true))
+            .count() as f64
+            / big_fails.len() as f64;
+        assert!(
+            p_small_given_big_fail < 0.6 * solved(0) / 4000.0,
+            "{p_small_given_big_fail}"
+        );
+    }
+}
