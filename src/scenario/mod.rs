@@ -151,18 +151,18 @@ impl TryFrom<serde_json::Value> for Workload {
         };
         let kind = match m.remove("kind") {
             Some(serde_json::Value::String(k)) => k,
-            Some(_) => return Err("@kind: expected a string, `synthetic` or `azure_trace`".into()),
+            Some(_) => return Err(format!("@kind: expected a string, one of {KINDS}")),
             None => {
-                return Err("missing field `kind`, expected `synthetic` or `azure_trace`".into())
+                return Err(format!("missing field `kind`, expected one of {KINDS}"))
             }
         };
         let rest = serde_json::Value::Object(m);
         match kind.as_str() {
             "synthetic" => yaml::nested(rest).map(Workload::Synthetic),
             "azure_trace" => yaml::nested(rest).map(Workload::AzureTrace),
-            other => Err(format!(
-                "@kind: unknown variant `{other}`, expected `synthetic` or `azure_trace`"
-            )),
+            "trace" => yaml::nested(rest).map(Workload::Trace),
+            "generated" => yaml::nested(rest).map(Workload::Generated),
+            other => Err(format!("@kind: unknown variant `{other}`, expected one of {KINDS}")),
         }
     }
 }
