@@ -80,7 +80,7 @@ fn seed_flag_and_json_output() {
 fn scenario_default_prints_yaml_that_validates_and_runs() {
     let (code, yaml, _) = chimera(&["scenario", "default"]);
     assert_eq!(code, 0);
-    assert!(yaml.contains("kind: synthetic"));
+    assert!(yaml.contains("kind: generated"));
     let dir = tmpdir("cli-default-yaml");
     let p = dir.join("mine.yaml");
     std::fs::write(&p, yaml).unwrap();

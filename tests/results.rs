@@ -115,13 +115,7 @@ fn engine_log_stays_within_limits() {
 #[test]
 fn summary_matches_the_rows() {
     let dir = tmpdir("summary");
-    run(
-        &default_with(&[
-            "workload.workflows=200",
-            "workload.success_probability={Qwen2.5-1.5B: 0.3, Qwen2.5-7B: 0.6}",
-        ]),
-        &dir,
-    );
+    run(&default_with(&["workload.workflows=200"]), &dir);
     let s = json(&dir.join("summary.json"));
     let w = dir.join("workflows.parquet");
     let succ = column(&w, "success");

@@ -11,7 +11,12 @@ fn small_trace() -> trace::Trace {
     let plan = |m: &str, n: usize, solved: bool| Plan {
         model: Some(Arc::from(m)),
         stages: (0..n)
-            .map(|k| Stage { prompt_tokens: 100 + 50 * k as u32, context_tokens: 50 * k as u32, output_tokens: 20, tool_delay_ns: if k + 1 < n { 5_000_000 } else { 0 } })
+            .map(|k| Stage {
+                prompt_tokens: 100 + 50 * k as u32,
+                context_tokens: 50 * k as u32,
+                output_tokens: 20,
+                tool_delay_ns: if k + 1 < n { 5_000_000 } else { 0 },
+            })
             .collect(),
         success: Some(solved),
     };
@@ -24,7 +29,10 @@ fn small_trace() -> trace::Trace {
                 problem_id: format!("p{i}"),
                 difficulty: "level 5".into(),
                 text: Some(Arc::from(format!("problem {i}").as_str())),
-                plans: vec![plan("Qwen2.5-1.5B", 1 + i as usize, false), plan("Qwen2.5-7B", 2, true)],
+                plans: vec![
+                    plan("Qwen2.5-1.5B", 1 + i as usize, false),
+                    plan("Qwen2.5-7B", 2, true),
+                ],
             })
             .collect(),
         provenance: serde_json::json!({"kind": "test fixture"}),
@@ -44,7 +52,10 @@ fn a_trace_round_trips() {
 }
 
 /// Rewrite one column of a written trace with arrow, to make corrupt files.
-fn corrupt(name: &str, edit: impl Fn(&mut Vec<arrow::datatypes::Field>, &mut Vec<arrow::array::ArrayRef>)) -> (std::path::PathBuf, String) {
+fn corrupt(
+    name: &str,
+    edit: impl Fn(&mut Vec<arrow::datatypes::Field>, &mut Vec<arrow::array::ArrayRef>),
+) -> (std::path::PathBuf, String) {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let dir = tmpdir(&format!("trace-bad-{name}"));
     let good = dir.join("good.parquet");
@@ -52,14 +63,27 @@ fn corrupt(name: &str, edit: impl Fn(&mut Vec<arrow::datatypes::Field>, &mut Vec
     let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&good).unwrap()).unwrap();
     let kv = b.metadata().file_metadata().key_value_metadata().cloned();
     let batch = b.build().unwrap().next().unwrap().unwrap();
-    let mut fields: Vec<arrow::datatypes::Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<arrow::datatypes::Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     let mut cols = batch.columns().to_vec();
     edit(&mut fields, &mut cols);
     let schema = Arc::new(arrow::datatypes::Schema::new(fields));
     let out = dir.join("bad.parquet");
-    let props = parquet::file::properties::WriterProperties::builder().set_key_value_metadata(kv).build();
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&out).unwrap(), schema.clone(), Some(props)).unwrap();
-    w.write(&arrow::record_batch::RecordBatch::try_new(schema, cols).unwrap()).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(kv)
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&out).unwrap(),
+        schema.clone(),
+        Some(props),
+    )
+    .unwrap();
+    w.write(&arrow::record_batch::RecordBatch::try_new(schema, cols).unwrap())
+        .unwrap();
     w.close().unwrap();
     let err = trace::read_trace(&out).unwrap_err().to_string();
     (out, err)
@@ -74,49 +98,109 @@ fn corrupt_traces_are_refused_naming_file_row_and_column() {
     use arrow::array::*;
     use arrow::datatypes::{DataType, Field};
     // Rows are laid out workflow by workflow: workflow 0 has 1 + 2 rows, workflow 1 has 2 + 2.
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<Field>, &mut Vec<ArrayRef>)>, Vec<&str>)> = vec![
-        ("missing", Box::new(|f, c| {
-            let i = idx(f, "output_tokens");
-            f.remove(i);
-            c.remove(i);
-        }), vec!["missing column `output_tokens`"]),
-        ("type", Box::new(|f, c| {
-            let i = idx(f, "prompt_tokens");
-            f[i] = Field::new("prompt_tokens", DataType::Utf8, false);
-            c[i] = Arc::new(StringArray::from(vec!["x"; c[i].len()]));
-        }), vec!["column `prompt_tokens`", "expected type Int64", "found Utf8"]),
-        ("negative", Box::new(|f, c| {
-            let i = idx(f, "output_tokens");
-            let mut v: Vec<i64> = c[i].as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
-            v[4] = -3;
-            c[i] = Arc::new(Int64Array::from(v));
-        }), vec!["row 5", "column output_tokens", "negative token count -3"]),
-        ("no-outcome", Box::new(|f, c| {
-            let i = idx(f, "solved");
-            let mut v: Vec<Option<bool>> = c[i].as_any().downcast_ref::<BooleanArray>().unwrap().iter().collect();
-            v[2] = None;
-            c[i] = Arc::new(BooleanArray::from(v));
-        }), vec!["row 3", "column solved", "no outcome for model Qwen2.5-7B"]),
-        ("stage-gap", Box::new(|f, c| {
-            let i = idx(f, "stage");
-            let mut v: Vec<u32> = c[i].as_any().downcast_ref::<UInt32Array>().unwrap().values().to_vec();
-            v[2] = 0;
-            c[i] = Arc::new(UInt32Array::from(v));
-        }), vec!["column stage", "workflow 0, model Qwen2.5-7B", "stages must be 0..2"]),
-        ("missing-model", Box::new(|f, c| {
-            // Workflow 2's rows for the 7B model become rows of a third model: workflows 0 and 1
-            // then have no plan for it.
-            let i = idx(f, "model");
-            let mut v: Vec<String> = c[i].as_any().downcast_ref::<StringArray>().unwrap().iter().map(|s| s.unwrap().to_string()).collect();
-            let n = v.len();
-            v[n - 1] = "Qwen2.5-3B".into();
-            v[n - 2] = "Qwen2.5-3B".into();
-            c[i] = Arc::new(StringArray::from(v));
-        }), vec!["column model", "has no rows for model"]),
+    let cases: Vec<(
+        &str,
+        Box<dyn Fn(&mut Vec<Field>, &mut Vec<ArrayRef>)>,
+        Vec<&str>,
+    )> = vec![
+        (
+            "missing",
+            Box::new(|f, c| {
+                let i = idx(f, "output_tokens");
+                f.remove(i);
+                c.remove(i);
+            }),
+            vec!["missing column `output_tokens`"],
+        ),
+        (
+            "type",
+            Box::new(|f, c| {
+                let i = idx(f, "prompt_tokens");
+                f[i] = Field::new("prompt_tokens", DataType::Utf8, false);
+                c[i] = Arc::new(StringArray::from(vec!["x"; c[i].len()]));
+            }),
+            vec![
+                "column `prompt_tokens`",
+                "expected type Int64",
+                "found Utf8",
+            ],
+        ),
+        (
+            "negative",
+            Box::new(|f, c| {
+                let i = idx(f, "output_tokens");
+                let mut v: Vec<i64> = c[i]
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec();
+                v[4] = -3;
+                c[i] = Arc::new(Int64Array::from(v));
+            }),
+            vec!["row 5", "column output_tokens", "negative token count -3"],
+        ),
+        (
+            "no-outcome",
+            Box::new(|f, c| {
+                let i = idx(f, "solved");
+                let mut v: Vec<Option<bool>> = c[i]
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .unwrap()
+                    .iter()
+                    .collect();
+                v[2] = None;
+                c[i] = Arc::new(BooleanArray::from(v));
+            }),
+            vec!["row 3", "column solved", "no outcome for model Qwen2.5-7B"],
+        ),
+        (
+            "stage-gap",
+            Box::new(|f, c| {
+                let i = idx(f, "stage");
+                let mut v: Vec<u32> = c[i]
+                    .as_any()
+                    .downcast_ref::<UInt32Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec();
+                v[2] = 0;
+                c[i] = Arc::new(UInt32Array::from(v));
+            }),
+            vec![
+                "column stage",
+                "workflow 0, model Qwen2.5-7B",
+                "stages must be 0..2",
+            ],
+        ),
+        (
+            "missing-model",
+            Box::new(|f, c| {
+                // Workflow 2's rows for the 7B model become rows of a third model: workflows 0 and 1
+                // then have no plan for it.
+                let i = idx(f, "model");
+                let mut v: Vec<String> = c[i]
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.unwrap().to_string())
+                    .collect();
+                let n = v.len();
+                v[n - 1] = "Qwen2.5-3B".into();
+                v[n - 2] = "Qwen2.5-3B".into();
+                c[i] = Arc::new(StringArray::from(v));
+            }),
+            vec!["column model", "has no rows for model"],
+        ),
     ];
     for (name, edit, wants) in cases {
         let (path, err) = corrupt(name, edit);
-        assert!(err.contains(&path.display().to_string()), "{name}: names the file: {err}");
+        assert!(
+            err.contains(&path.display().to_string()),
+            "{name}: names the file: {err}"
+        );
         for w in wants {
             assert!(err.contains(w), "{name}: `{err}` should mention `{w}`");
         }
@@ -129,16 +213,38 @@ fn generated_math_matches_the_data_it_was_fitted_to() {
         eprintln!("skipping: ../shared/data not present (fresh clone without the shared data)");
         return;
     };
-    let models: Vec<String> = ["Qwen2.5-3B", "Qwen2.5-7B", "Qwen2.5-32B", "Qwen2.5-72B"].iter().map(|s| s.to_string()).collect();
-    let t = trace::gen::generate(FittedParams::embedded(), Task::Math, &models, 20_000, 11).unwrap();
+    let models: Vec<String> = ["Qwen2.5-3B", "Qwen2.5-7B", "Qwen2.5-32B", "Qwen2.5-72B"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let t =
+        trace::gen::generate(FittedParams::embedded(), Task::Math, &models, 20_000, 11).unwrap();
     let rows = trace::stats::stats(&t, Some(&data), FittedParams::embedded()).unwrap();
     for r in &rows {
         let d = r.data.as_ref().unwrap();
         let acc = d.accuracy.unwrap();
-        assert!((r.accuracy - acc).abs() <= 0.02, "{}: accuracy {:.3} vs data {:.3}", r.model, r.accuracy, acc);
+        assert!(
+            (r.accuracy - acc).abs() <= 0.02,
+            "{}: accuracy {:.3} vs data {:.3}",
+            r.model,
+            r.accuracy,
+            acc
+        );
         let len = d.output_tokens_mean.unwrap();
-        assert!((r.output_tokens_mean - len).abs() / len <= 0.10, "{}: mean output {:.0} vs data {:.0}", r.model, r.output_tokens_mean, len);
-        assert!(d.tv_solved <= 0.05 && d.tv_failed <= 0.05, "{}: stage TV {:.3}, {:.3}", r.model, d.tv_solved, d.tv_failed);
+        assert!(
+            (r.output_tokens_mean - len).abs() / len <= 0.10,
+            "{}: mean output {:.0} vs data {:.0}",
+            r.model,
+            r.output_tokens_mean,
+            len
+        );
+        assert!(
+            d.tv_solved <= 0.05 && d.tv_failed <= 0.05,
+            "{}: stage TV {:.3}, {:.3}",
+            r.model,
+            d.tv_solved,
+            d.tv_failed
+        );
     }
 }
 
@@ -148,16 +254,28 @@ fn generated_apps_stage_counts_match_mint() {
         eprintln!("skipping: ../shared/data not present");
         return;
     };
-    let models: Vec<String> = ["Qwen2.5-1.5B", "Qwen2.5-7B", "Qwen2.5-14B"].iter().map(|s| s.to_string()).collect();
+    let models: Vec<String> = ["Qwen2.5-1.5B", "Qwen2.5-7B", "Qwen2.5-14B"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let t = trace::gen::generate(FittedParams::embedded(), Task::Apps, &models, 20_000, 3).unwrap();
     for r in trace::stats::stats(&t, Some(&data), FittedParams::embedded()).unwrap() {
         let d = r.data.unwrap();
-        assert!(d.tv_solved <= 0.05 && d.tv_failed <= 0.05, "{}: {:.3} {:.3}", r.model, d.tv_solved, d.tv_failed);
+        assert!(
+            d.tv_solved <= 0.05 && d.tv_failed <= 0.05,
+            "{}: {:.3} {:.3}",
+            r.model,
+            d.tv_solved,
+            d.tv_failed
+        );
     }
     // Harder levels are solved less often.
     let rate = |lvl: &str| {
         let ws: Vec<_> = t.workflows.iter().filter(|w| w.difficulty == lvl).collect();
-        ws.iter().filter(|w| w.plans[1].success == Some(true)).count() as f64 / ws.len() as f64
+        ws.iter()
+            .filter(|w| w.plans[1].success == Some(true))
+            .count() as f64
+            / ws.len() as f64
     };
     assert!(rate("introductory") > rate("interview") && rate("interview") > rate("competition"));
 }
@@ -193,18 +311,37 @@ fn the_importer_reads_any_file_of_the_format() {
     .unwrap();
     std::fs::write(&problems, "{\"item_id\": 1, \"problem\": \"What is $1+1$?\"}\n{\"item_id\": 2, \"problem\": \"Solve $x^2=4$.\"}\n{\"item_id\": 3, \"problem\": \"skip me\"}\n").unwrap();
     let models = vec!["Qwen2.5-7B".to_string(), "Qwen2.5-72B".to_string()];
-    let t = trace::import::import_math_l5(&outcomes, &problems, &models, 1, FittedParams::embedded()).unwrap();
+    let t =
+        trace::import::import_math_l5(&outcomes, &problems, &models, 1, FittedParams::embedded())
+            .unwrap();
     assert_eq!(t.workflows.len(), 2, "item 3 lacks the 72B outcome");
     let w = &t.workflows[1];
     assert_eq!(w.text.as_deref(), Some("Solve $x^2=4$."));
-    assert_eq!((w.plans[0].success, w.plans[1].success), (Some(false), Some(true)));
+    assert_eq!(
+        (w.plans[0].success, w.plans[1].success),
+        (Some(false), Some(true))
+    );
     let cpt = FittedParams::embedded().math.chars_per_token;
     let total: u32 = w.plans[0].stages.iter().map(|s| s.output_tokens).sum();
-    assert!((total as f64 - 909.0 / cpt).abs() <= w.plans[0].stages.len() as f64, "output tokens from output_chars");
+    assert!(
+        (total as f64 - 909.0 / cpt).abs() <= w.plans[0].stages.len() as f64,
+        "output tokens from output_chars"
+    );
     // Errors name the file, line and column.
     std::fs::write(&outcomes, "task,model,generator,item_id,parsed,correct_heuristic,output_chars,reasoning_chars,max_tokens\nmath-l5,Qwen2.5-7B-Instruct,x,1,1,maybe,303,0,\n").unwrap();
-    let e = trace::import::import_math_l5(&outcomes, &problems, &models[..1], 1, FittedParams::embedded()).unwrap_err().to_string();
-    assert!(e.contains("outcomes.csv") && e.contains("line 2") && e.contains("correct_heuristic"), "{e}");
+    let e = trace::import::import_math_l5(
+        &outcomes,
+        &problems,
+        &models[..1],
+        1,
+        FittedParams::embedded(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("outcomes.csv") && e.contains("line 2") && e.contains("correct_heuristic"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -223,19 +360,43 @@ fn the_real_math_l5_import_keeps_real_text_and_outcomes() {
     )
     .unwrap();
     assert!(t.workflows.len() > 400);
-    assert!(t.workflows.iter().all(|w| w.text.as_deref().is_some_and(|s| !s.is_empty())));
-    let acc = |k: usize| t.workflows.iter().filter(|w| w.plans[k].success == Some(true)).count() as f64 / t.workflows.len() as f64;
-    assert!((acc(0) - 0.275).abs() < 0.01 && (acc(1) - 0.611).abs() < 0.01, "{} {}", acc(0), acc(1));
+    assert!(t
+        .workflows
+        .iter()
+        .all(|w| w.text.as_deref().is_some_and(|s| !s.is_empty())));
+    let acc = |k: usize| {
+        t.workflows
+            .iter()
+            .filter(|w| w.plans[k].success == Some(true))
+            .count() as f64
+            / t.workflows.len() as f64
+    };
+    assert!(
+        (acc(0) - 0.275).abs() < 0.01 && (acc(1) - 0.611).abs() < 0.01,
+        "{} {}",
+        acc(0),
+        acc(1)
+    );
 }
 
 #[test]
 fn traces_run_as_scenario_workloads() {
     let dir = tmpdir("trace-scenario");
     let p = dir.join("t.parquet");
-    let t = trace::gen::generate(FittedParams::embedded(), Task::Apps, &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()], 200, 4).unwrap();
+    let t = trace::gen::generate(
+        FittedParams::embedded(),
+        Task::Apps,
+        &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
+        200,
+        4,
+    )
+    .unwrap();
     trace::write_trace(&p, &t).unwrap();
     let sets = vec![
-        format!("workload={{kind: trace, path: {}, arrivals: {{process: poisson, rate_per_s: 1.0}}}}", p.display()),
+        format!(
+            "workload={{kind: trace, path: {}, arrivals: {{process: poisson, rate_per_s: 1.0}}}}",
+            p.display()
+        ),
         "limits.check_invariants=true".to_string(),
     ];
     let r = chimera::scenario::load_str(chimera::scenario::DEFAULT_SCENARIO, &sets, &dir).unwrap();
@@ -244,7 +405,12 @@ fn traces_run_as_scenario_workloads() {
     assert_eq!(rep.summary.workflows.count, 200);
     // The realised plan is the one of the model the policy picked: its stage count and outcome.
     let wf = out.join("workflows.parquet");
-    let (ids, stages, success, models) = (column(&wf, "workflow_id"), column(&wf, "stages"), column(&wf, "success"), strings(&wf, "model"));
+    let (ids, stages, success, models) = (
+        column(&wf, "workflow_id"),
+        column(&wf, "stages"),
+        column(&wf, "success"),
+        strings(&wf, "model"),
+    );
     for i in 0..ids.len() {
         let w = &t.workflows[ids[i] as usize];
         let k = if models[i] == "Qwen2.5-1.5B" { 0 } else { 1 };
@@ -254,8 +420,19 @@ fn traces_run_as_scenario_workloads() {
     let acc = rep.summary.accuracy.unwrap();
     assert_eq!(acc.known, 200);
     // A trace lacking a cluster model is refused with the list it has.
-    let e = chimera::scenario::load_str(chimera::scenario::DEFAULT_SCENARIO, &[sets[0].clone(), "cluster.engines[1].model=Qwen2.5-3B".into(), "policy.routing={kind: round_robin}".into()], &dir)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("no plans for model Qwen2.5-3B") && e.contains("Qwen2.5-1.5B, Qwen2.5-7B"), "{e}");
+    let e = chimera::scenario::load_str(
+        chimera::scenario::DEFAULT_SCENARIO,
+        &[
+            sets[0].clone(),
+            "cluster.engines[1].model=Qwen2.5-3B".into(),
+            "policy.routing={kind: round_robin}".into(),
+        ],
+        &dir,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("no plans for model Qwen2.5-3B") && e.contains("Qwen2.5-1.5B, Qwen2.5-7B"),
+        "{e}"
+    );
 }

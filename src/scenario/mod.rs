@@ -152,9 +152,7 @@ impl TryFrom<serde_json::Value> for Workload {
         let kind = match m.remove("kind") {
             Some(serde_json::Value::String(k)) => k,
             Some(_) => return Err(format!("@kind: expected a string, one of {KINDS}")),
-            None => {
-                return Err(format!("missing field `kind`, expected one of {KINDS}"))
-            }
+            None => return Err(format!("missing field `kind`, expected one of {KINDS}")),
         };
         let rest = serde_json::Value::Object(m);
         match kind.as_str() {
@@ -162,7 +160,9 @@ impl TryFrom<serde_json::Value> for Workload {
             "azure_trace" => yaml::nested(rest).map(Workload::AzureTrace),
             "trace" => yaml::nested(rest).map(Workload::Trace),
             "generated" => yaml::nested(rest).map(Workload::Generated),
-            other => Err(format!("@kind: unknown variant `{other}`, expected one of {KINDS}")),
+            other => Err(format!(
+                "@kind: unknown variant `{other}`, expected one of {KINDS}"
+            )),
         }
     }
 }

@@ -2,9 +2,20 @@
 
 use super::*;
 
-fn resolve(sets: &[&str]) -> Result<Resolved> {
+const SYNTHETIC: &str = include_str!("../../scenarios/synthetic.yaml");
+
+fn resolve_text(text: &str, sets: &[&str]) -> Result<Resolved> {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    load_str(DEFAULT_SCENARIO, &sets, Path::new("."))
+    load_str(text, &sets, Path::new("."))
+}
+
+fn resolve(sets: &[&str]) -> Result<Resolved> {
+    resolve_text(DEFAULT_SCENARIO, sets)
+}
+
+/// The synthetic-workload scenario, for its workload fields.
+fn resolve_synthetic(sets: &[&str]) -> Result<Resolved> {
+    resolve_text(SYNTHETIC, sets)
 }
 
 #[test]
@@ -160,7 +171,21 @@ fn bad_fields_name_their_path_and_what_was_expected() {
         (&["seed=-4"], &["seed", "invalid value"]),
     ];
     for (sets, wants) in cases {
-        let e = match resolve(sets) {
+        let synthetic_field = sets.iter().any(|s| {
+            [
+                "workload.output_tokens",
+                "workload.stages",
+                "workload.success_probability",
+                "workload.max_prompt_tokens",
+            ]
+            .iter()
+            .any(|f| s.starts_with(f))
+        });
+        let e = match if synthetic_field {
+            resolve_synthetic(sets)
+        } else {
+            resolve(sets)
+        } {
             Ok(_) => panic!("{sets:?} should fail"),
             Err(e) => e,
         };
@@ -187,18 +212,23 @@ fn models_that_do_not_fit_are_refused_with_numbers() {
         "workload.max_prompt_tokens=4000",
         "policy.routing={kind: round_robin}",
     ];
-    let e = resolve(&swap).unwrap_err().to_string();
+    let e = resolve_synthetic(&swap).unwrap_err().to_string();
     assert!(
         e.contains("max_model_len 32768") && e.contains("decrease max_model_len"),
         "{e}"
     );
-    resolve(&[
+    resolve_synthetic(&[
         swap[0],
         swap[1],
         swap[2],
         "cluster.engines[1].max_model_len=8192",
     ])
     .unwrap();
+    // Generated workflows may carry 30,000-token prompts: an 8K engine cannot take them.
+    let e = resolve(&[swap[0], swap[2], "cluster.engines[1].max_model_len=8192"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("30000") && e.contains("8192"), "{e}");
 }
 
 #[test]
