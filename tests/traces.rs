@@ -269,6 +269,26 @@ fn generated_apps_stage_counts_match_mint() {
             d.tv_failed
         );
     }
+    // Inside the DeepSeek-Coder ladder's size range, accuracy follows LiveCodeBench's pass rates
+    // (interpolated at the model's size, mixed by the trace's levels).
+    let t2 = trace::gen::generate(
+        FittedParams::embedded(),
+        Task::Apps,
+        &["Qwen2.5-3B".into(), "Qwen2.5-32B".into()],
+        20_000,
+        5,
+    )
+    .unwrap();
+    for r in trace::stats::stats(&t2, Some(&data), FittedParams::embedded()).unwrap() {
+        let acc = r.data.unwrap().accuracy.unwrap();
+        assert!(
+            (r.accuracy - acc).abs() <= 0.02,
+            "{}: {:.3} vs {:.3}",
+            r.model,
+            r.accuracy,
+            acc
+        );
+    }
     // Harder levels are solved less often.
     let rate = |lvl: &str| {
         let ws: Vec<_> = t.workflows.iter().filter(|w| w.difficulty == lvl).collect();

@@ -118,6 +118,22 @@ pub fn fit_rasch(y: &[Vec<Option<f64>>], models: usize, prior_sd: f64) -> (Vec<f
     (theta, b)
 }
 
+/// The ability whose mean success over equal-mass difficulties `q` is `target`.
+pub fn solve_ability(q: &[f64], target: f64) -> f64 {
+    let target = target.clamp(1e-4, 1.0 - 1e-4);
+    let (mut lo, mut hi) = (-20.0, 20.0);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        let p = q.iter().map(|b| sigmoid(mid - b)).sum::<f64>() / q.len() as f64;
+        if p < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
 /// `n` equal-mass quantiles of `xs`: the values at probabilities (j + 1/2) / n, each an
 /// observed value (nearest rank). Drawing one of them uniformly reproduces the sample's
 /// distribution to within 1/n.
@@ -177,7 +193,7 @@ pub const MATH_LADDER: [(&str, &str); 4] = [
 ];
 
 /// DeepSeek-Coder instruct sizes (billions of parameters, from their model cards).
-const CODE_LADDER: [(&str, f64); 3] = [
+pub const CODE_LADDER: [(&str, f64); 3] = [
     ("DSCoder-1.3b-Ins", 1.35),
     ("DSCoder-6.7b-Ins", 6.74),
     ("DSCoder-33b-Ins", 33.3),
@@ -431,6 +447,39 @@ pub fn zeroeval_math_figures(path: &Path) -> Result<BTreeMap<String, (u64, f64, 
         .collect())
 }
 
+/// LiveCodeBench pass@1 (0..1) per DeepSeek-Coder ladder model and APPS level (LCB levels
+/// mapped easy/medium/hard -> introductory/interview/competition).
+pub fn lcb_ladder_pass(path: &Path) -> Result<Vec<(f64, BTreeMap<String, f64>)>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?)
+            .map_err(|e| Error::bad(format!("{}: {e}", path.display())))?;
+    let perf = v["performances"]
+        .as_array()
+        .ok_or_else(|| Error::bad(format!("{}: no `performances` list", path.display())))?;
+    let map = |d: &str| match d {
+        "easy" => "introductory",
+        "medium" => "interview",
+        _ => "competition",
+    };
+    Ok(CODE_LADDER
+        .iter()
+        .map(|(m, size)| {
+            let mut acc: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+            for p in perf.iter().filter(|p| p["model"].as_str() == Some(m)) {
+                let e = acc
+                    .entry(map(p["difficulty"].as_str().unwrap_or("")).to_string())
+                    .or_default();
+                e.0 += p["pass@1"].as_f64().unwrap_or(0.0) / 100.0;
+                e.1 += 1.0;
+            }
+            (
+                *size,
+                acc.into_iter().map(|(l, (s, n))| (l, s / n)).collect(),
+            )
+        })
+        .collect())
+}
+
 /// Fit every parameter from the data folder (../shared/data layout).
 pub fn fit(data: &Path) -> Result<FittedParams> {
     let mut notes = Vec::new();
@@ -509,7 +558,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         what: "math: per-model success (Rasch abilities, item difficulty quantiles) and output tokens by outcome".into(),
         source: "model-outcomes/zeroeval_per_item.csv (yuchenlin/ZeroEval @ 570c626): task math-l5, models Qwen2.5-{3,7,32,72}B-Instruct, columns item_id, correct_heuristic, output_chars".into(),
         how: format!(
-            "{} items with all four models; Rasch fit by penalised joint ML (prior N(0, 3^2) on b); 0.5B, 1.5B, 14B and other sizes placed on the line theta = {:.3} + {:.3} ln(billions of parameters) fitted to the four anchors; output tokens = output_chars / {cpt_math}, mean by model and outcome, lognormal cv pooled; sizes between anchors interpolated in log-log, outside them extrapolated from the end segments",
+            "{} items with all four models; Rasch fit by penalised joint ML (prior N(0, 3^2) on b); other sizes: between anchors (14B) theta is linear in ln(billions of parameters), outside them (0.5B, 1.5B) it runs from the end anchor along the slope of the least-squares line theta = {:.3} + {:.3} ln(billions); output tokens = output_chars / {cpt_math}, mean by model and outcome, lognormal cv pooled; sizes between anchors interpolated in log-log, outside them extrapolated from the end segments",
             complete.len(),
             a0,
             a1
@@ -528,6 +577,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         chars_per_token: cpt_math,
         difficulty_mix: vec![("level 5".into(), 1.0)],
         latent_quantiles: vec![("level 5".into(), quantiles(&b, QUANTILES))],
+        level_ability: vec![],
         ability: Ability {
             anchors: MATH_LADDER
                 .iter()
@@ -570,7 +620,11 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
     for p in perf {
         let model = p["model"].as_str().unwrap_or("");
         if let Some(k) = CODE_LADDER.iter().position(|(m, _)| *m == model) {
-            let id = p["question_id"].as_str().unwrap_or("").to_string();
+            // LeetCode questions have numeric ids, Codeforces/AtCoder ones strings.
+            let id = match &p["question_id"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
             let diff = p["difficulty"].as_str().unwrap_or("").to_string();
             let pass = p["pass@1"].as_f64().unwrap_or(f64::NAN) / 100.0;
             q.entry(id).or_insert((diff, [None; 3])).1[k] = Some(pass);
@@ -590,23 +644,37 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         ("medium", "interview"),
         ("hard", "competition"),
     ];
+    // Per level: the Rasch item difficulties (equal-mass quantiles), and for each ladder model
+    // the ability that reproduces its observed pass rate on that level exactly (the single
+    // ability of the Rasch fit misses per-level rates by a few points).
+    let mut level_ability: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let apps_quantiles: Vec<(String, Vec<f64>)> = level_map
         .iter()
         .map(|(lcb_level, apps_level)| {
-            let bs: Vec<f64> = qrows
+            let rows_b: Vec<(&Vec<Option<f64>>, f64)> = qrows
                 .iter()
                 .zip(&cb)
                 .filter(|((d, _), _)| d == lcb_level)
-                .map(|(_, b)| *b)
+                .map(|((_, y), b)| (y, *b))
                 .collect();
-            (apps_level.to_string(), quantiles(&bs, QUANTILES))
+            let bs: Vec<f64> = rows_b.iter().map(|(_, b)| *b).collect();
+            let q = quantiles(&bs, QUANTILES);
+            let thetas = (0..CODE_LADDER.len())
+                .map(|m| {
+                    let observed = rows_b.iter().map(|(y, _)| y[m].unwrap_or(0.0)).sum::<f64>()
+                        / rows_b.len() as f64;
+                    (CODE_LADDER[m].1, round4(solve_ability(&q, observed)))
+                })
+                .collect();
+            level_ability.push((apps_level.to_string(), thetas));
+            (apps_level.to_string(), q)
         })
         .collect();
     notes.push(Note {
         what: "apps: success by difficulty (Rasch abilities on the DeepSeek-Coder-Instruct ladder; item difficulty quantiles per level)".into(),
         source: "code-outcomes/performances_generation_2024_02_26.json (LiveCodeBench): models DSCoder-{1.3b,6.7b,33b}-Ins, fields question_id, difficulty, pass@1".into(),
         how: format!(
-            "{} questions with all three models; pass@1 / 100 as a fractional outcome in the Rasch likelihood; LiveCodeBench easy/medium/hard taken as APPS introductory/interview/competition (an assumption); Qwen2.5 sizes placed on theta = {:.3} + {:.3} ln(billions) fitted to the ladder (an assumption: same family-free size trend)",
+            "{} questions with all three models; pass@1 / 100 as a fractional outcome in the Rasch likelihood; item difficulties kept per level, and per level each ladder model gets the ability that reproduces its observed pass rate on that level; LiveCodeBench easy/medium/hard taken as APPS introductory/interview/competition (an assumption); Qwen2.5 sizes placed on the ladder by size alone (an assumption: no family effect): linear in ln(billions) between anchors, outside them along the slope of theta = {:.3} + {:.3} ln(billions)",
             qrows.len(),
             c0,
             c1
@@ -719,6 +787,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         chars_per_token: cpt_code,
         difficulty_mix,
         latent_quantiles: apps_quantiles,
+        level_ability,
         ability: Ability {
             anchors: CODE_LADDER
                 .iter()

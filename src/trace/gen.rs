@@ -187,7 +187,8 @@ impl<'a> TraceGen<'a> {
             .iter()
             .zip(self.model_rngs.iter_mut())
             .map(|((name, params_b), rng)| {
-                let solved = rng.random::<f64>() < sigmoid(p.ability_of(name, *params_b) - b);
+                let solved =
+                    rng.random::<f64>() < sigmoid(p.ability_of(name, *params_b, &level) - b);
                 let k = sm.stage_count(*params_b, solved, rng);
                 let total = sm.total_output(*params_b, solved, &level, rng);
                 let stages = sm.layout(k, total, problem_tokens, rng);

@@ -79,6 +79,11 @@ pub struct TaskParams {
     /// Latent item difficulty per level: n equal-mass quantiles (at probabilities (j + 1/2) / n).
     pub latent_quantiles: Vec<(String, Vec<f64>)>,
     pub ability: Ability,
+    /// Per level, (billions of parameters, ability) anchors that reproduce each ladder model's
+    /// observed rate on that level; when given, they take precedence over `ability` for
+    /// models matched by size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub level_ability: Vec<(String, Vec<(f64, f64)>)>,
     pub output: Lengths,
     pub stages: Stages,
     /// Agent template (instructions, tool description, example) in front of the task, tokens.
@@ -165,8 +170,9 @@ pub fn interp(xs: &[f64], ys: &[f64], x: f64) -> f64 {
 
 impl TaskParams {
     /// Ability of a model with `params_b` billion parameters: a fitted anchor of that name if
-    /// there is one, else the line in ln(parameters).
-    pub fn ability_of(&self, model_name: &str, params_b: f64) -> f64 {
+    /// there is one; else, inside the ladder's size range, linear in ln(parameters) between the
+    /// neighbouring anchors; outside it, from the end anchor along the least-squares slope.
+    pub fn ability_of(&self, model_name: &str, params_b: f64, level: &str) -> f64 {
         let norm = |s: &str| {
             s.to_ascii_lowercase()
                 .replace("-instruct", "")
@@ -180,7 +186,31 @@ impl TaskParams {
         {
             return a.2;
         }
-        self.ability.intercept + self.ability.slope_per_ln_billion * params_b.ln()
+        let mut anchors: Vec<(f64, f64)> = match self.level_ability.iter().find(|(l, _)| l == level)
+        {
+            Some((_, a)) => a.iter().map(|(p, t)| (p.ln(), *t)).collect(),
+            None => self
+                .ability
+                .anchors
+                .iter()
+                .map(|a| (a.1.ln(), a.2))
+                .collect(),
+        };
+        anchors.sort_by(|a, b| a.0.partial_cmp(&b.0).expect("finite"));
+        let x = params_b.ln();
+        let slope = self.ability.slope_per_ln_billion;
+        match (anchors.first(), anchors.last()) {
+            // Inside the ladder: piecewise linear between the neighbouring anchors.
+            (Some(lo), Some(hi)) if x >= lo.0 && x <= hi.0 => {
+                let xs: Vec<f64> = anchors.iter().map(|a| a.0).collect();
+                let ys: Vec<f64> = anchors.iter().map(|a| a.1).collect();
+                interp(&xs, &ys, x)
+            }
+            // Outside: from the nearest end anchor along the fitted line's slope.
+            (Some(lo), Some(_)) if x < lo.0 => lo.1 + slope * (x - lo.0),
+            (Some(_), Some(hi)) => hi.1 + slope * (x - hi.0),
+            _ => self.ability.intercept + slope * x,
+        }
     }
 
     /// Mean output tokens of a workflow (all stages) at a size, outcome and level.

@@ -1,8 +1,9 @@
 //! `chimera trace stats`: what a trace holds per model (accuracy, output tokens per workflow,
 //! stage counts), and with `--compare-data` the same figures from the real data beside them.
 
-use super::fit::{class, mint_size_b, mint_stage_hists, read_mint, zeroeval_math_figures};
+use super::fit::{class, lcb_ladder_pass, mint_stage_hists, read_mint, zeroeval_math_figures};
 use super::format::Trace;
+use super::params::interp;
 use super::params::FittedParams;
 use crate::error::Result;
 use crate::hw::Catalog;
@@ -72,6 +73,12 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
         Some(d) => Some(read_mint(&d.join("agent-episodes/mint_episodes_max5.csv"))?),
         None => None,
     };
+    let lcb = match data {
+        Some(d) if tasks.iter().any(|t| t == "apps") => Some(lcb_ladder_pass(
+            &d.join("code-outcomes/performances_generation_2024_02_26.json"),
+        )?),
+        _ => None,
+    };
     let mut out = Vec::new();
     for task in &tasks {
         for (k, m) in t.models.iter().enumerate() {
@@ -112,7 +119,6 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
                         shares(&hists[class(size_b, small, true)]),
                         shares(&hists[class(size_b, small, false)]),
                     );
-                    let _ = mint_size_b;
                     let (source, acc, len) = if task == "math" {
                         match z.iter().find(|(name, _)| {
                             name.to_ascii_lowercase().replace("-instruct", "")
@@ -126,9 +132,22 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
                             None => ("no per-item data for this model".to_string(), None, None),
                         }
                     } else {
+                        // The DeepSeek-Coder ladder's LiveCodeBench pass rates, interpolated in
+                        // ln(parameters) at this size and mixed by this trace's levels.
+                        let ladder = lcb.as_ref().expect("read with the data");
+                        let xs: Vec<f64> = ladder.iter().map(|(s, _)| s.ln()).collect();
+                        let mut acc = 0.0;
+                        for w in &ws {
+                            let ys: Vec<f64> = ladder
+                                .iter()
+                                .map(|(_, l)| l.get(&w.difficulty).copied().unwrap_or(0.0))
+                                .collect();
+                            acc += interp(&xs, &ys, size_b.ln()).clamp(0.0, 1.0);
+                        }
                         (
-                            "no APPS outcomes for Qwen models in the data".to_string(),
-                            None,
+                            "LiveCodeBench DSCoder ladder pass@1 at this size (interpolated)"
+                                .to_string(),
+                            Some(acc / ws.len().max(1) as f64),
                             None,
                         )
                     };
