@@ -64,6 +64,7 @@ fn every_module_says_what_it_is_for() {
         "src/scenario",
         "src/sim",
         "src/workload",
+        "src/trace",
     ] {
         for (path, text) in sources(dir) {
             if path.ends_with("main.rs") || path.ends_with("tests.rs") {
