@@ -56,6 +56,11 @@ pub enum Command {
         #[command(subcommand)]
         what: TraceCmd,
     },
+    /// The semantic router: train, evaluate, cross-validate.
+    Router {
+        #[command(subcommand)]
+        what: RouterCmd,
+    },
     /// Check scenario files without running them.
     Validate {
         #[arg(required = true)]
@@ -101,6 +106,49 @@ pub enum TraceCmd {
         data: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RouterCmd {
+    /// Train on a trace with text and per-model outcomes; write the router (JSON).
+    Train {
+        #[arg(long)]
+        trace: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Hold out this fraction of workflows (seeded) from training; `eval` with the same
+        /// fraction and seed scores exactly those.
+        #[arg(long, default_value_t = 0.0)]
+        test_fraction: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-model AUC, Brier score and calibration of a router on a trace (or its held-out part).
+    Eval {
+        #[arg(long)]
+        router: PathBuf,
+        #[arg(long)]
+        trace: PathBuf,
+        #[arg(long, default_value_t = 0.0)]
+        test_fraction: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// K-fold cross-validation of the training procedure on a trace.
+    Cv {
+        #[arg(long)]
+        trace: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -156,6 +204,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Trace { what } => trace_cmd(what),
+        Command::Router { what } => router_cmd(what),
         Command::Validate { files, sets } => {
             let mut bad = 0;
             for f in &files {
@@ -198,6 +247,187 @@ fn dispatch(cli: Cli) -> Result<i32> {
             run_cmd(&resolved, &out, &sets, path.as_deref(), quiet, json)
         }
     }
+}
+
+fn router_dataset(t: &crate::trace::Trace) -> Result<crate::router::eval::Dataset<'_>> {
+    let ws: Vec<_> = t.workflows.iter().filter(|w| w.text.is_some()).collect();
+    if ws.is_empty() {
+        return Err(Error::bad("the trace has no problem text; a router trains on text (import one with `chimera trace import math-l5`)"));
+    }
+    Ok(crate::router::eval::Dataset {
+        texts: ws
+            .iter()
+            .map(|w| w.text.as_deref().expect("filtered"))
+            .collect(),
+        labels: ws
+            .iter()
+            .map(|w| w.plans.iter().map(|p| p.success == Some(true)).collect())
+            .collect(),
+        models: t.models.clone(),
+    })
+}
+
+fn print_router_report(r: &crate::router::eval::EvalReport, json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(r).map_err(|e| Error::other(e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!("{} items", r.items);
+    println!(
+        "  {:<14} {:>6} {:>6} {:>8} {:>8} {:>12}",
+        "model", "items", "solved", "AUC", "Brier", "AUC length"
+    );
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+    for m in &r.models {
+        println!(
+            "  {:<14} {:>6} {:>6} {:>8} {:>8.3} {:>12}",
+            m.model,
+            m.count,
+            m.positives,
+            f(m.auc),
+            m.brier,
+            f(m.auc_length_only)
+        );
+    }
+    println!(
+        "  {:<14} {:>6} {:>6} {:>8} {:>8} {:>12}",
+        "mean",
+        "",
+        "",
+        f(r.mean_auc),
+        "",
+        f(r.mean_auc_length_only)
+    );
+    println!("  (mean-accuracy baseline: AUC 0.5 for every model)");
+    Ok(())
+}
+
+fn router_cmd(what: RouterCmd) -> Result<i32> {
+    use crate::router::{self, eval, FeatureConfig, RouterModel, TrainConfig};
+    let frac_ok = |f: f64| {
+        if (0.0..1.0).contains(&f) {
+            Ok(())
+        } else {
+            Err(Error::bad(format!(
+                "--test-fraction: expected 0 <= f < 1, got {f}"
+            )))
+        }
+    };
+    match what {
+        RouterCmd::Train {
+            trace,
+            out,
+            test_fraction,
+            seed,
+            json,
+        } => {
+            frac_ok(test_fraction)?;
+            let t = crate::trace::read_trace(&trace)?;
+            let data = router_dataset(&t)?;
+            let (train_idx, _) = data.split(test_fraction, seed);
+            let texts: Vec<&str> = train_idx.iter().map(|&i| data.texts[i]).collect();
+            let labels: Vec<Vec<bool>> =
+                train_idx.iter().map(|&i| data.labels[i].clone()).collect();
+            let prov = serde_json::json!({
+                "trained_on": trace.display().to_string(),
+                "trace_provenance": t.provenance,
+                "items": texts.len(),
+                "held_out_fraction": test_fraction,
+                "split_seed": seed,
+                "trainer": format!("chimera {} router train", env!("CARGO_PKG_VERSION")),
+            });
+            let m = router::train(
+                &texts,
+                &labels,
+                &data.models,
+                &FeatureConfig::default(),
+                &TrainConfig::default(),
+                prov,
+            );
+            let text = serde_json::to_string(&m).map_err(|e| Error::other(e.to_string()))?;
+            std::fs::write(&out, text).map_err(|e| Error::io(&out, e))?;
+            let r = router::Router::new(m);
+            let p: Vec<Vec<f64>> = texts.iter().map(|x| r.predict(x)).collect();
+            let report = eval::score(&p, &p, &labels, &data.models);
+            if json {
+                print_router_report(&report, true)?;
+            } else {
+                println!(
+                    "wrote {} (trained on {} items; figures below are in-sample)",
+                    out.display(),
+                    texts.len()
+                );
+                print_router_report(&report, false)?;
+            }
+        }
+        RouterCmd::Eval {
+            router: path,
+            trace,
+            test_fraction,
+            seed,
+            json,
+        } => {
+            frac_ok(test_fraction)?;
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let m: RouterModel = serde_json::from_str(&text)
+                .map_err(|e| Error::bad(format!("{}: not a router file: {e}", path.display())))?;
+            if m.format != router::ROUTER_FORMAT {
+                return Err(Error::bad(format!(
+                    "{}: format `{}`, expected `{}`",
+                    path.display(),
+                    m.format,
+                    router::ROUTER_FORMAT
+                )));
+            }
+            let t = crate::trace::read_trace(&trace)?;
+            let data = router_dataset(&t)?;
+            if m.models != data.models {
+                return Err(Error::bad(format!(
+                    "router models {} differ from the trace's {}",
+                    m.models.join(","),
+                    data.models.join(",")
+                )));
+            }
+            let (train_idx, test_idx) = if test_fraction > 0.0 {
+                data.split(test_fraction, seed)
+            } else {
+                (vec![], (0..data.texts.len()).collect())
+            };
+            let r = router::Router::new(m);
+            let p: Vec<Vec<f64>> = test_idx.iter().map(|&i| r.predict(data.texts[i])).collect();
+            let lens = if train_idx.is_empty() {
+                p.clone()
+            } else {
+                eval::length_baseline(&data, &train_idx, &test_idx)
+            };
+            let labels: Vec<Vec<bool>> = test_idx.iter().map(|&i| data.labels[i].clone()).collect();
+            print_router_report(&eval::score(&p, &lens, &labels, &data.models), json)?;
+        }
+        RouterCmd::Cv {
+            trace,
+            folds,
+            seed,
+            json,
+        } => {
+            if folds < 2 {
+                return Err(Error::bad("--folds: expected at least 2"));
+            }
+            let t = crate::trace::read_trace(&trace)?;
+            let data = router_dataset(&t)?;
+            let r = eval::cross_validate(
+                &data,
+                folds,
+                seed,
+                &FeatureConfig::default(),
+                &TrainConfig::default(),
+            );
+            print_router_report(&r, json)?;
+        }
+    }
+    Ok(0)
 }
 
 fn trace_cmd(what: TraceCmd) -> Result<i32> {

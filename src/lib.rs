@@ -8,6 +8,7 @@ pub mod hw;
 pub mod output;
 pub mod policy;
 pub mod rng;
+pub mod router;
 pub mod run;
 pub mod scenario;
 pub mod sim;

@@ -460,14 +460,25 @@ fn traces_run_as_scenario_workloads() {
 #[test]
 fn the_shipped_traces_are_what_their_commands_generate() {
     let cases = [
-        ("traces/apps-qwen2.5-1.5b-7b-14b.parquet", Task::Apps, vec!["Qwen2.5-1.5B", "Qwen2.5-7B", "Qwen2.5-14B"]),
-        ("traces/math-qwen2.5-1.5b-3b-7b-14b.parquet", Task::Math, vec!["Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Qwen2.5-14B"]),
+        (
+            "traces/apps-qwen2.5-1.5b-7b-14b.parquet",
+            Task::Apps,
+            vec!["Qwen2.5-1.5B", "Qwen2.5-7B", "Qwen2.5-14B"],
+        ),
+        (
+            "traces/math-qwen2.5-1.5b-3b-7b-14b.parquet",
+            Task::Math,
+            vec!["Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Qwen2.5-14B"],
+        ),
     ];
     for (file, task, models) in cases {
         let shipped = trace::read_trace(&repo().join(file)).unwrap();
         let models: Vec<String> = models.iter().map(|s| s.to_string()).collect();
         let fresh = trace::gen::generate(FittedParams::embedded(), task, &models, 2000, 1).unwrap();
-        assert!(shipped.workflows == fresh.workflows, "{file} is stale: regenerate it with the command in traces/README.md");
+        assert!(
+            shipped.workflows == fresh.workflows,
+            "{file} is stale: regenerate it with the command in traces/README.md"
+        );
         assert_eq!(shipped.provenance["kind"], "generated");
     }
 }

@@ -1,0 +1,440 @@
+//! The semantic router's model: per-model confidence that a model solves a task, from its text.
+//!
+//! Features are hashed word 1-2-grams and character 3-5-grams with sublinear TF-IDF and L2
+//! normalisation, plus the log length. Heads share structure because outcomes are correlated
+//! across models (a problem hard for one model is hard for the others): the logit of model m is
+//! `a_m + s_m * (w . x) + v_m . x`, with `w` a difficulty direction shared by every model and
+//! `v_m` a small per-model correction (stronger L2), all trained jointly with binary cross
+//! entropy by full-batch Adam. Pure computation: no file I/O here (the CLI saves and loads).
+
+pub mod eval;
+pub mod metrics;
+
+use crate::rng::fnv1a64;
+use serde::{Deserialize, Serialize};
+
+pub const ROUTER_FORMAT: &str = "chimera-router/v1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureConfig {
+    pub buckets_log2: u32,
+    pub word_ngrams: (usize, usize),
+    pub char_ngrams: (usize, usize),
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        FeatureConfig {
+            buckets_log2: 18,
+            word_ngrams: (1, 1),
+            char_ngrams: (1, 3),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Weight of the standardised log length in the kernel, relative to the TF-IDF part.
+    pub l2_shared: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { l2_shared: 0.3 }
+    }
+}
+
+/// Sparse feature vector: (bucket, value), buckets sorted and unique.
+pub type Sparse = Vec<(u32, f32)>;
+
+fn tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for c in text.chars() {
+        if c.is_alphanumeric() || c == '\\' {
+            cur.extend(c.to_lowercase());
+        } else {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !c.is_whitespace() {
+                out.push(c.to_string());
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Raw term counts of a text, hashed.
+pub fn term_counts(text: &str, cfg: &FeatureConfig) -> Sparse {
+    let mask = (1u64 << cfg.buckets_log2) - 1;
+    let mut counts: std::collections::BTreeMap<u32, f32> = std::collections::BTreeMap::new();
+    let mut add = |key: &str, kind: u8| {
+        let mut bytes = Vec::with_capacity(key.len() + 1);
+        bytes.push(kind);
+        bytes.extend_from_slice(key.as_bytes());
+        *counts.entry((fnv1a64(&bytes) & mask) as u32).or_default() += 1.0;
+    };
+    let toks = tokens(text);
+    for n in cfg.word_ngrams.0..=cfg.word_ngrams.1 {
+        for w in toks.windows(n) {
+            add(&w.join(" "), b'w');
+        }
+    }
+    let chars: Vec<char> = text.to_lowercase().chars().collect();
+    for n in cfg.char_ngrams.0..=cfg.char_ngrams.1 {
+        for w in chars.windows(n) {
+            add(&w.iter().collect::<String>(), b'c');
+        }
+    }
+    counts.into_iter().collect()
+}
+
+/// A trained router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterModel {
+    pub format: String,
+    pub models: Vec<String>,
+    pub features: FeatureConfig,
+    pub train: TrainConfig,
+    /// Inverse document frequency per bucket seen in training (others: `idf_default`).
+    pub idf: Vec<(u32, f32)>,
+    pub idf_default: f32,
+    /// Log-length standardisation (mean, sd of ln characters).
+    pub length_norm: (f64, f64),
+    pub bias: Vec<f64>,
+    pub scale: Vec<f64>,
+    pub length_weight: f64,
+    pub shared: Vec<(u32, f32)>,
+    pub per_model: Vec<Vec<(u32, f32)>>,
+    /// Per-model weight of the standardised log length.
+    #[serde(default)]
+    pub per_model_length: Vec<f64>,
+    /// Free-form facts: training data, items, date of training, cross-validated scores.
+    pub provenance: serde_json::Value,
+}
+
+/// A router ready to predict (dense weights).
+pub struct Router {
+    pub model: RouterModel,
+    idf: Vec<f32>,
+    shared: Vec<f32>,
+    per_model: Vec<Vec<f32>>,
+}
+
+fn dense(n: usize, sparse: &[(u32, f32)], default: f32) -> Vec<f32> {
+    let mut v = vec![default; n];
+    for &(i, x) in sparse {
+        v[i as usize] = x;
+    }
+    v
+}
+
+fn sparse(v: &[f32]) -> Vec<(u32, f32)> {
+    v.iter()
+        .enumerate()
+        .filter(|(_, x)| **x != 0.0)
+        .map(|(i, x)| (i as u32, *x))
+        .collect()
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl Router {
+    pub fn new(model: RouterModel) -> Router {
+        let n = 1usize << model.features.buckets_log2;
+        Router {
+            idf: dense(n, &model.idf, model.idf_default),
+            shared: dense(n, &model.shared, 0.0),
+            per_model: model
+                .per_model
+                .iter()
+                .map(|w| {
+                    if w.is_empty() {
+                        Vec::new()
+                    } else {
+                        dense(n, w, 0.0)
+                    }
+                })
+                .collect(),
+            model,
+        }
+    }
+
+    /// TF-IDF features of a text (sublinear tf, L2-normalised) and its standardised log length.
+    pub fn featurize(&self, text: &str) -> (Sparse, f64) {
+        featurize(
+            text,
+            &self.model.features,
+            &self.idf,
+            self.model.length_norm,
+        )
+    }
+
+    /// Confidence per model (in `self.model.models` order).
+    pub fn predict(&self, text: &str) -> Vec<f64> {
+        let (x, len) = self.featurize(text);
+        let d: f64 = x
+            .iter()
+            .map(|&(i, v)| (self.shared[i as usize] * v) as f64)
+            .sum::<f64>()
+            + self.model.length_weight * len;
+        (0..self.model.models.len())
+            .map(|m| {
+                let r: f64 = if self.per_model[m].is_empty() {
+                    0.0
+                } else {
+                    x.iter()
+                        .map(|&(i, v)| (self.per_model[m][i as usize] * v) as f64)
+                        .sum()
+                } + self.model.per_model_length.get(m).copied().unwrap_or(0.0) * len;
+                sigmoid(self.model.bias[m] + self.model.scale[m] * d + r)
+            })
+            .collect()
+    }
+}
+
+fn featurize(text: &str, cfg: &FeatureConfig, idf: &[f32], norm: (f64, f64)) -> (Sparse, f64) {
+    let mut x: Sparse = term_counts(text, cfg)
+        .into_iter()
+        .map(|(i, c)| (i, (1.0 + c.ln()) * idf[i as usize]))
+        .collect();
+    let l2 = x.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
+    if l2 > 0.0 {
+        for e in &mut x {
+            e.1 /= l2;
+        }
+    }
+    let len = ((text.chars().count().max(1) as f64).ln() - norm.0) / norm.1.max(1e-9);
+    (x, len)
+}
+
+/// Cholesky factor of a symmetric positive-definite matrix (row-major n x n), lower triangle.
+fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let mut sum = a[i * n + j];
+            for k in 0..j {
+                sum -= l[i * n + k] * l[j * n + k];
+            }
+            if i == j {
+                if sum <= 0.0 {
+                    return None;
+                }
+                l[i * n + i] = sum.sqrt();
+            } else {
+                l[i * n + j] = sum / l[j * n + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// Solve L L^T x = b.
+fn chol_solve(l: &[f64], n: usize, b: &[f64]) -> Vec<f64> {
+    let mut y = b.to_vec();
+    for i in 0..n {
+        for k in 0..i {
+            y[i] -= l[i * n + k] * y[k];
+        }
+        y[i] /= l[i * n + i];
+    }
+    for i in (0..n).rev() {
+        for k in i + 1..n {
+            y[i] -= l[k * n + i] * y[k];
+        }
+        y[i] /= l[i * n + i];
+    }
+    y
+}
+
+/// Diagonal of (L L^T)^{-1}.
+fn chol_inv_diag(l: &[f64], n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| {
+            let mut e = vec![0.0; n];
+            e[i] = 1.0;
+            chol_solve(l, n, &e)[i]
+        })
+        .collect()
+}
+
+/// One-feature logistic regression by Newton's method: returns (intercept, slope).
+fn logistic_1d(x: &[f64], y: &[bool]) -> (f64, f64) {
+    let (mut a, mut b) = (0.0, 0.0);
+    for _ in 0..50 {
+        let (mut g0, mut g1, mut h00, mut h01, mut h11) = (0.0, 0.0, 1e-6, 0.0, 1e-6);
+        for (xi, &yi) in x.iter().zip(y) {
+            let p = sigmoid(a + b * xi);
+            let e = p - if yi { 1.0 } else { 0.0 };
+            let w = p * (1.0 - p);
+            g0 += e;
+            g1 += e * xi;
+            h00 += w;
+            h01 += w * xi;
+            h11 += w * xi * xi;
+        }
+        let det = h00 * h11 - h01 * h01;
+        if det.abs() < 1e-12 {
+            break;
+        }
+        let da = (h11 * g0 - h01 * g1) / det;
+        let db = (h00 * g1 - h01 * g0) / det;
+        a -= da;
+        b -= db;
+        if da.abs() + db.abs() < 1e-10 {
+            break;
+        }
+    }
+    (a, b)
+}
+
+/// Train a router on texts and per-model labels (`labels[i][m]`).
+///
+/// Outcomes are correlated across models, so the text model predicts one thing all labels
+/// inform: the share of models that solve the item (a difficulty score), by ridge regression on
+/// the features, solved in the dual (kernel) form with the ridge strength chosen by exact
+/// leave-one-out error. Each model then maps the score to its own probability with a logistic
+/// calibration fitted on the leave-one-out scores (so calibration never sees in-sample fits).
+pub fn train(
+    texts: &[&str],
+    labels: &[Vec<bool>],
+    models: &[String],
+    fcfg: &FeatureConfig,
+    tcfg: &TrainConfig,
+    provenance: serde_json::Value,
+) -> RouterModel {
+    let n = texts.len();
+    let nm = models.len();
+    let nb = 1usize << fcfg.buckets_log2;
+    let counts: Vec<Sparse> = texts.iter().map(|t| term_counts(t, fcfg)).collect();
+    let mut df = vec![0u32; nb];
+    for c in &counts {
+        for &(i, _) in c {
+            df[i as usize] += 1;
+        }
+    }
+    let idf_of = |d: u32| ((1.0 + n as f64) / (1.0 + d as f64)).ln() as f32 + 1.0;
+    let idf_dense: Vec<f32> = df.iter().map(|&d| idf_of(d)).collect();
+    let lens: Vec<f64> = texts
+        .iter()
+        .map(|t| (t.chars().count().max(1) as f64).ln())
+        .collect();
+    let mu = lens.iter().sum::<f64>() / n.max(1) as f64;
+    let sd = (lens.iter().map(|l| (l - mu).powi(2)).sum::<f64>() / n.max(1) as f64)
+        .sqrt()
+        .max(1e-9);
+    let xs: Vec<(Sparse, f64)> = texts
+        .iter()
+        .map(|t| featurize(t, fcfg, &idf_dense, (mu, sd)))
+        .collect();
+    // Target: share of models that solve the item, centred.
+    let y: Vec<f64> = labels
+        .iter()
+        .map(|l| l.iter().filter(|b| **b).count() as f64 / nm.max(1) as f64)
+        .collect();
+    let ybar = y.iter().sum::<f64>() / n.max(1) as f64;
+    let yc: Vec<f64> = y.iter().map(|v| v - ybar).collect();
+    // Linear kernel over TF-IDF plus the scaled length feature.
+    let len_scale = tcfg.l2_shared.max(0.0);
+    let mut k = vec![0.0f64; n * n];
+    let mut postings: Vec<Vec<(u32, f32)>> = vec![Vec::new(); nb];
+    for (d, (x, _)) in xs.iter().enumerate() {
+        for &(i, v) in x {
+            postings[i as usize].push((d as u32, v));
+        }
+    }
+    for p in &postings {
+        for a in 0..p.len() {
+            for b in a..p.len() {
+                let v = (p[a].1 * p[b].1) as f64;
+                let (i, j) = (p[a].0 as usize, p[b].0 as usize);
+                k[i * n + j] += v;
+                if i != j {
+                    k[j * n + i] += v;
+                }
+            }
+        }
+    }
+    for i in 0..n {
+        for j in 0..n {
+            k[i * n + j] += len_scale * xs[i].1 * xs[j].1;
+        }
+    }
+    // Ridge strength by exact leave-one-out error.
+    let grid = [0.03, 0.1, 0.3, 1.0, 3.0, 10.0];
+    let mut best: Option<(f64, f64, Vec<f64>, Vec<f64>)> = None;
+    for &lam in &grid {
+        let mut a = k.clone();
+        for i in 0..n {
+            a[i * n + i] += lam;
+        }
+        let Some(l) = cholesky(&a, n) else { continue };
+        let alpha = chol_solve(&l, n, &yc);
+        let inv_diag = chol_inv_diag(&l, n);
+        // LOO residual of item i: alpha_i / inv_diag_i.
+        let loo: Vec<f64> = (0..n).map(|i| yc[i] - alpha[i] / inv_diag[i]).collect();
+        let err: f64 = (0..n)
+            .map(|i| (alpha[i] / inv_diag[i]).powi(2))
+            .sum::<f64>()
+            / n as f64;
+        if best.as_ref().is_none_or(|b| err < b.1) {
+            best = Some((lam, err, alpha, loo));
+        }
+    }
+    let (lam, loo_mse, alpha, loo) = best.expect("a ridge strength works");
+    // Primal weights: w = sum_i alpha_i x_i; length weight likewise.
+    let mut w = vec![0.0f32; nb];
+    let mut lw = 0.0;
+    for (i, (x, len)) in xs.iter().enumerate() {
+        for &(b, v) in x {
+            w[b as usize] += (alpha[i] * v as f64) as f32;
+        }
+        lw += alpha[i] * len_scale * len;
+    }
+    // Per model: a logistic calibration of the shared leave-one-out score. (A second,
+    // model-specific ridge score was tried and lowered cross-validated AUC: the per-model
+    // labels are too few to add signal beyond the shared difficulty.)
+    let (mut bias, mut scale) = (vec![0.0; nm], vec![0.0; nm]);
+    for m in 0..nm {
+        let ym: Vec<bool> = labels.iter().map(|l| l[m]).collect();
+        let (a, b) = logistic_1d(&loo, &ym);
+        bias[m] = a;
+        scale[m] = b;
+    }
+    let mut provenance = provenance;
+    if let serde_json::Value::Object(o) = &mut provenance {
+        o.insert("ridge_lambda".into(), serde_json::json!(lam));
+        o.insert("loo_mse".into(), serde_json::json!(loo_mse));
+    }
+    RouterModel {
+        format: ROUTER_FORMAT.into(),
+        models: models.to_vec(),
+        features: fcfg.clone(),
+        train: tcfg.clone(),
+        idf: df
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d > 0)
+            .map(|(i, &d)| (i as u32, idf_of(d)))
+            .collect(),
+        idf_default: idf_of(0),
+        length_norm: (mu, sd),
+        bias,
+        scale,
+        length_weight: lw,
+        shared: sparse(&w),
+        per_model: vec![Vec::new(); nm],
+        per_model_length: vec![0.0; nm],
+        provenance,
+    }
+}
