@@ -61,6 +61,11 @@ pub enum Command {
         #[command(subcommand)]
         what: RouterCmd,
     },
+    /// The length predictor (quantile regression forest): train and evaluate.
+    Predictor {
+        #[command(subcommand)]
+        what: PredictorCmd,
+    },
     /// Check scenario files without running them.
     Validate {
         #[arg(required = true)]
@@ -153,6 +158,36 @@ pub enum RouterCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum PredictorCmd {
+    /// Train on one or more traces; write the predictor (JSON).
+    Train {
+        #[arg(long = "trace", required = true)]
+        traces: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Quantile of remaining tokens the predictor reports.
+        #[arg(long, default_value_t = 0.5)]
+        quantile: f64,
+        #[arg(long, default_value_t = 40)]
+        trees: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pinball loss, MAE and Spearman against the true remaining workflow tokens of a trace,
+    /// beside the request-level predictor and the oracle.
+    Eval {
+        #[arg(long)]
+        predictor: PathBuf,
+        #[arg(long)]
+        trace: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ImportCmd {
     /// MATH level 5 from ZeroEval-format outcomes and a problems JSONL.
     #[command(name = "math-l5")]
@@ -205,6 +240,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Trace { what } => trace_cmd(what),
         Command::Router { what } => router_cmd(what),
+        Command::Predictor { what } => predictor_cmd(what),
         Command::Validate { files, sets } => {
             let mut bad = 0;
             for f in &files {
@@ -247,6 +283,106 @@ fn dispatch(cli: Cli) -> Result<i32> {
             run_cmd(&resolved, &out, &sets, path.as_deref(), quiet, json)
         }
     }
+}
+
+fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
+    use crate::predictor::{evaluate, qrf::ForestConfig, LengthPredictor, PREDICTOR_FORMAT};
+    let print = |r: &crate::predictor::PredictorReport, json: bool| -> Result<()> {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(r).map_err(|e| Error::other(e.to_string()))?
+            );
+        } else {
+            println!("{} calls, quantile {}", r.rows, r.quantile);
+            println!(
+                "  {:<34} {:>12} {:>10} {:>9}",
+                "predictor", "pinball", "MAE", "Spearman"
+            );
+            for s in &r.scores {
+                println!(
+                    "  {:<34} {:>12.1} {:>10.1} {:>9.3}",
+                    s.predictor, s.pinball_loss, s.mae, s.spearman
+                );
+            }
+        }
+        Ok(())
+    };
+    match what {
+        PredictorCmd::Train {
+            traces,
+            out,
+            quantile,
+            trees,
+            seed,
+            json,
+        } => {
+            if !(0.0..=1.0).contains(&quantile) {
+                return Err(Error::bad(format!(
+                    "--quantile: expected 0..=1, got {quantile}"
+                )));
+            }
+            if trees == 0 {
+                return Err(Error::bad("--trees: expected at least 1"));
+            }
+            let mut all = crate::trace::read_trace(&traces[0])?;
+            for p in &traces[1..] {
+                let t = crate::trace::read_trace(p)?;
+                let base = all.workflows.len() as u64;
+                all.workflows.extend(t.workflows.into_iter().map(|mut w| {
+                    w.id += base;
+                    w
+                }));
+            }
+            let prov = serde_json::json!({
+                "trained_on": traces.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "workflows": all.workflows.len(),
+                "trainer": format!("chimera {} predictor train", env!("CARGO_PKG_VERSION")),
+            });
+            let p = LengthPredictor::train(
+                &all,
+                quantile,
+                &ForestConfig {
+                    trees,
+                    seed,
+                    ..ForestConfig::default()
+                },
+                prov,
+            );
+            let text = serde_json::to_string(&p).map_err(|e| Error::other(e.to_string()))?;
+            std::fs::write(&out, text).map_err(|e| Error::io(&out, e))?;
+            if !json {
+                println!(
+                    "wrote {} (figures below are in-sample; evaluate on a held-out trace)",
+                    out.display()
+                );
+            }
+            print(&evaluate(&p, &all), json)?;
+        }
+        PredictorCmd::Eval {
+            predictor,
+            trace,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&predictor).map_err(|e| Error::io(&predictor, e))?;
+            let p: LengthPredictor = serde_json::from_str(&text).map_err(|e| {
+                Error::bad(format!(
+                    "{}: not a predictor file: {e}",
+                    predictor.display()
+                ))
+            })?;
+            if p.format != PREDICTOR_FORMAT {
+                return Err(Error::bad(format!(
+                    "{}: format `{}`, expected `{PREDICTOR_FORMAT}`",
+                    predictor.display(),
+                    p.format
+                )));
+            }
+            let t = crate::trace::read_trace(&trace)?;
+            print(&evaluate(&p, &t), json)?;
+        }
+    }
+    Ok(0)
 }
 
 fn router_dataset(t: &crate::trace::Trace) -> Result<crate::router::eval::Dataset<'_>> {

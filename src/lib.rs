@@ -7,6 +7,7 @@ pub mod error;
 pub mod hw;
 pub mod output;
 pub mod policy;
+pub mod predictor;
 pub mod rng;
 pub mod router;
 pub mod run;

@@ -1,0 +1,352 @@
+//! A quantile regression forest (Meinshausen 2006): bootstrap regression trees with random
+//! feature subsets, whose leaves keep their training targets, so any quantile of the
+//! conditional distribution is read at prediction time by pooling the leaves a point falls in.
+//! Deterministic under a seed. Pure computation.
+
+use crate::rng::stream;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForestConfig {
+    pub trees: usize,
+    /// Features tried at each split (0: a third of them, at least one).
+    pub max_features: usize,
+    pub min_leaf: usize,
+    pub max_depth: usize,
+    /// Rows drawn (with replacement) for each tree; 0: as many as the training set.
+    #[serde(default)]
+    pub sample_size: usize,
+    pub seed: u64,
+}
+
+impl Default for ForestConfig {
+    fn default() -> Self {
+        ForestConfig {
+            trees: 40,
+            max_features: 0,
+            min_leaf: 8,
+            max_depth: 24,
+            sample_size: 4096,
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Node {
+    Split {
+        feature: u32,
+        threshold: f64,
+        left: u32,
+        right: u32,
+    },
+    /// Training targets that reached this leaf (with bootstrap multiplicity), sorted.
+    Leaf { targets: Vec<f32> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forest {
+    pub config: ForestConfig,
+    pub features: usize,
+    trees: Vec<Tree>,
+}
+
+struct Builder<'a> {
+    x: &'a [Vec<f64>],
+    y: &'a [f64],
+    cfg: &'a ForestConfig,
+    mtry: usize,
+    nodes: Vec<Node>,
+}
+
+impl Builder<'_> {
+    fn leaf(&mut self, idx: &[usize]) -> u32 {
+        let mut t: Vec<f32> = idx.iter().map(|&i| self.y[i] as f32).collect();
+        t.sort_by(|a, b| a.partial_cmp(b).expect("finite targets"));
+        self.nodes.push(Node::Leaf { targets: t });
+        (self.nodes.len() - 1) as u32
+    }
+
+    fn build(&mut self, idx: &mut [usize], depth: usize, rng: &mut crate::rng::StreamRng) -> u32 {
+        if idx.len() < 2 * self.cfg.min_leaf || depth >= self.cfg.max_depth {
+            return self.leaf(idx);
+        }
+        let p = self.x[0].len();
+        // Random feature subset (partial Fisher-Yates).
+        let mut feats: Vec<usize> = (0..p).collect();
+        for k in 0..self.mtry.min(p) {
+            let j = rng.random_range(k..p);
+            feats.swap(k, j);
+        }
+        let n = idx.len() as f64;
+        let total: f64 = idx.iter().map(|&i| self.y[i]).sum();
+        let total_sq: f64 = idx.iter().map(|&i| self.y[i] * self.y[i]).sum();
+        let parent_sse = total_sq - total * total / n;
+        let mut best: Option<(f64, usize, f64)> = None; // (sse, feature, threshold)
+        let mut order: Vec<usize> = idx.to_vec();
+        for &f in &feats[..self.mtry.min(p)] {
+            order.sort_by(|&a, &b| {
+                self.x[a][f]
+                    .partial_cmp(&self.x[b][f])
+                    .expect("finite features")
+            });
+            let (mut s, mut sq) = (0.0, 0.0);
+            for k in 0..order.len() - 1 {
+                let v = self.y[order[k]];
+                s += v;
+                sq += v * v;
+                let nl = (k + 1) as f64;
+                if k + 1 < self.cfg.min_leaf || order.len() - (k + 1) < self.cfg.min_leaf {
+                    continue;
+                }
+                let (a, b) = (self.x[order[k]][f], self.x[order[k + 1]][f]);
+                if a == b {
+                    continue;
+                }
+                let nr = n - nl;
+                let sse = (sq - s * s / nl) + ((total_sq - sq) - (total - s).powi(2) / nr);
+                if best.is_none_or(|bb| sse < bb.0 - 1e-12) {
+                    best = Some((sse, f, (a + b) / 2.0));
+                }
+            }
+        }
+        let Some((sse, f, thr)) = best else {
+            return self.leaf(idx);
+        };
+        if sse >= parent_sse - 1e-12 {
+            return self.leaf(idx);
+        }
+        let mid = itertools_partition(idx, |&i| self.x[i][f] <= thr);
+        let slot = self.nodes.len();
+        self.nodes.push(Node::Leaf { targets: vec![] });
+        let (l, r) = idx.split_at_mut(mid);
+        let left = self.build(l, depth + 1, rng);
+        let right = self.build(r, depth + 1, rng);
+        self.nodes[slot] = Node::Split {
+            feature: f as u32,
+            threshold: thr,
+            left,
+            right,
+        };
+        slot as u32
+    }
+}
+
+/// In-place partition; returns the number of elements satisfying `pred` (moved to the front).
+fn itertools_partition(v: &mut [usize], pred: impl Fn(&usize) -> bool) -> usize {
+    let mut k = 0;
+    for i in 0..v.len() {
+        if pred(&v[i]) {
+            v.swap(i, k);
+            k += 1;
+        }
+    }
+    k
+}
+
+impl Forest {
+    /// Fit on rows `x` (all the same length) and targets `y`.
+    pub fn fit(x: &[Vec<f64>], y: &[f64], cfg: &ForestConfig) -> Forest {
+        assert!(
+            !x.is_empty() && x.len() == y.len(),
+            "a forest needs rows with targets"
+        );
+        let p = x[0].len();
+        let mtry = if cfg.max_features == 0 {
+            (p / 3).max(1)
+        } else {
+            cfg.max_features.min(p)
+        };
+        let mut trees = Vec::with_capacity(cfg.trees);
+        for t in 0..cfg.trees {
+            let mut rng = stream(cfg.seed, &format!("qrf.tree.{t}"));
+            let m = if cfg.sample_size == 0 {
+                x.len()
+            } else {
+                cfg.sample_size
+            };
+            let mut idx: Vec<usize> = (0..m).map(|_| rng.random_range(0..x.len())).collect();
+            let mut b = Builder {
+                x,
+                y,
+                cfg,
+                mtry,
+                nodes: Vec::new(),
+            };
+            b.build(&mut idx, 0, &mut rng);
+            trees.push(Tree { nodes: b.nodes });
+        }
+        Forest {
+            config: cfg.clone(),
+            features: p,
+            trees,
+        }
+    }
+
+    fn leaves<'a>(&'a self, row: &'a [f64]) -> impl Iterator<Item = &'a [f32]> + 'a {
+        self.trees.iter().map(move |t| {
+            let mut k = 0usize;
+            loop {
+                match &t.nodes[k] {
+                    Node::Split {
+                        feature,
+                        threshold,
+                        left,
+                        right,
+                    } => {
+                        k = if row[*feature as usize] <= *threshold {
+                            *left as usize
+                        } else {
+                            *right as usize
+                        };
+                    }
+                    Node::Leaf { targets } => return targets.as_slice(),
+                }
+            }
+        })
+    }
+
+    /// Quantiles `qs` (each in [0, 1]) of the conditional distribution at `row`: every tree's
+    /// leaf contributes its targets with weight 1 / (trees * leaf size).
+    pub fn quantiles(&self, row: &[f64], qs: &[f64]) -> Vec<f64> {
+        let mut pts: Vec<(f32, f64)> = Vec::new();
+        for leaf in self.leaves(row) {
+            let w = 1.0 / (self.trees.len() as f64 * leaf.len().max(1) as f64);
+            pts.extend(leaf.iter().map(|&v| (v, w)));
+        }
+        pts.sort_by(|a, b| a.0.partial_cmp(&b.0).expect("finite"));
+        qs.iter()
+            .map(|&q| {
+                let mut acc = 0.0;
+                for &(v, w) in &pts {
+                    acc += w;
+                    if acc >= q - 1e-12 {
+                        return v as f64;
+                    }
+                }
+                pts.last().map(|p| p.0 as f64).unwrap_or(f64::NAN)
+            })
+            .collect()
+    }
+
+    pub fn quantile(&self, row: &[f64], q: f64) -> f64 {
+        self.quantiles(row, &[q])[0]
+    }
+
+    /// Mean of the conditional distribution (the random-forest prediction).
+    pub fn mean(&self, row: &[f64]) -> f64 {
+        self.leaves(row)
+            .map(|l| l.iter().map(|&v| v as f64).sum::<f64>() / l.len().max(1) as f64)
+            .sum::<f64>()
+            / self.trees.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn two_groups(n: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
+        // x < 0.5: y uniform over 0..100; x >= 0.5: y uniform over 1000..1100.
+        let x: Vec<Vec<f64>> = (0..n)
+            .map(|i| vec![(i % 2) as f64 * 0.9 + 0.05, (i % 7) as f64])
+            .collect();
+        let y: Vec<f64> = (0..n)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (i % 101) as f64
+                } else {
+                    1000.0 + (i % 101) as f64
+                }
+            })
+            .collect();
+        (x, y)
+    }
+
+    #[test]
+    fn known_answer_separates_groups_and_reads_their_quantiles() {
+        let (x, y) = two_groups(2000);
+        let f = Forest::fit(
+            &x,
+            &y,
+            &ForestConfig {
+                trees: 30,
+                sample_size: 0,
+                ..ForestConfig::default()
+            },
+        );
+        let lo = f.quantiles(&[0.05, 3.0], &[0.1, 0.5, 0.9]);
+        let hi = f.quantiles(&[0.95, 3.0], &[0.1, 0.5, 0.9]);
+        assert!(lo[2] < 100.5 && hi[0] >= 1000.0, "{lo:?} {hi:?}");
+        assert!((lo[1] - 50.0).abs() < 12.0, "median of 0..100: {lo:?}");
+        assert!(
+            (hi[1] - 1050.0).abs() < 12.0,
+            "median of 1000..1100: {hi:?}"
+        );
+    }
+
+    #[test]
+    fn constant_targets_give_that_constant() {
+        let x: Vec<Vec<f64>> = (0..100).map(|i| vec![i as f64]).collect();
+        let y = vec![7.0; 100];
+        let f = Forest::fit(
+            &x,
+            &y,
+            &ForestConfig {
+                trees: 5,
+                ..ForestConfig::default()
+            },
+        );
+        assert_eq!(f.quantiles(&[42.0], &[0.0, 0.5, 1.0]), vec![7.0, 7.0, 7.0]);
+    }
+
+    #[test]
+    fn same_seed_same_forest_other_seed_other_forest() {
+        let (x, y) = two_groups(300);
+        let cfg = ForestConfig {
+            trees: 8,
+            ..ForestConfig::default()
+        };
+        assert_eq!(Forest::fit(&x, &y, &cfg), Forest::fit(&x, &y, &cfg));
+        assert_ne!(
+            Forest::fit(&x, &y, &cfg),
+            Forest::fit(
+                &x,
+                &y,
+                &ForestConfig {
+                    seed: 2,
+                    ..cfg.clone()
+                }
+            )
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+        /// Quantiles are monotone in q and lie within the training targets' range.
+        #[test]
+        fn quantiles_are_monotone_and_bounded(
+            rows in proptest::collection::vec((0.0f64..10.0, 0.0f64..10.0, 0.0f64..500.0), 20..120),
+            probe in (0.0f64..10.0, 0.0f64..10.0),
+        ) {
+            let x: Vec<Vec<f64>> = rows.iter().map(|r| vec![r.0, r.1]).collect();
+            let y: Vec<f64> = rows.iter().map(|r| r.2.round()).collect();
+            let f = Forest::fit(&x, &y, &ForestConfig { trees: 6, min_leaf: 3, ..ForestConfig::default() });
+            let qs: Vec<f64> = (0..=10).map(|k| k as f64 / 10.0).collect();
+            let v = f.quantiles(&[probe.0, probe.1], &qs);
+            let (lo, hi) = (y.iter().cloned().fold(f64::MAX, f64::min), y.iter().cloned().fold(f64::MIN, f64::max));
+            for w in v.windows(2) {
+                prop_assert!(w[0] <= w[1]);
+            }
+            prop_assert!(v[0] >= lo && v[10] <= hi);
+        }
+    }
+}
