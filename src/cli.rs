@@ -318,9 +318,7 @@ fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
             json,
         } => {
             if !(0.0..=1.0).contains(&quantile) {
-                return Err(Error::bad(format!(
-                    "--quantile: expected 0..=1, got {quantile}"
-                )));
+                return Err(Error::bad(format!("--quantile: expected 0..=1, got {quantile}")));
             }
             if trees == 0 {
                 return Err(Error::bad("--trees: expected at least 1"));
@@ -359,18 +357,10 @@ fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
             }
             print(&evaluate(&p, &all), json)?;
         }
-        PredictorCmd::Eval {
-            predictor,
-            trace,
-            json,
-        } => {
+        PredictorCmd::Eval { predictor, trace, json } => {
             let text = std::fs::read_to_string(&predictor).map_err(|e| Error::io(&predictor, e))?;
-            let p: LengthPredictor = serde_json::from_str(&text).map_err(|e| {
-                Error::bad(format!(
-                    "{}: not a predictor file: {e}",
-                    predictor.display()
-                ))
-            })?;
+            let p: LengthPredictor = serde_json::from_str(&text)
+                .map_err(|e| Error::bad(format!("{}: not a predictor file: {e}", predictor.display())))?;
             if p.format != PREDICTOR_FORMAT {
                 return Err(Error::bad(format!(
                     "{}: format `{}`, expected `{PREDICTOR_FORMAT}`",
@@ -388,13 +378,12 @@ fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
 fn router_dataset(t: &crate::trace::Trace) -> Result<crate::router::eval::Dataset<'_>> {
     let ws: Vec<_> = t.workflows.iter().filter(|w| w.text.is_some()).collect();
     if ws.is_empty() {
-        return Err(Error::bad("the trace has no problem text; a router trains on text (import one with `chimera trace import math-l5`)"));
+        return Err(Error::bad(
+            "the trace has no problem text; a router trains on text (import one with `chimera trace import math-l5`)",
+        ));
     }
     Ok(crate::router::eval::Dataset {
-        texts: ws
-            .iter()
-            .map(|w| w.text.as_deref().expect("filtered"))
-            .collect(),
+        texts: ws.iter().map(|w| w.text.as_deref().expect("filtered")).collect(),
         labels: ws
             .iter()
             .map(|w| w.plans.iter().map(|p| p.success == Some(true)).collect())
@@ -447,9 +436,7 @@ fn router_cmd(what: RouterCmd) -> Result<i32> {
         if (0.0..1.0).contains(&f) {
             Ok(())
         } else {
-            Err(Error::bad(format!(
-                "--test-fraction: expected 0 <= f < 1, got {f}"
-            )))
+            Err(Error::bad(format!("--test-fraction: expected 0 <= f < 1, got {f}")))
         }
     };
     match what {
@@ -465,8 +452,7 @@ fn router_cmd(what: RouterCmd) -> Result<i32> {
             let data = router_dataset(&t)?;
             let (train_idx, _) = data.split(test_fraction, seed);
             let texts: Vec<&str> = train_idx.iter().map(|&i| data.texts[i]).collect();
-            let labels: Vec<Vec<bool>> =
-                train_idx.iter().map(|&i| data.labels[i].clone()).collect();
+            let labels: Vec<Vec<bool>> = train_idx.iter().map(|&i| data.labels[i].clone()).collect();
             let prov = serde_json::json!({
                 "trained_on": trace.display().to_string(),
                 "trace_provenance": t.provenance,
@@ -553,13 +539,7 @@ fn router_cmd(what: RouterCmd) -> Result<i32> {
             }
             let t = crate::trace::read_trace(&trace)?;
             let data = router_dataset(&t)?;
-            let r = eval::cross_validate(
-                &data,
-                folds,
-                seed,
-                &FeatureConfig::default(),
-                &TrainConfig::default(),
-            );
+            let r = eval::cross_validate(&data, folds, seed, &FeatureConfig::default(), &TrainConfig::default());
             print_router_report(&r, json)?;
         }
     }
@@ -600,13 +580,7 @@ fn trace_cmd(what: TraceCmd) -> Result<i32> {
                     out,
                 },
         } => {
-            let t = trace::import::import_math_l5(
-                &outcomes,
-                &problems,
-                &models,
-                seed,
-                FittedParams::embedded(),
-            )?;
+            let t = trace::import::import_math_l5(&outcomes, &problems, &models, seed, FittedParams::embedded())?;
             trace::write_trace(&out, &t)?;
             println!(
                 "wrote {} ({} workflows with real problem text and outcomes for {})",
@@ -648,25 +622,16 @@ fn trace_cmd(what: TraceCmd) -> Result<i32> {
     Ok(0)
 }
 
-fn run_cmd(
-    r: &Resolved,
-    out: &Path,
-    sets: &[String],
-    path: Option<&Path>,
-    quiet: bool,
-    json: bool,
-) -> Result<i32> {
+fn run_cmd(r: &Resolved, out: &Path, sets: &[String], path: Option<&Path>, quiet: bool, json: bool) -> Result<i32> {
     let bar = if quiet || json {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(0)
     };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {msg} [{bar:40}] {pos}/{len} workflows ({elapsed})",
-        )
-        .map_err(|e| Error::other(e.to_string()))?
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {pos}/{len} workflows ({elapsed})")
+            .map_err(|e| Error::other(e.to_string()))?
+            .progress_chars("=> "),
     );
     bar.set_message(r.scenario.name.clone());
     let t0 = Instant::now();
@@ -681,8 +646,8 @@ fn run_cmd(
     let rep = rep?;
     let wall = t0.elapsed().as_secs_f64();
     if json {
-        let s = std::fs::read_to_string(out.join("summary.json"))
-            .map_err(|e| Error::io(out.join("summary.json"), e))?;
+        let s =
+            std::fs::read_to_string(out.join("summary.json")).map_err(|e| Error::io(out.join("summary.json"), e))?;
         print!("{s}");
     } else if !quiet {
         print_summary(&rep.summary, rep.sim_end_ns, wall, out);
@@ -737,17 +702,11 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
     println!("{}", stat_row("request TTFT (ms)", &s.requests.ttft_ms));
     println!("{}", stat_row("request TPOT (ms)", &s.requests.tpot_ms));
     println!("{}", stat_row("request E2E (ms)", &s.requests.e2e_ms));
-    println!(
-        "{}",
-        stat_row("request engine queue (ms)", &s.requests.queue_ms)
-    );
+    println!("{}", stat_row("request engine queue (ms)", &s.requests.queue_ms));
     println!("{}", stat_row("workflow E2E (s)", &s.workflows.e2e_s));
     println!(
         "{}",
-        stat_row(
-            "workflow E2E / out token (ms)",
-            &s.workflows.e2e_per_output_token_ms
-        )
+        stat_row("workflow E2E / out token (ms)", &s.workflows.e2e_per_output_token_ms)
     );
     println!();
     println!(
@@ -770,13 +729,7 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
         );
     }
     if let Some(a) = &s.accuracy {
-        println!(
-            "  {:<16} {:>10} {:>7} {:>9.1}%",
-            "all",
-            a.known,
-            "",
-            a.accuracy * 100.0
-        );
+        println!("  {:<16} {:>10} {:>7} {:>9.1}%", "all", a.known, "", a.accuracy * 100.0);
     }
     println!();
     println!(
@@ -805,10 +758,7 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
         s.throughput.output_tokens_per_s,
         s.throughput.makespan_s
     );
-    if s.engines
-        .iter()
-        .any(|e| e.step_time_source == "roofline-default")
-    {
+    if s.engines.iter().any(|e| e.step_time_source == "roofline-default") {
         println!("  step times: roofline defaults from datasheets (not measured); give engines a calibration file to change that");
     }
     println!(

@@ -12,10 +12,7 @@ pub enum Error {
     /// The user's input is wrong (scenario, trace, calibration, command line). Exit code 2.
     BadInput(String),
     /// A file could not be read or written. Exit code 1.
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// Anything else (an internal invariant, a writer failure). Exit code 1.
     Other(String),
 }

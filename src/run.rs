@@ -12,8 +12,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_COMMIT: &str = env!("CHIMERA_GIT_COMMIT");
 
 fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(v)
-        .map_err(|e| Error::other(format!("{}: {e}", path.display())))?;
+    let mut s = serde_json::to_string_pretty(v).map_err(|e| Error::other(format!("{}: {e}", path.display())))?;
     s.push('\n');
     std::fs::write(path, s).map_err(|e| Error::io(path, e))
 }
@@ -23,9 +22,7 @@ pub fn inputs_provenance(r: &Resolved) -> Result<Value> {
     let mut files = Vec::new();
     let mut add = |role: &str, p: &Path| -> Result<()> {
         let (bytes, fnv) = file_fingerprint(p)?;
-        files.push(
-            json!({"role": role, "path": p.display().to_string(), "bytes": bytes, "fnv1a64": fnv}),
-        );
+        files.push(json!({"role": role, "path": p.display().to_string(), "bytes": bytes, "fnv1a64": fnv}));
         Ok(())
     };
     match &r.scenario.workload {
@@ -73,12 +70,7 @@ pub fn inputs_provenance(r: &Resolved) -> Result<Value> {
     Ok(json!({"files": files, "workload": workload, "engines": engines}))
 }
 
-fn manifest(
-    r: &Resolved,
-    sets: &[String],
-    scenario_path: Option<&Path>,
-    status: Value,
-) -> Result<Value> {
+fn manifest(r: &Resolved, sets: &[String], scenario_path: Option<&Path>, status: Value) -> Result<Value> {
     Ok(json!({
         "chimera_version": VERSION,
         "git_commit": GIT_COMMIT,
@@ -102,10 +94,7 @@ pub fn run_to_dir(
 ) -> Result<RunReport> {
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mpath = out_dir.join("manifest.json");
-    write_json(
-        &mpath,
-        &manifest(r, sets, scenario_path, json!({"state": "running"}))?,
-    )?;
+    write_json(&mpath, &manifest(r, sets, scenario_path, json!({"state": "running"}))?)?;
     let result = Simulation::new(r, out_dir).and_then(|sim| sim.run(progress));
     match result {
         Ok(rep) => {

@@ -9,10 +9,7 @@ fn sources(dir: &str) -> Vec<(String, String)> {
     for e in std::fs::read_dir(repo().join(dir)).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "rs") {
-            out.push((
-                p.display().to_string(),
-                std::fs::read_to_string(&p).unwrap(),
-            ));
+            out.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
         }
     }
     assert!(!out.is_empty(), "{dir} has sources");
@@ -42,11 +39,7 @@ fn the_policy_core_and_engine_touch_no_clock_file_socket_or_thread() {
                     continue;
                 }
                 for f in forbidden {
-                    assert!(
-                        !code.contains(f),
-                        "{path}:{}: `{f}` in a sans-IO module: {line}",
-                        n + 1
-                    );
+                    assert!(!code.contains(f), "{path}:{}: `{f}` in a sans-IO module: {line}", n + 1);
                 }
             }
         }

@@ -51,10 +51,7 @@ fn run_default_prints_a_table_and_writes_every_file() {
         .as_str()
         .unwrap()
         .contains("datasheet"));
-    assert_eq!(
-        m["inputs"]["engines"][1]["step_time"]["kind"],
-        "roofline-default"
-    );
+    assert_eq!(m["inputs"]["engines"][1]["step_time"]["kind"], "roofline-default");
 }
 
 #[test]
@@ -120,23 +117,14 @@ fn bad_input_exits_2_with_the_field_path() {
     let cases: &[(&str, &[&str])] = &[
         (
             &v100,
-            &[
-                "bad.yaml",
-                "cluster.engines[0].gpu",
-                "unknown GPU `V100`",
-                "H100-SXM",
-            ],
+            &["bad.yaml", "cluster.engines[0].gpu", "unknown GPU `V100`", "H100-SXM"],
         ),
         ("name: x\nname: y\n", &["bad.yaml", "duplicate"]),
-        (
-            &extra,
-            &["unknown field `extra`", "expected one of", "cluster"],
-        ),
+        (&extra, &["unknown field `extra`", "expected one of", "cluster"]),
     ];
     for (text, wants) in cases {
         std::fs::write(&bad, text).unwrap();
-        let (code, _, err) =
-            chimera(&["run", bad.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+        let (code, _, err) = chimera(&["run", bad.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
         assert_eq!(code, 2, "{err}");
         for w in *wants {
             assert!(err.contains(w), "`{err}` should mention `{w}`");

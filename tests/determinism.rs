@@ -42,10 +42,7 @@ fn policies_see_the_same_workload_under_one_seed() {
     let (a, b) = (tmpdir("crn-a"), tmpdir("crn-b"));
     run(&default_with(&["workload.workflows=200"]), &a);
     run(
-        &default_with(&[
-            "workload.workflows=200",
-            "policy.routing={kind: round_robin}",
-        ]),
+        &default_with(&["workload.workflows=200", "policy.routing={kind: round_robin}"]),
         &b,
     );
     let wa = a.join("workflows.parquet");
@@ -55,11 +52,7 @@ fn policies_see_the_same_workload_under_one_seed() {
     let key = |f: &std::path::Path| {
         let ids = column(f, "workflow_id");
         let arr = column(f, "arrival_ns");
-        let mut v: Vec<(u64, i64)> = ids
-            .iter()
-            .zip(&arr)
-            .map(|(i, t)| (*i as u64, *t as i64))
-            .collect();
+        let mut v: Vec<(u64, i64)> = ids.iter().zip(&arr).map(|(i, t)| (*i as u64, *t as i64)).collect();
         v.sort();
         v
     };

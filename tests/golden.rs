@@ -15,14 +15,9 @@ fn default_scenario_summary_is_unchanged() {
         std::fs::write(&path, &got).unwrap();
         return;
     }
-    let want =
-        std::fs::read_to_string(&path).expect("golden file present (UPDATE_GOLDEN=1 to create)");
+    let want = std::fs::read_to_string(&path).expect("golden file present (UPDATE_GOLDEN=1 to create)");
     if got != want {
-        let first = got
-            .lines()
-            .zip(want.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(0);
+        let first = got.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(0);
         panic!(
             "summary.json differs from {} at line {}:\n  got:  {}\n  want: {}\nIf intended: UPDATE_GOLDEN=1 cargo test --test golden",
             path.display(),

@@ -103,10 +103,7 @@ fn engine_log_stays_within_limits() {
         let e = r.engines.iter().find(|e| e.name == names[i]).unwrap();
         assert!(tokens[i] <= e.limits.max_num_batched_tokens as f64);
         assert!(running[i] <= e.limits.max_num_seqs as f64);
-        assert!(
-            kv[i] < e.kv.num_gpu_blocks as f64,
-            "KV blocks in use within capacity"
-        );
+        assert!(kv[i] < e.kv.num_gpu_blocks as f64, "KV blocks in use within capacity");
     }
     // Overload shows up as large batches.
     assert!(tokens.iter().cloned().fold(0.0, f64::max) > 1000.0);
@@ -140,10 +137,7 @@ fn summary_matches_the_rows() {
     let e2e = column(&w, "e2e_ns");
     let mean_s = e2e.iter().sum::<f64>() / e2e.len() as f64 / 1e9;
     let reported = s["workflows"]["e2e_s"]["mean"].as_f64().unwrap();
-    assert!(
-        (mean_s - reported).abs() / mean_s < 1e-6,
-        "{mean_s} vs {reported}"
-    );
+    assert!((mean_s - reported).abs() / mean_s < 1e-6, "{mean_s} vs {reported}");
     let mut sorted = e2e.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p90 = sorted[(0.9 * sorted.len() as f64).ceil() as usize - 1] / 1e9;
@@ -222,18 +216,10 @@ fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
         &chimera::scenario::load_str(chimera::scenario::DEFAULT_SCENARIO, &sets, &dir).unwrap(),
         &b,
     );
-    assert!(
-        fast.summary.requests.tpot_ms.mean.unwrap() < plain.summary.requests.tpot_ms.mean.unwrap()
-    );
+    assert!(fast.summary.requests.tpot_ms.mean.unwrap() < plain.summary.requests.tpot_ms.mean.unwrap());
     let m = json(&a.join("manifest.json"));
-    assert_eq!(
-        m["inputs"]["engines"][1]["step_time"]["kind"],
-        "calibration"
-    );
-    assert_eq!(
-        m["inputs"]["engines"][1]["step_time"]["provenance"]["kind"],
-        "derived"
-    );
+    assert_eq!(m["inputs"]["engines"][1]["step_time"]["kind"], "calibration");
+    assert_eq!(m["inputs"]["engines"][1]["step_time"]["provenance"]["kind"], "derived");
     assert_eq!(fast.summary.engines[1].step_time_source, "calibration");
     // A calibration for another GPU is refused with both names.
     let e = chimera::scenario::load_str(
@@ -243,31 +229,20 @@ fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
                 "      calibration: a6000-fast.yaml\n      ",
                 1,
             )
-            .replacen(
-                "gpu: RTX-A6000\n      calibration",
-                "gpu: A40\n      calibration",
-                1,
-            ),
+            .replacen("gpu: RTX-A6000\n      calibration", "gpu: A40\n      calibration", 1),
         &sets,
         &dir,
     )
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("cluster.engines[1].calibration")
-            && e.contains("RTX-A6000")
-            && e.contains("A40"),
+        e.contains("cluster.engines[1].calibration") && e.contains("RTX-A6000") && e.contains("A40"),
         "{e}"
     );
     // A malformed file names itself and the field.
     std::fs::write(&cal, "format: chimera-calibration/v1\ngpu: RTX-A6000\ncoefficients: {mbu: 1.5}\nprovenance: {kind: measured, source: x}\n").unwrap();
-    let e = chimera::scenario::load_str(&text, &sets, &dir)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("a6000-fast.yaml") && e.contains("coefficients.mbu"),
-        "{e}"
-    );
+    let e = chimera::scenario::load_str(&text, &sets, &dir).unwrap_err().to_string();
+    assert!(e.contains("a6000-fast.yaml") && e.contains("coefficients.mbu"), "{e}");
 }
 
 #[test]
@@ -284,8 +259,7 @@ fn trace_arrivals_follow_the_trace_compressed_by_the_rate_scale() {
         ]
     };
     for scale in ["1", "4"] {
-        let r = chimera::scenario::load(&base.join("vidur-4x-llama2-7b-a100.yaml"), &sets(scale))
-            .unwrap();
+        let r = chimera::scenario::load(&base.join("vidur-4x-llama2-7b-a100.yaml"), &sets(scale)).unwrap();
         let dir = tmpdir(&format!("trace-arr-{scale}"));
         run(&r, &dir);
         let mut arr = column(&dir.join("workflows.parquet"), "arrival_ns");

@@ -29,10 +29,7 @@ fn small_trace() -> trace::Trace {
                 problem_id: format!("p{i}"),
                 difficulty: "level 5".into(),
                 text: Some(Arc::from(format!("problem {i}").as_str())),
-                plans: vec![
-                    plan("Qwen2.5-1.5B", 1 + i as usize, false),
-                    plan("Qwen2.5-7B", 2, true),
-                ],
+                plans: vec![plan("Qwen2.5-1.5B", 1 + i as usize, false), plan("Qwen2.5-7B", 2, true)],
             })
             .collect(),
         provenance: serde_json::json!({"kind": "test fixture"}),
@@ -63,12 +60,7 @@ fn corrupt(
     let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&good).unwrap()).unwrap();
     let kv = b.metadata().file_metadata().key_value_metadata().cloned();
     let batch = b.build().unwrap().next().unwrap().unwrap();
-    let mut fields: Vec<arrow::datatypes::Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
+    let mut fields: Vec<arrow::datatypes::Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     let mut cols = batch.columns().to_vec();
     edit(&mut fields, &mut cols);
     let schema = Arc::new(arrow::datatypes::Schema::new(fields));
@@ -76,12 +68,8 @@ fn corrupt(
     let props = parquet::file::properties::WriterProperties::builder()
         .set_key_value_metadata(kv)
         .build();
-    let mut w = parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&out).unwrap(),
-        schema.clone(),
-        Some(props),
-    )
-    .unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&out).unwrap(), schema.clone(), Some(props))
+        .unwrap();
     w.write(&arrow::record_batch::RecordBatch::try_new(schema, cols).unwrap())
         .unwrap();
     w.close().unwrap();
@@ -98,11 +86,7 @@ fn corrupt_traces_are_refused_naming_file_row_and_column() {
     use arrow::array::*;
     use arrow::datatypes::{DataType, Field};
     // Rows are laid out workflow by workflow: workflow 0 has 1 + 2 rows, workflow 1 has 2 + 2.
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut Vec<Field>, &mut Vec<ArrayRef>)>,
-        Vec<&str>,
-    )> = vec![
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<Field>, &mut Vec<ArrayRef>)>, Vec<&str>)> = vec![
         (
             "missing",
             Box::new(|f, c| {
@@ -119,22 +103,13 @@ fn corrupt_traces_are_refused_naming_file_row_and_column() {
                 f[i] = Field::new("prompt_tokens", DataType::Utf8, false);
                 c[i] = Arc::new(StringArray::from(vec!["x"; c[i].len()]));
             }),
-            vec![
-                "column `prompt_tokens`",
-                "expected type Int64",
-                "found Utf8",
-            ],
+            vec!["column `prompt_tokens`", "expected type Int64", "found Utf8"],
         ),
         (
             "negative",
             Box::new(|f, c| {
                 let i = idx(f, "output_tokens");
-                let mut v: Vec<i64> = c[i]
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec();
+                let mut v: Vec<i64> = c[i].as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
                 v[4] = -3;
                 c[i] = Arc::new(Int64Array::from(v));
             }),
@@ -144,12 +119,7 @@ fn corrupt_traces_are_refused_naming_file_row_and_column() {
             "no-outcome",
             Box::new(|f, c| {
                 let i = idx(f, "solved");
-                let mut v: Vec<Option<bool>> = c[i]
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .unwrap()
-                    .iter()
-                    .collect();
+                let mut v: Vec<Option<bool>> = c[i].as_any().downcast_ref::<BooleanArray>().unwrap().iter().collect();
                 v[2] = None;
                 c[i] = Arc::new(BooleanArray::from(v));
             }),
@@ -159,20 +129,11 @@ fn corrupt_traces_are_refused_naming_file_row_and_column() {
             "stage-gap",
             Box::new(|f, c| {
                 let i = idx(f, "stage");
-                let mut v: Vec<u32> = c[i]
-                    .as_any()
-                    .downcast_ref::<UInt32Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec();
+                let mut v: Vec<u32> = c[i].as_any().downcast_ref::<UInt32Array>().unwrap().values().to_vec();
                 v[2] = 0;
                 c[i] = Arc::new(UInt32Array::from(v));
             }),
-            vec![
-                "column stage",
-                "workflow 0, model Qwen2.5-7B",
-                "stages must be 0..2",
-            ],
+            vec!["column stage", "workflow 0, model Qwen2.5-7B", "stages must be 0..2"],
         ),
         (
             "missing-model",
@@ -217,8 +178,7 @@ fn generated_math_matches_the_data_it_was_fitted_to() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let t =
-        trace::gen::generate(FittedParams::embedded(), Task::Math, &models, 20_000, 11).unwrap();
+    let t = trace::gen::generate(FittedParams::embedded(), Task::Math, &models, 20_000, 11).unwrap();
     let rows = trace::stats::stats(&t, Some(&data), FittedParams::embedded()).unwrap();
     for r in &rows {
         let d = r.data.as_ref().unwrap();
@@ -292,10 +252,7 @@ fn generated_apps_stage_counts_match_mint() {
     // Harder levels are solved less often.
     let rate = |lvl: &str| {
         let ws: Vec<_> = t.workflows.iter().filter(|w| w.difficulty == lvl).collect();
-        ws.iter()
-            .filter(|w| w.plans[1].success == Some(true))
-            .count() as f64
-            / ws.len() as f64
+        ws.iter().filter(|w| w.plans[1].success == Some(true)).count() as f64 / ws.len() as f64
     };
     assert!(rate("introductory") > rate("interview") && rate("interview") > rate("competition"));
 }
@@ -331,16 +288,11 @@ fn the_importer_reads_any_file_of_the_format() {
     .unwrap();
     std::fs::write(&problems, "{\"item_id\": 1, \"problem\": \"What is $1+1$?\"}\n{\"item_id\": 2, \"problem\": \"Solve $x^2=4$.\"}\n{\"item_id\": 3, \"problem\": \"skip me\"}\n").unwrap();
     let models = vec!["Qwen2.5-7B".to_string(), "Qwen2.5-72B".to_string()];
-    let t =
-        trace::import::import_math_l5(&outcomes, &problems, &models, 1, FittedParams::embedded())
-            .unwrap();
+    let t = trace::import::import_math_l5(&outcomes, &problems, &models, 1, FittedParams::embedded()).unwrap();
     assert_eq!(t.workflows.len(), 2, "item 3 lacks the 72B outcome");
     let w = &t.workflows[1];
     assert_eq!(w.text.as_deref(), Some("Solve $x^2=4$."));
-    assert_eq!(
-        (w.plans[0].success, w.plans[1].success),
-        (Some(false), Some(true))
-    );
+    assert_eq!((w.plans[0].success, w.plans[1].success), (Some(false), Some(true)));
     let cpt = FittedParams::embedded().math.chars_per_token;
     let total: u32 = w.plans[0].stages.iter().map(|s| s.output_tokens).sum();
     assert!(
@@ -349,15 +301,9 @@ fn the_importer_reads_any_file_of_the_format() {
     );
     // Errors name the file, line and column.
     std::fs::write(&outcomes, "task,model,generator,item_id,parsed,correct_heuristic,output_chars,reasoning_chars,max_tokens\nmath-l5,Qwen2.5-7B-Instruct,x,1,1,maybe,303,0,\n").unwrap();
-    let e = trace::import::import_math_l5(
-        &outcomes,
-        &problems,
-        &models[..1],
-        1,
-        FittedParams::embedded(),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = trace::import::import_math_l5(&outcomes, &problems, &models[..1], 1, FittedParams::embedded())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("outcomes.csv") && e.contains("line 2") && e.contains("correct_heuristic"),
         "{e}"
@@ -385,11 +331,7 @@ fn the_real_math_l5_import_keeps_real_text_and_outcomes() {
         .iter()
         .all(|w| w.text.as_deref().is_some_and(|s| !s.is_empty())));
     let acc = |k: usize| {
-        t.workflows
-            .iter()
-            .filter(|w| w.plans[k].success == Some(true))
-            .count() as f64
-            / t.workflows.len() as f64
+        t.workflows.iter().filter(|w| w.plans[k].success == Some(true)).count() as f64 / t.workflows.len() as f64
     };
     assert!(
         (acc(0) - 0.275).abs() < 0.01 && (acc(1) - 0.611).abs() < 0.01,

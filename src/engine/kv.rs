@@ -210,10 +210,7 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("does not fit") && e.contains("weights take"),
-            "{e}"
-        );
+        assert!(e.contains("does not fit") && e.contains("weights take"), "{e}");
         // Qwen1.5-14B at 32K has no GQA: its max-length request does not fit beside the weights.
         let e = plan_kv(&sizing(
             c.model("Qwen1.5-14B").unwrap(),
@@ -223,10 +220,7 @@ mod tests {
         ))
         .unwrap_err()
         .to_string();
-        assert!(
-            e.contains("max_model_len 32768") && e.contains("GiB"),
-            "{e}"
-        );
+        assert!(e.contains("max_model_len 32768") && e.contains("GiB"), "{e}");
         // ... but at 4K it does.
         plan_kv(&sizing(
             c.model("Qwen1.5-14B").unwrap(),
@@ -252,10 +246,7 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (0u32..40).prop_map(Op::Take),
-            (0usize..64).prop_map(Op::GiveBack)
-        ]
+        prop_oneof![(0u32..40).prop_map(Op::Take), (0usize..64).prop_map(Op::GiveBack)]
     }
 
     proptest! {

@@ -25,6 +25,12 @@ pub enum EnginePolicy {
     /// `--scheduling-policy priority`: waiting ordered by (priority, arrival), lower first; the
     /// running request with the largest (priority, arrival) is preempted first.
     Priority,
+    /// A modified engine (the learning-to-rank scheduler's rule): every step ranks all requests
+    /// by (promoted first, priority, arrival) and fills the batch in that order, preempting the
+    /// lowest-ranked requests holding KV when blocks run short. A request that waits
+    /// `starvation_steps` steps is promoted for `quantum_steps` steps in which it is scheduled,
+    /// then demoted. Unmodified vLLM cannot run this.
+    PriorityAging { starvation_steps: u32, quantum_steps: u32 },
 }
 
 /// Static limits of an engine.
@@ -92,6 +98,10 @@ struct Slot {
     first_token_ns: Nanos,
     preemptions: u32,
     done: bool,
+    /// Steps waited since last scheduled (aging policy).
+    idle: u32,
+    /// Steps of promotion left (aging policy).
+    promoted_left: u32,
 }
 
 impl Slot {
@@ -126,14 +136,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        id: u32,
-        limits: EngineLimits,
-        steptime: StepTimeModel,
-        usable_kv_blocks: u32,
-    ) -> Self {
+    pub fn new(id: u32, limits: EngineLimits, steptime: StepTimeModel, usable_kv_blocks: u32) -> Self {
         let waiting = match limits.policy {
-            EnginePolicy::Fcfs => Waiting::Fcfs(VecDeque::new()),
+            EnginePolicy::Fcfs | EnginePolicy::PriorityAging { .. } => Waiting::Fcfs(VecDeque::new()),
             EnginePolicy::Priority => Waiting::Priority(BinaryHeap::new()),
         };
         Engine {
@@ -236,6 +241,8 @@ impl Engine {
             first_token_ns: -1,
             preemptions: 0,
             done: false,
+            idle: 0,
+            promoted_left: 0,
         };
         self.next_seq += 1;
         let idx = match self.free_slots.pop() {
@@ -280,18 +287,21 @@ impl Engine {
     /// Schedule one step at `now` (the v1 algorithm). Returns the step's duration, or None if
     /// there is nothing to run.
     pub fn begin_step(&mut self, now: Nanos) -> Option<Nanos> {
-        assert!(
-            !self.in_step,
-            "engine {}: begin_step while a step is running",
-            self.id
-        );
+        assert!(!self.in_step, "engine {}: begin_step while a step is running", self.id);
         self.scheduled.clear();
         self.step = StepReport {
             start_ns: now,
             ..StepReport::default()
         };
+        if let EnginePolicy::PriorityAging {
+            starvation_steps,
+            quantum_steps,
+        } = self.limits.policy
+        {
+            self.schedule_ranked(now, starvation_steps, quantum_steps);
+            return self.finish_schedule();
+        }
         let mut budget = self.limits.max_num_batched_tokens;
-        let mut shape = StepShape::default();
 
         // 1. Running requests, in admission order.
         let mut i = 0;
@@ -307,14 +317,11 @@ impl Engine {
             let mut can_schedule = true;
             while !self.try_grow(slot, n) {
                 let victim_pos = match self.limits.policy {
-                    EnginePolicy::Fcfs => self.running.len() - 1,
+                    EnginePolicy::Fcfs | EnginePolicy::PriorityAging { .. } => self.running.len() - 1,
                     EnginePolicy::Priority => {
                         let mut best = 0;
                         for (p, &r) in self.running.iter().enumerate() {
-                            let (a, b) = (
-                                &self.slots[r as usize],
-                                &self.slots[self.running[best] as usize],
-                            );
+                            let (a, b) = (&self.slots[r as usize], &self.slots[self.running[best] as usize]);
                             if (a.req.priority, a.seq) > (b.req.priority, b.seq) {
                                 best = p;
                             }
@@ -367,9 +374,15 @@ impl Engine {
             }
         }
 
+        self.finish_schedule()
+    }
+
+    /// Price the scheduled batch and mark the step as running.
+    fn finish_schedule(&mut self) -> Option<Nanos> {
         if self.scheduled.is_empty() {
             return None;
         }
+        let mut shape = StepShape::default();
         for &(slot, n) in &self.scheduled {
             let s = &self.slots[slot as usize];
             let samples = s.computed + n >= s.tokens();
@@ -439,13 +452,87 @@ impl Engine {
         self.step
     }
 
+    /// One step of the ranked (learning-to-rank style) policy with aging.
+    fn schedule_ranked(&mut self, now: Nanos, starvation: u32, quantum: u32) {
+        let mut cand: Vec<u32> = self.running.clone();
+        if let Waiting::Fcfs(q) = &mut self.waiting {
+            cand.extend(q.drain(..));
+        }
+        let key = |s: &Slot| (s.promoted_left == 0, s.req.priority, s.seq);
+        cand.sort_by(|&a, &b| key(&self.slots[a as usize]).cmp(&key(&self.slots[b as usize])));
+        let mut selected = vec![false; self.slots.len()];
+        let mut budget = self.limits.max_num_batched_tokens;
+        let mut count = 0u32;
+        for ci in 0..cand.len() {
+            if budget == 0 || count >= self.limits.max_num_seqs {
+                break;
+            }
+            let c = cand[ci];
+            let s = &self.slots[c as usize];
+            let n = (s.tokens() - s.computed).min(budget);
+            let mut ok = self.try_grow(c, n);
+            while !ok {
+                // Evict the lowest-ranked request holding KV that is not in this batch.
+                let victim = cand
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&v| v != c && !selected[v as usize] && self.slots[v as usize].blocks > 0);
+                let Some(v) = victim else { break };
+                let sv = &mut self.slots[v as usize];
+                self.kv.give_back(sv.blocks);
+                sv.blocks = 0;
+                sv.computed = 0;
+                sv.preemptions += 1;
+                self.total_preemptions += 1;
+                self.step.preempted += 1;
+                ok = self.try_grow(c, n);
+            }
+            if !ok {
+                continue;
+            }
+            selected[c as usize] = true;
+            let s = &mut self.slots[c as usize];
+            if s.first_scheduled_ns < 0 {
+                s.first_scheduled_ns = now;
+            }
+            self.scheduled.push((c, n));
+            budget -= n;
+            count += 1;
+        }
+        // Aging, then rebuild running (holding KV, in rank order) and waiting.
+        self.running.clear();
+        for &c in &cand {
+            let s = &mut self.slots[c as usize];
+            if selected[c as usize] {
+                s.idle = 0;
+                s.promoted_left = s.promoted_left.saturating_sub(1);
+            } else {
+                s.idle += 1;
+                if s.promoted_left == 0 && s.idle >= starvation {
+                    s.promoted_left = quantum.max(1);
+                    s.idle = 0;
+                }
+            }
+            if s.blocks > 0 || selected[c as usize] {
+                self.running.push(c);
+            } else if let Waiting::Fcfs(q) = &mut self.waiting {
+                q.push_back(c);
+            }
+        }
+    }
+
+    /// Promotion steps left of request `id` (aging policy), for tests and reports.
+    pub fn promotion_of(&self, id: u64) -> Option<(u32, u32)> {
+        self.slots
+            .iter()
+            .find(|s| s.req.id == id && !s.done)
+            .map(|s| (s.idle, s.promoted_left))
+    }
+
     /// Check the engine's invariants; returns a description of the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let held: u64 = self
-            .running
-            .iter()
-            .map(|&r| self.slots[r as usize].blocks as u64)
-            .sum();
+        let held: u64 = self.running.iter().map(|&r| self.slots[r as usize].blocks as u64).sum();
         if held != self.kv.used() as u64 {
             return Err(format!(
                 "engine {}: running requests hold {held} blocks, pool says {}",

@@ -55,19 +55,14 @@ fn one_request_prefills_then_decodes_one_token_per_step() {
     let (done, steps) = drain(&mut e);
     assert_eq!(steps.len(), 5, "1 prefill step + 4 decode steps");
     assert_eq!(steps[0].prefill_tokens, 100);
-    assert!(steps[1..]
-        .iter()
-        .all(|s| s.tokens == 1 && s.decode_tokens == 1));
+    assert!(steps[1..].iter().all(|s| s.tokens == 1 && s.decode_tokens == 1));
     let f = done[0];
     assert_eq!(f.output_tokens, 5);
     assert_eq!(
         f.first_token_ns, steps[0].duration_ns,
         "first token comes out of the step that finishes the prompt"
     );
-    assert_eq!(
-        f.finish_ns,
-        steps.iter().map(|s| s.duration_ns).sum::<i64>()
-    );
+    assert_eq!(f.finish_ns, steps.iter().map(|s| s.duration_ns).sum::<i64>());
     assert_eq!(e.kv().used(), 0);
 }
 
@@ -170,9 +165,7 @@ fn priority_policy_preempts_the_largest_priority_value() {
 #[test]
 fn a_prompt_longer_than_max_model_len_is_rejected() {
     let mut e = engine(2048, 256, 10_000, EnginePolicy::Fcfs);
-    let f = e
-        .add_request(req(1, 40_000, 2, 0))
-        .expect("rejected at once");
+    let f = e.add_request(req(1, 40_000, 2, 0)).expect("rejected at once");
     assert!(f.rejected && f.output_tokens == 0);
     assert!(!e.has_work());
 }

@@ -132,10 +132,8 @@ impl Catalog {
     pub fn builtin() -> &'static Catalog {
         static CAT: OnceLock<Catalog> = OnceLock::new();
         CAT.get_or_init(|| {
-            let g: GpuFile =
-                serde_saphyr::from_str(GPUS_YAML).expect("embedded catalog/gpus.yaml parses");
-            let m: ModelFile =
-                serde_saphyr::from_str(MODELS_YAML).expect("embedded catalog/models.yaml parses");
+            let g: GpuFile = serde_saphyr::from_str(GPUS_YAML).expect("embedded catalog/gpus.yaml parses");
+            let m: ModelFile = serde_saphyr::from_str(MODELS_YAML).expect("embedded catalog/models.yaml parses");
             Catalog {
                 gpus: g.gpus,
                 models: m.models,
@@ -150,10 +148,7 @@ impl Catalog {
             .find(|g| norm(&g.name) == n || g.aliases.iter().any(|a| norm(a) == n))
             .ok_or_else(|| {
                 let known: Vec<&str> = self.gpus.iter().map(|g| g.name.as_str()).collect();
-                Error::bad(format!(
-                    "unknown GPU `{name}`; known GPUs: {}",
-                    known.join(", ")
-                ))
+                Error::bad(format!("unknown GPU `{name}`; known GPUs: {}", known.join(", ")))
             })
     }
 
@@ -171,10 +166,7 @@ impl Catalog {
             .find(|m| norm(&m.name) == n || strip(&m.name) == ns)
             .ok_or_else(|| {
                 let known: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
-                Error::bad(format!(
-                    "unknown model `{name}`; known models: {}",
-                    known.join(", ")
-                ))
+                Error::bad(format!("unknown model `{name}`; known models: {}", known.join(", ")))
             })
     }
 }
@@ -197,10 +189,7 @@ mod tests {
         let cat = Catalog::builtin();
         for (name, billions, tol) in cases {
             let p = cat.model(name).unwrap().total_params() as f64 / 1e9;
-            assert!(
-                (p - billions).abs() <= tol,
-                "{name}: {p:.3} B, expected {billions} B"
-            );
+            assert!((p - billions).abs() <= tol, "{name}: {p:.3} B, expected {billions} B");
         }
     }
 
@@ -216,10 +205,7 @@ mod tests {
             "{err}"
         );
         let err = cat.model("Mistral-7B").unwrap_err().to_string();
-        assert!(
-            err.contains("Qwen2.5-72B") && err.contains("Llama-2-7B"),
-            "{err}"
-        );
+        assert!(err.contains("Qwen2.5-72B") && err.contains("Llama-2-7B"), "{err}");
     }
 
     #[test]

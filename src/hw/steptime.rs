@@ -90,16 +90,13 @@ impl StepTimeModel {
 
     /// Seconds for a step of this shape, split into its terms (for profiling and tests).
     pub fn terms(&self, s: &StepShape) -> [f64; 4] {
-        let lin_flops =
-            self.lin_flops_per_token * s.tokens as f64 + self.head_flops_per_row * s.sampled as f64;
+        let lin_flops = self.lin_flops_per_token * s.tokens as f64 + self.head_flops_per_row * s.sampled as f64;
         let t_lin = (lin_flops / self.flops_lin).max(self.weight_bytes / self.bw_lin);
         let attn_flops = self.attn_flop_factor * (s.prefill_attn_work + s.decode_context as f64);
         let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens) as f64;
         let t_attn = (attn_flops / self.flops_attn).max(kv_bytes / self.bw_attn);
         let t_comm = if self.tp > 1.0 {
-            let ring =
-                2.0 * (self.tp - 1.0) / self.tp * self.comm_bytes_per_token * s.tokens as f64
-                    / self.link_bw;
+            let ring = 2.0 * (self.tp - 1.0) / self.tp * self.comm_bytes_per_token * s.tokens as f64 / self.link_bw;
             2.0 * self.layers * (self.coeffs.allreduce_us * 1e-6 + ring)
         } else {
             0.0
@@ -136,12 +133,7 @@ mod tests {
 
     fn model(m: &str, g: &str, tp: u32) -> StepTimeModel {
         let c = Catalog::builtin();
-        StepTimeModel::new(
-            c.model(m).unwrap(),
-            c.gpu(g).unwrap(),
-            tp,
-            Coefficients::default(),
-        )
+        StepTimeModel::new(c.model(m).unwrap(), c.gpu(g).unwrap(), tp, Coefficients::default())
     }
 
     fn decode(batch: u64, ctx: u64) -> StepShape {
@@ -157,10 +149,7 @@ mod tests {
         let m = model("Qwen2.5-7B", "RTX-A6000", 1);
         let t = m.terms(&decode(1, 100));
         // 14.1 GB of weights streamed (all but the embedding table) at 0.75 * 768 GB/s: 24.5 ms.
-        assert!(
-            (t[0] - 14.14e9 / (0.75 * 768e9)).abs() / t[0] < 0.01,
-            "{t:?}"
-        );
+        assert!((t[0] - 14.14e9 / (0.75 * 768e9)).abs() / t[0] < 0.01, "{t:?}");
     }
 
     #[test]
@@ -171,10 +160,7 @@ mod tests {
         let t = m.terms(&s);
         let flops = 2.0 * 2048.0 * m.lin_flops_per_token / 2.0;
         assert!(t[0] > 14.14e9 / (0.75 * 768e9), "{t:?}");
-        assert!(
-            (t[0] - flops / (0.5 * 154.8e12)).abs() / t[0] < 0.05,
-            "{t:?}"
-        );
+        assert!((t[0] - flops / (0.5 * 154.8e12)).abs() / t[0] < 0.05, "{t:?}");
     }
 
     #[test]

@@ -109,9 +109,7 @@ mod tests {
     #[test]
     fn quantiles_are_within_the_stated_relative_error() {
         let mut r = stream(5, "sketch");
-        let mut xs: Vec<f64> = (0..50_000)
-            .map(|_| (r.random::<f64>() * 20.0).exp())
-            .collect();
+        let mut xs: Vec<f64> = (0..50_000).map(|_| (r.random::<f64>() * 20.0).exp()).collect();
         let mut s = Sketch::new();
         for &x in &xs {
             s.add(x);

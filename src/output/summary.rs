@@ -84,10 +84,7 @@ impl Aggregates {
             preemptions: 0,
             first_arrival_ns: None,
             last_finish_ns: 0,
-            by_model: models
-                .iter()
-                .map(|m| (m.clone(), ModelAgg::default()))
-                .collect(),
+            by_model: models.iter().map(|m| (m.clone(), ModelAgg::default())).collect(),
         }
     }
 }
@@ -175,13 +172,7 @@ fn accuracy(known: u64, solved: u64) -> Option<Accuracy> {
 }
 
 impl Aggregates {
-    pub fn summarize(
-        &self,
-        scenario: &str,
-        seed: u64,
-        policy: String,
-        engines: Vec<EngineSummary>,
-    ) -> Summary {
+    pub fn summarize(&self, scenario: &str, seed: u64, policy: String, engines: Vec<EngineSummary>) -> Summary {
         let ms = 1e6;
         let makespan_ns = self.last_finish_ns - self.first_arrival_ns.unwrap_or(0);
         let span = ns_to_secs(makespan_ns.max(1));

@@ -6,9 +6,7 @@
 //! so the rows written so far stay readable when a run stops on an error.
 
 use crate::error::{Error, Result};
-use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array, UInt64Array,
-};
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray, UInt32Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -82,10 +80,7 @@ impl Table {
         let mut props = WriterProperties::builder().set_dictionary_enabled(false);
         for (name, t) in columns {
             if matches!(t, ColType::Str(_)) {
-                props = props.set_column_dictionary_enabled(
-                    parquet::schema::types::ColumnPath::from(*name),
-                    true,
-                );
+                props = props.set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(*name), true);
             }
         }
         let props = props
@@ -130,10 +125,7 @@ impl Table {
                     debug_assert!((x as usize) < d.len());
                     b.push(x)
                 }
-                _ => panic!(
-                    "{}: row does not match the table's column types",
-                    self.path.display()
-                ),
+                _ => panic!("{}: row does not match the table's column types", self.path.display()),
             }
         }
         self.rows += 1;
@@ -159,9 +151,7 @@ impl Table {
                     Buf::F64(b) => Arc::new(Float64Array::from(std::mem::take(b))),
                     Buf::Bool(b) => Arc::new(BooleanArray::from(std::mem::take(b))),
                     Buf::Str(b, d) => {
-                        let a = StringArray::from_iter_values(
-                            b.iter().map(|&i| d[i as usize].as_str()),
-                        );
+                        let a = StringArray::from_iter_values(b.iter().map(|&i| d[i as usize].as_str()));
                         b.clear();
                         Arc::new(a)
                     }
@@ -170,9 +160,10 @@ impl Table {
             .collect();
         self.rows = 0;
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)?;
-        let w = self.writer.as_mut().ok_or_else(|| {
-            Error::other(format!("{}: table already finished", self.path.display()))
-        })?;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| Error::other(format!("{}: table already finished", self.path.display())))?;
         w.write(&batch)
             .map_err(|e| Error::other(format!("{}: {e}", self.path.display())))?;
         Ok(())

@@ -44,14 +44,8 @@ impl Router for FixedFraction {
             .or(self.cdf.last())
             .map(|(m, _)| m.clone())
             .expect("non-empty");
-        view.least_loaded(
-            view.engines
-                .iter()
-                .filter(|e| e.model == model)
-                .map(|e| e.id),
-            None,
-        )
-        .expect("every model in the fractions has an engine")
+        view.least_loaded(view.engines.iter().filter(|e| e.model == model).map(|e| e.id), None)
+            .expect("every model in the fractions has an engine")
     }
 }
 

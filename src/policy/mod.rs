@@ -107,11 +107,7 @@ impl ClusterView<'_> {
     ) -> Option<EngineId> {
         let key = |e: EngineId| {
             let l = &self.load[e as usize];
-            (
-                l.in_flight + l.held,
-                if Some(e) == prefer { 0 } else { 1 },
-                e,
-            )
+            (l.in_flight + l.held, if Some(e) == prefer { 0 } else { 1 }, e)
         };
         candidates.min_by_key(|&e| key(e))
     }
@@ -183,10 +179,7 @@ impl PolicyCore {
         prioritizer: Box<dyn Prioritizer>,
         opts: CoreOptions,
     ) -> Self {
-        assert!(
-            !engines.is_empty(),
-            "a policy core needs at least one engine"
-        );
+        assert!(!engines.is_empty(), "a policy core needs at least one engine");
         for (i, e) in engines.iter().enumerate() {
             assert_eq!(e.id as usize, i, "engine ids must be 0..n in order");
         }
@@ -212,11 +205,7 @@ impl PolicyCore {
         &self.load
     }
     pub fn describe(&self) -> String {
-        format!(
-            "router {}, priority {}",
-            self.router.name(),
-            self.prioritizer.name()
-        )
+        format!("router {}, priority {}", self.router.name(), self.prioritizer.name())
     }
 
     /// A request is ready to be sent.
@@ -230,10 +219,7 @@ impl PolicyCore {
             Some(&prev) => {
                 let model = &self.engines[prev as usize].model;
                 view.least_loaded(
-                    self.engines
-                        .iter()
-                        .filter(|e| &e.model == model)
-                        .map(|e| e.id),
+                    self.engines.iter().filter(|e| &e.model == model).map(|e| e.id),
                     Some(prev),
                 )
                 .expect("the previous engine is a candidate")
@@ -349,10 +335,7 @@ impl PolicyCore {
                 t.dispatched = false;
                 self.workflow_engine.insert(t.workflow, t.engine);
                 let _ = why;
-                let backoff = self
-                    .opts
-                    .retry_backoff_ns
-                    .saturating_mul(1 << (t.attempts - 1).min(20));
+                let backoff = self.opts.retry_backoff_ns.saturating_mul(1 << (t.attempts - 1).min(20));
                 self.requests.insert(request, t);
                 self.send_or_hold(request, now + backoff);
             }
@@ -373,14 +356,7 @@ impl PolicyCore {
     }
 
     /// An engine reported its state.
-    pub fn handle_engine_report(
-        &mut self,
-        _now: Nanos,
-        engine: EngineId,
-        running: u32,
-        waiting: u32,
-        kv_usage: f64,
-    ) {
+    pub fn handle_engine_report(&mut self, _now: Nanos, engine: EngineId, running: u32, waiting: u32, kv_usage: f64) {
         let l = &mut self.load[engine as usize];
         l.reported_running = running;
         l.reported_waiting = waiting;

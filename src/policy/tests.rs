@@ -45,10 +45,7 @@ fn engine_of(d: &Decision) -> EngineId {
 #[test]
 fn fixed_fraction_sends_the_asked_share_and_is_seeded() {
     let run = |seed| {
-        let router = FixedFraction::new(
-            &[("small".into(), 0.3), ("big".into(), 0.7)],
-            stream(seed, "routing"),
-        );
+        let router = FixedFraction::new(&[("small".into(), 0.3), ("big".into(), 0.7)], stream(seed, "routing"));
         let mut core = PolicyCore::new(
             engines(&["small", "big"]),
             Box::new(router),
@@ -180,11 +177,7 @@ fn failures_are_retried_elsewhere_then_abandoned() {
     );
     core.handle_request(0, req(0, 0, 0));
     assert_eq!(engine_of(&drain(&mut core)[0]), 0);
-    core.handle_failed(
-        1_000,
-        0,
-        FailureKind::Transient("connection refused".into()),
-    );
+    core.handle_failed(1_000, 0, FailureKind::Transient("connection refused".into()));
     match &drain(&mut core)[..] {
         [Decision::Dispatch {
             engine: 1,
@@ -213,8 +206,5 @@ fn failures_are_retried_elsewhere_then_abandoned() {
     core.handle_request(4_000, req(1, 1, 0));
     drain(&mut core);
     core.handle_failed(4_001, 1, FailureKind::Rejected("prompt too long".into()));
-    assert!(matches!(
-        &drain(&mut core)[..],
-        [Decision::Abandon { request: 1, .. }]
-    ));
+    assert!(matches!(&drain(&mut core)[..], [Decision::Abandon { request: 1, .. }]));
 }

@@ -114,12 +114,7 @@ pub struct LengthPredictor {
 }
 
 impl LengthPredictor {
-    pub fn train(
-        t: &Trace,
-        quantile: f64,
-        cfg: &ForestConfig,
-        provenance: serde_json::Value,
-    ) -> LengthPredictor {
+    pub fn train(t: &Trace, quantile: f64, cfg: &ForestConfig, provenance: serde_json::Value) -> LengthPredictor {
         let (x, rem, cur) = rows(t);
         LengthPredictor {
             format: PREDICTOR_FORMAT.into(),
@@ -151,23 +146,13 @@ impl LengthPredictor {
 fn pinball(pred: &[f64], truth: &[f64], q: f64) -> f64 {
     pred.iter()
         .zip(truth)
-        .map(|(p, y)| {
-            if y >= p {
-                q * (y - p)
-            } else {
-                (1.0 - q) * (p - y)
-            }
-        })
+        .map(|(p, y)| if y >= p { q * (y - p) } else { (1.0 - q) * (p - y) })
         .sum::<f64>()
         / pred.len().max(1) as f64
 }
 
 fn mae(pred: &[f64], truth: &[f64]) -> f64 {
-    pred.iter()
-        .zip(truth)
-        .map(|(p, y)| (p - y).abs())
-        .sum::<f64>()
-        / pred.len().max(1) as f64
+    pred.iter().zip(truth).map(|(p, y)| (p - y).abs()).sum::<f64>() / pred.len().max(1) as f64
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -92,11 +92,7 @@ impl Builder<'_> {
         let mut best: Option<(f64, usize, f64)> = None; // (sse, feature, threshold)
         let mut order: Vec<usize> = idx.to_vec();
         for &f in &feats[..self.mtry.min(p)] {
-            order.sort_by(|&a, &b| {
-                self.x[a][f]
-                    .partial_cmp(&self.x[b][f])
-                    .expect("finite features")
-            });
+            order.sort_by(|&a, &b| self.x[a][f].partial_cmp(&self.x[b][f]).expect("finite features"));
             let (mut s, mut sq) = (0.0, 0.0);
             for k in 0..order.len() - 1 {
                 let v = self.y[order[k]];
@@ -154,10 +150,7 @@ fn itertools_partition(v: &mut [usize], pred: impl Fn(&usize) -> bool) -> usize 
 impl Forest {
     /// Fit on rows `x` (all the same length) and targets `y`.
     pub fn fit(x: &[Vec<f64>], y: &[f64], cfg: &ForestConfig) -> Forest {
-        assert!(
-            !x.is_empty() && x.len() == y.len(),
-            "a forest needs rows with targets"
-        );
+        assert!(!x.is_empty() && x.len() == y.len(), "a forest needs rows with targets");
         let p = x[0].len();
         let mtry = if cfg.max_features == 0 {
             (p / 3).max(1)
@@ -167,11 +160,7 @@ impl Forest {
         let mut trees = Vec::with_capacity(cfg.trees);
         for t in 0..cfg.trees {
             let mut rng = stream(cfg.seed, &format!("qrf.tree.{t}"));
-            let m = if cfg.sample_size == 0 {
-                x.len()
-            } else {
-                cfg.sample_size
-            };
+            let m = if cfg.sample_size == 0 { x.len() } else { cfg.sample_size };
             let mut idx: Vec<usize> = (0..m).map(|_| rng.random_range(0..x.len())).collect();
             let mut b = Builder {
                 x,
@@ -287,10 +276,7 @@ mod tests {
         let hi = f.quantiles(&[0.95, 3.0], &[0.1, 0.5, 0.9]);
         assert!(lo[2] < 100.5 && hi[0] >= 1000.0, "{lo:?} {hi:?}");
         assert!((lo[1] - 50.0).abs() < 12.0, "median of 0..100: {lo:?}");
-        assert!(
-            (hi[1] - 1050.0).abs() < 12.0,
-            "median of 1000..1100: {hi:?}"
-        );
+        assert!((hi[1] - 1050.0).abs() < 12.0, "median of 1000..1100: {hi:?}");
     }
 
     #[test]
@@ -318,14 +304,7 @@ mod tests {
         assert_eq!(Forest::fit(&x, &y, &cfg), Forest::fit(&x, &y, &cfg));
         assert_ne!(
             Forest::fit(&x, &y, &cfg),
-            Forest::fit(
-                &x,
-                &y,
-                &ForestConfig {
-                    seed: 2,
-                    ..cfg.clone()
-                }
-            )
+            Forest::fit(&x, &y, &ForestConfig { seed: 2, ..cfg.clone() })
         );
     }
 

@@ -52,12 +52,7 @@ pub struct EvalReport {
 
 /// Score predictions `p[i][m]` against labels; `len_scores[i][m]` are the length-only
 /// baseline's predictions.
-pub fn score(
-    p: &[Vec<f64>],
-    len_scores: &[Vec<f64>],
-    labels: &[Vec<bool>],
-    models: &[String],
-) -> EvalReport {
+pub fn score(p: &[Vec<f64>], len_scores: &[Vec<f64>], labels: &[Vec<bool>], models: &[String]) -> EvalReport {
     let scores: Vec<ModelScore> = models
         .iter()
         .enumerate()
@@ -139,13 +134,7 @@ pub fn fit_predict(
 }
 
 /// K-fold cross-validation (seeded folds): out-of-fold predictions scored together.
-pub fn cross_validate(
-    data: &Dataset,
-    k: usize,
-    seed: u64,
-    fcfg: &FeatureConfig,
-    tcfg: &TrainConfig,
-) -> EvalReport {
+pub fn cross_validate(data: &Dataset, k: usize, seed: u64, fcfg: &FeatureConfig, tcfg: &TrainConfig) -> EvalReport {
     let (_, order) = data.split(1.0, seed);
     let n = order.len();
     let mut preds = vec![vec![]; n];
@@ -163,10 +152,7 @@ pub fn cross_validate(
             .filter(|(j, _)| j % k != f)
             .map(|(_, &i)| i)
             .collect();
-        for (t, p) in test
-            .iter()
-            .zip(fit_predict(data, &train, &test, fcfg, tcfg))
-        {
+        for (t, p) in test.iter().zip(fit_predict(data, &train, &test, fcfg, tcfg)) {
             preds[*t] = p;
         }
         for (t, p) in test.iter().zip(length_baseline(data, &train, &test)) {

@@ -6,11 +6,7 @@ use serde::Serialize;
 /// Area under the ROC curve (ties count one half); None when one class is absent.
 pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| {
-        scores[a]
-            .partial_cmp(&scores[b])
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    idx.sort_by(|&a, &b| scores[a].partial_cmp(&scores[b]).unwrap_or(std::cmp::Ordering::Equal));
     // Average ranks over ties, then the Mann-Whitney statistic.
     let mut ranks = vec![0.0; scores.len()];
     let mut i = 0;
@@ -30,12 +26,7 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
     if pos == 0.0 || neg == 0.0 {
         return None;
     }
-    let sum_pos: f64 = ranks
-        .iter()
-        .zip(labels)
-        .filter(|(_, &l)| l)
-        .map(|(r, _)| r)
-        .sum();
+    let sum_pos: f64 = ranks.iter().zip(labels).filter(|(_, &l)| l).map(|(r, _)| r).sum();
     Some((sum_pos - pos * (pos + 1.0) / 2.0) / (pos * neg))
 }
 
@@ -123,10 +114,7 @@ mod tests {
 
     #[test]
     fn known_answers() {
-        assert_eq!(
-            auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
-            Some(0.75)
-        );
+        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
         assert_eq!(auc(&[0.5, 0.5], &[false, true]), Some(0.5));
         assert_eq!(auc(&[0.1, 0.2], &[true, true]), None);
         assert!((brier(&[1.0, 0.0, 0.5], &[true, false, true]) - 0.25 / 3.0).abs() < 1e-12);

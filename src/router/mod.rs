@@ -157,13 +157,7 @@ impl Router {
             per_model: model
                 .per_model
                 .iter()
-                .map(|w| {
-                    if w.is_empty() {
-                        Vec::new()
-                    } else {
-                        dense(n, w, 0.0)
-                    }
-                })
+                .map(|w| if w.is_empty() { Vec::new() } else { dense(n, w, 0.0) })
                 .collect(),
             model,
         }
@@ -171,12 +165,7 @@ impl Router {
 
     /// TF-IDF features of a text (sublinear tf, L2-normalised) and its standardised log length.
     pub fn featurize(&self, text: &str) -> (Sparse, f64) {
-        featurize(
-            text,
-            &self.model.features,
-            &self.idf,
-            self.model.length_norm,
-        )
+        featurize(text, &self.model.features, &self.idf, self.model.length_norm)
     }
 
     /// Confidence per model (in `self.model.models` order).
@@ -192,9 +181,7 @@ impl Router {
                 let r: f64 = if self.per_model[m].is_empty() {
                     0.0
                 } else {
-                    x.iter()
-                        .map(|&(i, v)| (self.per_model[m][i as usize] * v) as f64)
-                        .sum()
+                    x.iter().map(|&(i, v)| (self.per_model[m][i as usize] * v) as f64).sum()
                 } + self.model.per_model_length.get(m).copied().unwrap_or(0.0) * len;
                 sigmoid(self.model.bias[m] + self.model.scale[m] * d + r)
             })
@@ -325,18 +312,12 @@ pub fn train(
     }
     let idf_of = |d: u32| ((1.0 + n as f64) / (1.0 + d as f64)).ln() as f32 + 1.0;
     let idf_dense: Vec<f32> = df.iter().map(|&d| idf_of(d)).collect();
-    let lens: Vec<f64> = texts
-        .iter()
-        .map(|t| (t.chars().count().max(1) as f64).ln())
-        .collect();
+    let lens: Vec<f64> = texts.iter().map(|t| (t.chars().count().max(1) as f64).ln()).collect();
     let mu = lens.iter().sum::<f64>() / n.max(1) as f64;
     let sd = (lens.iter().map(|l| (l - mu).powi(2)).sum::<f64>() / n.max(1) as f64)
         .sqrt()
         .max(1e-9);
-    let xs: Vec<(Sparse, f64)> = texts
-        .iter()
-        .map(|t| featurize(t, fcfg, &idf_dense, (mu, sd)))
-        .collect();
+    let xs: Vec<(Sparse, f64)> = texts.iter().map(|t| featurize(t, fcfg, &idf_dense, (mu, sd))).collect();
     // Target: share of models that solve the item, centred.
     let y: Vec<f64> = labels
         .iter()
@@ -383,10 +364,7 @@ pub fn train(
         let inv_diag = chol_inv_diag(&l, n);
         // LOO residual of item i: alpha_i / inv_diag_i.
         let loo: Vec<f64> = (0..n).map(|i| yc[i] - alpha[i] / inv_diag[i]).collect();
-        let err: f64 = (0..n)
-            .map(|i| (alpha[i] / inv_diag[i]).powi(2))
-            .sum::<f64>()
-            / n as f64;
+        let err: f64 = (0..n).map(|i| (alpha[i] / inv_diag[i]).powi(2)).sum::<f64>() / n as f64;
         if best.as_ref().is_none_or(|b| err < b.1) {
             best = Some((lam, err, alpha, loo));
         }

@@ -101,11 +101,7 @@ pub struct EngineSpec {
 /// The workload. Read by hand (see `TryFrom<Value>`) rather than as a serde internally
 /// tagged enum, so that errors inside it keep their field path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "snake_case",
-    try_from = "serde_json::Value"
-)]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "serde_json::Value")]
 pub enum Workload {
     Synthetic(SyntheticSpec),
     AzureTrace(AzureTraceSpec),
@@ -160,9 +156,7 @@ impl TryFrom<serde_json::Value> for Workload {
             "azure_trace" => yaml::nested(rest).map(Workload::AzureTrace),
             "trace" => yaml::nested(rest).map(Workload::Trace),
             "generated" => yaml::nested(rest).map(Workload::Generated),
-            other => Err(format!(
-                "@kind: unknown variant `{other}`, expected one of {KINDS}"
-            )),
+            other => Err(format!("@kind: unknown variant `{other}`, expected one of {KINDS}")),
         }
     }
 }
@@ -331,9 +325,7 @@ impl Scenario {
         let mut models: Vec<String> = Vec::new();
         for (i, e) in self.cluster.engines.iter().enumerate() {
             let p = format!("cluster.engines[{i}]");
-            let model = cat
-                .model(&e.model)
-                .map_err(|x| x.context(format!("{p}.model")))?;
+            let model = cat.model(&e.model).map_err(|x| x.context(format!("{p}.model")))?;
             let gpu = cat.gpu(&e.gpu).map_err(|x| x.context(format!("{p}.gpu")))?;
             if ![1, 2, 4, 8].contains(&e.tensor_parallel) {
                 return Err(Error::bad(format!(
@@ -376,9 +368,7 @@ impl Scenario {
             let budget = e.max_num_batched_tokens.unwrap_or(d_tokens);
             let seqs = e.max_num_seqs.unwrap_or(d_seqs);
             if budget == 0 {
-                return Err(Error::bad(format!(
-                    "{p}.max_num_batched_tokens: expected at least 1"
-                )));
+                return Err(Error::bad(format!("{p}.max_num_batched_tokens: expected at least 1")));
             }
             if seqs == 0 {
                 return Err(Error::bad(format!("{p}.max_num_seqs: expected at least 1")));
@@ -400,8 +390,7 @@ impl Scenario {
                 ),
                 Some(c) => {
                     let cp = base_dir.join(c);
-                    let cal = Calibration::load(&cp)
-                        .map_err(|x| x.context(format!("{p}.calibration")))?;
+                    let cal = Calibration::load(&cp).map_err(|x| x.context(format!("{p}.calibration")))?;
                     cal.check_applies(&cp, &gpu.name, &model.name, e.tensor_parallel)
                         .map_err(|x| x.context(format!("{p}.calibration")))?;
                     (
@@ -422,9 +411,7 @@ impl Scenario {
                     base_name.clone()
                 };
                 if engines.iter().any(|x: &ResolvedEngine| x.name == name) {
-                    return Err(Error::bad(format!(
-                        "{p}.name: engine name `{name}` is used twice"
-                    )));
+                    return Err(Error::bad(format!("{p}.name: engine name `{name}` is used twice")));
                 }
                 engines.push(ResolvedEngine {
                     name,
@@ -465,9 +452,7 @@ impl Scenario {
             for (m, f) in fractions.iter() {
                 let path = format!("policy.routing.fractions.{m}");
                 if !(0.0..=1.0).contains(f) {
-                    return Err(Error::bad(format!(
-                        "{path}: expected a fraction in [0, 1], got {f}"
-                    )));
+                    return Err(Error::bad(format!("{path}: expected a fraction in [0, 1], got {f}")));
                 }
                 fixed.insert(canon(m, &path)?, *f);
             }
@@ -481,9 +466,7 @@ impl Scenario {
         }
         if let Some(k) = sc.policy.max_in_flight_per_engine {
             if k == 0 {
-                return Err(Error::bad(
-                    "policy.max_in_flight_per_engine: expected at least 1",
-                ));
+                return Err(Error::bad("policy.max_in_flight_per_engine: expected at least 1"));
             }
         }
         if !(sc.policy.decision_delay_us >= 0.0 && sc.policy.decision_delay_us.is_finite()) {
@@ -492,20 +475,13 @@ impl Scenario {
                 sc.policy.decision_delay_us
             )));
         }
-        let min_len = engines
-            .iter()
-            .map(|e| e.limits.max_model_len)
-            .min()
-            .expect("non-empty");
+        let min_len = engines.iter().map(|e| e.limits.max_model_len).min().expect("non-empty");
         match &mut sc.workload {
             Workload::Synthetic(s) => {
                 for map in [&mut s.output_scale, &mut s.success_probability] {
                     let mut fixed = BTreeMap::new();
                     for (m, v) in map.iter() {
-                        let name = cat
-                            .model(m)
-                            .map(|x| x.name.clone())
-                            .unwrap_or_else(|_| m.clone());
+                        let name = cat.model(m).map(|x| x.name.clone()).unwrap_or_else(|_| m.clone());
                         fixed.insert(name, *v);
                     }
                     *map = fixed;
@@ -519,9 +495,14 @@ impl Scenario {
                 }
                 if let ArrivalSpec::Trace { path, .. } = &s.arrivals {
                     match path {
-                        None => return Err(Error::bad("workload.arrivals.path: trace arrivals for a synthetic workload need an Azure-format CSV")),
+                        None => return Err(Error::bad(
+                            "workload.arrivals.path: trace arrivals for a synthetic workload need an Azure-format CSV",
+                        )),
                         Some(p) if !base_dir.join(p).exists() => {
-                            return Err(Error::bad(format!("workload.arrivals.path: {} does not exist", base_dir.join(p).display())))
+                            return Err(Error::bad(format!(
+                                "workload.arrivals.path: {} does not exist",
+                                base_dir.join(p).display()
+                            )))
                         }
                         _ => {}
                     }
@@ -565,8 +546,7 @@ impl Scenario {
                     ));
                 }
                 for (t, w) in &g.tasks {
-                    crate::trace::Task::parse(t)
-                        .map_err(|e| e.context(format!("workload.tasks.{t}")))?;
+                    crate::trace::Task::parse(t).map_err(|e| e.context(format!("workload.tasks.{t}")))?;
                     if !(*w >= 0.0 && w.is_finite()) {
                         return Err(Error::bad(format!(
                             "workload.tasks.{t}: expected a non-negative weight, got {w}"
@@ -590,10 +570,7 @@ impl Scenario {
                 }
                 let p = base_dir.join(&a.path);
                 if !p.exists() {
-                    return Err(Error::bad(format!(
-                        "workload.path: {} does not exist",
-                        p.display()
-                    )));
+                    return Err(Error::bad(format!("workload.path: {} does not exist", p.display())));
                 }
                 if a.max_total_tokens < 2 || a.max_total_tokens > min_len {
                     return Err(Error::bad(format!(

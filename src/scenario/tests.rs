@@ -30,11 +30,7 @@ fn the_default_scenario_resolves() {
 
 #[test]
 fn gpu_defaults_follow_vllm() {
-    let r = resolve(&[
-        "cluster.engines[1].gpu=H100",
-        "cluster.engines[0].gpu=A100-80GB",
-    ])
-    .unwrap();
+    let r = resolve(&["cluster.engines[1].gpu=H100", "cluster.engines[0].gpu=A100-80GB"]).unwrap();
     assert_eq!(
         (
             r.engines[1].limits.max_num_batched_tokens,
@@ -56,20 +52,11 @@ fn bad_fields_name_their_path_and_what_was_expected() {
     let cases: &[(&[&str], &[&str])] = &[
         (
             &["cluster.engines[0].gpux=A40"],
-            &[
-                "cluster.engines[0]",
-                "unknown field `gpux`",
-                "expected one of",
-            ],
+            &["cluster.engines[0]", "unknown field `gpux`", "expected one of"],
         ),
         (
             &["cluster.engines[1].gpu=V100"],
-            &[
-                "cluster.engines[1].gpu",
-                "unknown GPU `V100`",
-                "RTX-A6000",
-                "H200",
-            ],
+            &["cluster.engines[1].gpu", "unknown GPU `V100`", "RTX-A6000", "H200"],
         ),
         (
             &["cluster.engines[0].model=GPT-5"],
@@ -77,10 +64,7 @@ fn bad_fields_name_their_path_and_what_was_expected() {
         ),
         (
             &["cluster.engines[0].tensor_parallel=3"],
-            &[
-                "cluster.engines[0].tensor_parallel",
-                "expected 1, 2, 4 or 8",
-            ],
+            &["cluster.engines[0].tensor_parallel", "expected 1, 2, 4 or 8"],
         ),
         (
             &["cluster.engines[0].replicas=zero"],
@@ -122,12 +106,7 @@ fn bad_fields_name_their_path_and_what_was_expected() {
         ),
         (
             &["workload.kind=poisson"],
-            &[
-                "workload",
-                "unknown variant `poisson`",
-                "synthetic",
-                "azure_trace",
-            ],
+            &["workload", "unknown variant `poisson`", "synthetic", "azure_trace"],
         ),
         (
             &["workload.output_tokens.cv=-1"],
@@ -151,10 +130,7 @@ fn bad_fields_name_their_path_and_what_was_expected() {
         ),
         (
             &["workload.success_probability={Qwen2.5-7B: 1.5, Qwen2.5-1.5B: 0.2}"],
-            &[
-                "workload.success_probability.Qwen2.5-7B",
-                "probability in [0, 1]",
-            ],
+            &["workload.success_probability.Qwen2.5-7B", "probability in [0, 1]"],
         ),
         (
             &["workload.max_prompt_tokens=40000"],
@@ -164,10 +140,7 @@ fn bad_fields_name_their_path_and_what_was_expected() {
             &["cluster.engines[0].max_model_len=100000"],
             &["cluster.engines[0].max_model_len", "2..=32768"],
         ),
-        (
-            &["cluster.engines=[]"],
-            &["cluster.engines", "at least one engine"],
-        ),
+        (&["cluster.engines=[]"], &["cluster.engines", "at least one engine"]),
         (&["seed=-4"], &["seed", "invalid value"]),
     ];
     for (sets, wants) in cases {
@@ -202,10 +175,7 @@ fn models_that_do_not_fit_are_refused_with_numbers() {
     let e = resolve(&["cluster.engines[1].model=Qwen2.5-72B"])
         .unwrap_err()
         .to_string();
-    assert!(
-        e.starts_with("cluster.engines[1]: Qwen2.5-72B does not fit"),
-        "{e}"
-    );
+    assert!(e.starts_with("cluster.engines[1]: Qwen2.5-72B does not fit"), "{e}");
     assert!(e.contains("GiB"));
     let swap = [
         "cluster.engines[1].model=Qwen1.5-14B",
@@ -217,13 +187,7 @@ fn models_that_do_not_fit_are_refused_with_numbers() {
         e.contains("max_model_len 32768") && e.contains("decrease max_model_len"),
         "{e}"
     );
-    resolve_synthetic(&[
-        swap[0],
-        swap[1],
-        swap[2],
-        "cluster.engines[1].max_model_len=8192",
-    ])
-    .unwrap();
+    resolve_synthetic(&[swap[0], swap[1], swap[2], "cluster.engines[1].max_model_len=8192"]).unwrap();
     // Generated workflows may carry 30,000-token prompts: an 8K engine cannot take them.
     let e = resolve(&[swap[0], swap[2], "cluster.engines[1].max_model_len=8192"])
         .unwrap_err()
@@ -236,10 +200,7 @@ fn duplicate_engine_names_are_refused() {
     let e = resolve(&["cluster.engines[1].name=qwen2.5-1.5b"])
         .unwrap_err()
         .to_string();
-    assert!(
-        e.contains("cluster.engines[1].name") && e.contains("used twice"),
-        "{e}"
-    );
+    assert!(e.contains("cluster.engines[1].name") && e.contains("used twice"), "{e}");
 }
 
 #[test]
@@ -248,11 +209,6 @@ fn replicas_get_their_own_names() {
     let names: Vec<&str> = r.engines.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         names,
-        vec![
-            "qwen2.5-1.5b",
-            "qwen2.5-7b-r0",
-            "qwen2.5-7b-r1",
-            "qwen2.5-7b-r2"
-        ]
+        vec!["qwen2.5-1.5b", "qwen2.5-7b-r0", "qwen2.5-7b-r1", "qwen2.5-7b-r2"]
     );
 }

@@ -94,15 +94,18 @@ pub fn apply_set(tree: &mut Value, assignment: &str) -> Result<()> {
                     map.insert(seg.clone(), value);
                     return Ok(());
                 }
-                map.entry(seg.clone()).or_insert_with(|| Value::Object(Default::default()))
+                map.entry(seg.clone())
+                    .or_insert_with(|| Value::Object(Default::default()))
             }
             Value::Array(items) => {
-                let idx: usize = seg.parse().map_err(|_| {
-                    Error::bad(format!("--set {path}: `{walked}` is a list; `{seg}` is not an index"))
-                })?;
+                let idx: usize = seg
+                    .parse()
+                    .map_err(|_| Error::bad(format!("--set {path}: `{walked}` is a list; `{seg}` is not an index")))?;
                 let len = items.len();
                 let slot = items.get_mut(idx).ok_or_else(|| {
-                    Error::bad(format!("--set {path}: `{walked}` has {len} entries; index {idx} is out of range"))
+                    Error::bad(format!(
+                        "--set {path}: `{walked}` has {len} entries; index {idx} is out of range"
+                    ))
                 })?;
                 if last {
                     *slot = value;

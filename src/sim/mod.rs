@@ -14,9 +14,7 @@ use crate::error::{Error, Result};
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
 use crate::output::{ColType, Table, Val};
 use crate::policy::baselines::{Fcfs, FixedFraction, LeastOutstanding, RoundRobin, WorkflowOrder};
-use crate::policy::{
-    CoreOptions, Decision, EngineInfo, FailureKind, PolicyCore, Prioritizer, RequestInfo, Router,
-};
+use crate::policy::{CoreOptions, Decision, EngineInfo, FailureKind, PolicyCore, Prioritizer, RequestInfo, Router};
 use crate::rng::{fnv1a64, stream};
 use crate::scenario::{PrioritySpec, Resolved, RoutingSpec, Workload};
 use crate::time::Nanos;
@@ -218,9 +216,7 @@ pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
 
 fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
     Ok(match &r.scenario.workload {
-        Workload::Synthetic(s) => {
-            Box::new(SyntheticWorkload::new(s, &r.models, seed, &r.base_dir)?)
-        }
+        Workload::Synthetic(s) => Box::new(SyntheticWorkload::new(s, &r.models, seed, &r.base_dir)?),
         Workload::AzureTrace(a) => Box::new(AzureWorkload::open(
             &r.base_dir.join(&a.path),
             LengthCaps {
@@ -306,12 +302,7 @@ impl<'a> Simulation<'a> {
         let engine_model = r
             .engines
             .iter()
-            .map(|e| {
-                r.models
-                    .iter()
-                    .position(|m| *m == e.model)
-                    .expect("model listed") as u32
-            })
+            .map(|e| r.models.iter().position(|m| *m == e.model).expect("model listed") as u32)
             .collect();
         let tables = Tables::create(out_dir, &names, &r.models)?;
         let n = engines.len();
@@ -444,10 +435,7 @@ impl<'a> Simulation<'a> {
     }
 
     fn on_arrival(&mut self) -> Result<()> {
-        let spec = self
-            .next_wf
-            .take()
-            .expect("an arrival event has its workflow");
+        let spec = self.next_wf.take().expect("an arrival event has its workflow");
         if spec.plans.is_empty() || spec.plans.iter().any(|p| p.stages.is_empty()) {
             return Err(Error::bad(format!("workflow {} has no stages", spec.id)));
         }
@@ -514,9 +502,10 @@ impl<'a> Simulation<'a> {
                     priority,
                     not_before,
                 } => {
-                    let p = self.pending.get_mut(&request).ok_or_else(|| {
-                        Error::other(format!("policy dispatched unknown request {request}"))
-                    })?;
+                    let p = self
+                        .pending
+                        .get_mut(&request)
+                        .ok_or_else(|| Error::other(format!("policy dispatched unknown request {request}")))?;
                     p.engine = engine;
                     p.priority = priority;
                     let delay = if p.decided { 0 } else { self.decision_delay_ns };
@@ -538,9 +527,10 @@ impl<'a> Simulation<'a> {
                     self.push(t, Ev::Dispatch(request));
                 }
                 Decision::Abandon { request, reason: _ } => {
-                    let p = self.pending.remove(&request).ok_or_else(|| {
-                        Error::other(format!("policy abandoned unknown request {request}"))
-                    })?;
+                    let p = self
+                        .pending
+                        .remove(&request)
+                        .ok_or_else(|| Error::other(format!("policy abandoned unknown request {request}")))?;
                     if let Some(wf) = self.workflows.get_mut(&p.workflow) {
                         wf.failed = true;
                     }
@@ -662,8 +652,7 @@ impl<'a> Simulation<'a> {
         let ttft = f.first_token_ns - q.arrival_ns;
         let e2e = f.finish_ns - q.arrival_ns;
         let queue = f.first_scheduled_ns - q.dispatch_ns;
-        let tpot =
-            (f.output_tokens > 1).then(|| (e2e - ttft) as f64 / (f.output_tokens - 1) as f64);
+        let tpot = (f.output_tokens > 1).then(|| (e2e - ttft) as f64 / (f.output_tokens - 1) as f64);
         self.tables.requests.push(&[
             Val::U64(q.id),
             Val::U64(q.workflow),
@@ -795,26 +784,17 @@ impl<'a> Simulation<'a> {
                 tensor_parallel: re.tensor_parallel,
                 steps: st.steps,
                 busy_fraction: crate::output::summary::round6(st.busy_ns as f64 / span),
-                mean_step_tokens: crate::output::summary::round6(
-                    st.tokens as f64 / st.steps.max(1) as f64,
-                ),
+                mean_step_tokens: crate::output::summary::round6(st.tokens as f64 / st.steps.max(1) as f64),
                 preemptions: e.total_preemptions(),
                 kv_capacity_tokens: re.kv.kv_capacity_tokens,
                 decode_tokens_per_s_nominal: crate::output::summary::round6(
                     self.policy.engines()[e.id as usize].decode_tokens_per_s,
                 ),
-                step_time_source: re.step_time_source["kind"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string(),
+                step_time_source: re.step_time_source["kind"].as_str().unwrap_or("?").to_string(),
             })
             .collect();
-        self.agg.summarize(
-            &self.r.scenario.name,
-            self.seed,
-            self.policy.describe(),
-            engines,
-        )
+        self.agg
+            .summarize(&self.r.scenario.name, self.seed, self.policy.describe(), engines)
     }
 }
 

@@ -209,17 +209,12 @@ pub fn mint_size_b(model: &str) -> Option<f64> {
     let mut best = None;
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i].is_ascii_digit()
-            && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'-')
-        {
+        if bytes[i].is_ascii_digit() && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'-') {
             let start = i;
             while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
                 i += 1;
             }
-            if i < bytes.len()
-                && bytes[i] == b'b'
-                && (i + 1 == bytes.len() || !bytes[i + 1].is_ascii_alphabetic())
-            {
+            if i < bytes.len() && bytes[i] == b'b' && (i + 1 == bytes.len() || !bytes[i + 1].is_ascii_alphabetic()) {
                 best = lower[start..i].parse().ok();
             }
         }
@@ -261,13 +256,7 @@ pub fn read_mint(path: &Path) -> Result<Mint> {
     };
     let mut out = Vec::new();
     for (i, r) in rows.iter().enumerate() {
-        let bad = |c: &str| {
-            Error::bad(format!(
-                "{}: line {}: column {c}: not a number",
-                path.display(),
-                i + 2
-            ))
-        };
+        let bad = |c: &str| Error::bad(format!("{}: line {}: column {c}: not a number", path.display(), i + 2));
         out.push(MintRow {
             model: r[cm].clone(),
             task: r[ct].clone(),
@@ -381,11 +370,7 @@ fn fit_stages(
             small_failed: probs(&hist[1]),
             large_solved: probs(&hist[2]),
             large_failed: probs(&hist[3]),
-            output_share: [
-                share(&shares[0], 2),
-                share(&shares[1], 3),
-                share(&shares[2], 4),
-            ],
+            output_share: [share(&shares[0], 2), share(&shares[1], 3), share(&shares[2], 4)],
             episodes: [
                 hist[0].iter().sum(),
                 hist[1].iter().sum(),
@@ -417,8 +402,7 @@ fn jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| Error::bad(format!("{}: line {}: {e}", path.display(), i + 1)))
+            serde_json::from_str(l).map_err(|e| Error::bad(format!("{}: line {}: {e}", path.display(), i + 1)))
         })
         .collect()
 }
@@ -450,9 +434,8 @@ pub fn zeroeval_math_figures(path: &Path) -> Result<BTreeMap<String, (u64, f64, 
 /// LiveCodeBench pass@1 (0..1) per DeepSeek-Coder ladder model and APPS level (LCB levels
 /// mapped easy/medium/hard -> introductory/interview/competition).
 pub fn lcb_ladder_pass(path: &Path) -> Result<Vec<(f64, BTreeMap<String, f64>)>> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?)
-            .map_err(|e| Error::bad(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?)
+        .map_err(|e| Error::bad(format!("{}: {e}", path.display())))?;
     let perf = v["performances"]
         .as_array()
         .ok_or_else(|| Error::bad(format!("{}: no `performances` list", path.display())))?;
@@ -472,10 +455,7 @@ pub fn lcb_ladder_pass(path: &Path) -> Result<Vec<(f64, BTreeMap<String, f64>)>>
                 e.0 += p["pass@1"].as_f64().unwrap_or(0.0) / 100.0;
                 e.1 += 1.0;
             }
-            (
-                *size,
-                acc.into_iter().map(|(l, (s, n))| (l, s / n)).collect(),
-            )
+            (*size, acc.into_iter().map(|(l, (s, n))| (l, s / n)).collect())
         })
         .collect())
 }
@@ -509,13 +489,9 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
             continue;
         }
         if let Some(k) = MATH_LADDER.iter().position(|(m, _)| *m == r[cm]) {
-            let y: f64 = r[cc].parse().map_err(|_| {
-                Error::bad(format!(
-                    "{}: correct_heuristic `{}` is not 0/1",
-                    zpath.display(),
-                    r[cc]
-                ))
-            })?;
+            let y: f64 = r[cc]
+                .parse()
+                .map_err(|_| Error::bad(format!("{}: correct_heuristic `{}` is not 0/1", zpath.display(), r[cc])))?;
             let chars: f64 = r[co].parse().unwrap_or(f64::NAN);
             items.entry(r[ci].clone()).or_insert([None; 4])[k] = Some((y, chars));
         }
@@ -530,10 +506,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         .map(|v| v.iter().map(|(y, _)| Some(*y)).collect())
         .collect();
     let (theta, b) = fit_rasch(&y, 4, 3.0);
-    let params: Vec<f64> = MATH_LADDER
-        .iter()
-        .map(|(_, c)| billions(c))
-        .collect::<Result<_>>()?;
+    let params: Vec<f64> = MATH_LADDER.iter().map(|(_, c)| billions(c)).collect::<Result<_>>()?;
     let (a0, a1) = line(&params.iter().map(|p| p.ln()).collect::<Vec<_>>(), &theta);
     let mut anchors = vec![];
     let mut cvs = vec![];
@@ -597,10 +570,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         template_tokens: round4((math_template_total - math_problem.mean).max(0.0)),
         problem_tokens: math_problem,
         observation_tokens: math_obs,
-        tool_delay_ms: LogNormalParams {
-            mean: 400.0,
-            cv: 1.0,
-        },
+        tool_delay_ms: LogNormalParams { mean: 400.0, cv: 1.0 },
     };
     notes.push(Note {
         what: "math: prompt of the first stage = template + problem".into(),
@@ -661,8 +631,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
             let q = quantiles(&bs, QUANTILES);
             let thetas = (0..CODE_LADDER.len())
                 .map(|m| {
-                    let observed = rows_b.iter().map(|(y, _)| y[m].unwrap_or(0.0)).sum::<f64>()
-                        / rows_b.len() as f64;
+                    let observed = rows_b.iter().map(|(y, _)| y[m].unwrap_or(0.0)).sum::<f64>() / rows_b.len() as f64;
                     (CODE_LADDER[m].1, round4(solve_ability(&q, observed)))
                 })
                 .collect();
@@ -693,12 +662,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
     let total: f64 = mix.values().sum();
     let difficulty_mix: Vec<(String, f64)> = ["introductory", "interview", "competition"]
         .iter()
-        .map(|l| {
-            (
-                l.to_string(),
-                round4(mix.get(*l).copied().unwrap_or(0.0) / total),
-            )
-        })
+        .map(|l| (l.to_string(), round4(mix.get(*l).copied().unwrap_or(0.0) / total)))
         .collect();
     // Output lengths: single-call chain-of-thought solutions (reasoning and code, as a ReAct step
     // writes) of ChatGPT and GPT-4-Turbo on the 150 problems, in real tokens.
@@ -774,14 +738,8 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         source: "apps/workflow_runs_summary.csv (MapCoder @ 0027da7): ChatGPT and GPT4-Turbo, workflow CoT, columns difficulty, is_solved, completion_tokens; lengths/alpacaeval_qwen15_lengths.csv: Qwen1.5-{1.8,7,14,72,110}B-Chat output_chars".into(),
         how: "mean completion tokens of the single-call chain-of-thought solutions by outcome, times a level factor (level mean / overall mean), times a size factor = Qwen1.5 mean AlpacaEval output length at that size / at 72B (an assumption: the two API models write like a 72B-class chat model); lognormal cv from the same completions. Note: on these 150 (hard, selected) problems the runs solve 7-13 %, below what the LiveCodeBench-based success model gives at the same levels".into(),
     });
-    let (apps_stages, apps_template_total, apps_obs) = fit_stages(
-        &mint,
-        &["mbpp", "humaneval"],
-        cpt_code,
-        small_max_b,
-        &mut notes,
-        "apps",
-    );
+    let (apps_stages, apps_template_total, apps_obs) =
+        fit_stages(&mint, &["mbpp", "humaneval"], cpt_code, small_max_b, &mut notes, "apps");
     let apps_problem = lognormal_of(&apps_ptoks);
     let apps = TaskParams {
         chars_per_token: cpt_code,
@@ -807,10 +765,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         template_tokens: round4(apps_template_total),
         problem_tokens: apps_problem,
         observation_tokens: apps_obs,
-        tool_delay_ms: LogNormalParams {
-            mean: 2500.0,
-            cv: 0.8,
-        },
+        tool_delay_ms: LogNormalParams { mean: 2500.0, cv: 0.8 },
     };
     notes.push(Note {
         what: "apps: prompt of the first stage = template + problem statement; difficulty mix".into(),
@@ -856,10 +811,7 @@ mod tests {
 
     #[test]
     fn quantiles_interpolate() {
-        assert_eq!(
-            quantiles(&[3.0, 1.0, 2.0, 4.0], 4),
-            vec![1.0, 2.0, 3.0, 4.0]
-        );
+        assert_eq!(quantiles(&[3.0, 1.0, 2.0, 4.0], 4), vec![1.0, 2.0, 3.0, 4.0]);
         assert_eq!(quantiles(&[3.0, 1.0, 2.0, 4.0], 2), vec![2.0, 4.0]);
     }
 

@@ -8,8 +8,8 @@
 use crate::error::{Error, Result};
 use crate::workload::{Plan, Stage};
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+    UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, UInt32Type, UInt64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -223,51 +223,21 @@ pub fn read_trace(path: &Path) -> Result<Trace> {
             Ok(_) => {}
         }
     }
-    let reader = builder
-        .build()
-        .map_err(|e| Error::bad(format!("{p}: {e}")))?;
+    let reader = builder.build().map_err(|e| Error::bad(format!("{p}: {e}")))?;
     let mut rows = Vec::new();
     for batch in reader {
         let b = batch.map_err(|e| Error::bad(format!("{p}: {e}")))?;
-        let s = |n: &str| {
-            b.column_by_name(n)
-                .expect("checked")
-                .as_string::<i32>()
-                .clone()
-        };
-        let (task, problem, diff, model, text) = (
-            s("task"),
-            s("problem_id"),
-            s("difficulty"),
-            s("model"),
-            s("text"),
-        );
+        let s = |n: &str| b.column_by_name(n).expect("checked").as_string::<i32>().clone();
+        let (task, problem, diff, model, text) = (s("task"), s("problem_id"), s("difficulty"), s("model"), s("text"));
         let wf = b
             .column_by_name("workflow_id")
             .unwrap()
             .as_primitive::<UInt64Type>()
             .clone();
-        let stage = b
-            .column_by_name("stage")
-            .unwrap()
-            .as_primitive::<UInt32Type>()
-            .clone();
-        let stages = b
-            .column_by_name("stages")
-            .unwrap()
-            .as_primitive::<UInt32Type>()
-            .clone();
-        let i64c = |n: &str| {
-            b.column_by_name(n)
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .clone()
-        };
-        let (prompt, context, output) = (
-            i64c("prompt_tokens"),
-            i64c("context_tokens"),
-            i64c("output_tokens"),
-        );
+        let stage = b.column_by_name("stage").unwrap().as_primitive::<UInt32Type>().clone();
+        let stages = b.column_by_name("stages").unwrap().as_primitive::<UInt32Type>().clone();
+        let i64c = |n: &str| b.column_by_name(n).unwrap().as_primitive::<Int64Type>().clone();
+        let (prompt, context, output) = (i64c("prompt_tokens"), i64c("context_tokens"), i64c("output_tokens"));
         let delay = b
             .column_by_name("tool_delay_ms")
             .unwrap()
@@ -288,9 +258,7 @@ pub fn read_trace(path: &Path) -> Result<Trace> {
                 ("model", &model),
             ] {
                 if arr.is_null(i) {
-                    return Err(Error::bad(format!(
-                        "{p}: row {row_no}: column {name}: missing value"
-                    )));
+                    return Err(Error::bad(format!("{p}: row {row_no}: column {name}: missing value")));
                 }
             }
             rows.push(Row {
@@ -342,31 +310,19 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
             }
         }
         if r.prompt == 0 {
-            return Err(at(
-                "prompt_tokens",
-                "a stage needs at least one prompt token".into(),
-            ));
+            return Err(at("prompt_tokens", "a stage needs at least one prompt token".into()));
         }
         if r.output == 0 {
-            return Err(at(
-                "output_tokens",
-                "a stage needs at least one output token".into(),
-            ));
+            return Err(at("output_tokens", "a stage needs at least one output token".into()));
         }
         if r.context > r.prompt {
             return Err(at(
                 "context_tokens",
-                format!(
-                    "{} context tokens exceed the prompt's {}",
-                    r.context, r.prompt
-                ),
+                format!("{} context tokens exceed the prompt's {}", r.context, r.prompt),
             ));
         }
         if r.prompt > u32::MAX as i64 || r.output > u32::MAX as i64 {
-            return Err(at(
-                "prompt_tokens",
-                "token count does not fit 32 bits".into(),
-            ));
+            return Err(at("prompt_tokens", "token count does not fit 32 bits".into()));
         }
         if !(r.delay_ms >= 0.0 && r.delay_ms.is_finite()) {
             return Err(at(
@@ -386,10 +342,7 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
         if r.stages == 0 || r.stage >= r.stages {
             return Err(at(
                 "stage",
-                format!(
-                    "stage {} is not below the workflow's {} stages",
-                    r.stage, r.stages
-                ),
+                format!("stage {} is not below the workflow's {} stages", r.stage, r.stages),
             ));
         }
         if !models.contains(&r.model) {
@@ -433,7 +386,9 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
                     ("difficulty", &r.difficulty, &first.difficulty),
                 ] {
                     if a != b {
-                        return Err(Error::bad(format!("{p}: row {row}: column {col}: workflow {wf} has `{a}` here but `{b}` in row {first_row}")));
+                        return Err(Error::bad(format!(
+                            "{p}: row {row}: column {col}: workflow {wf} has `{a}` here but `{b}` in row {first_row}"
+                        )));
                     }
                 }
                 if text.is_none() {

@@ -59,21 +59,14 @@ impl<'a> StageModel<'a> {
     /// Lay out `n` stages: the first prompt is template + problem; each later prompt carries the
     /// previous prompt and output as context plus the tool observation; the workflow's total
     /// output splits over stages by the fitted shares.
-    pub fn layout(
-        &self,
-        n: usize,
-        total_output: f64,
-        problem_tokens: u32,
-        rng: &mut StreamRng,
-    ) -> Vec<Stage> {
+    pub fn layout(&self, n: usize, total_output: f64, problem_tokens: u32, rng: &mut StreamRng) -> Vec<Stage> {
         let share: Vec<f64> = if n == 1 {
             vec![1.0]
         } else {
             self.p.stages.output_share[n - 2].clone()
         };
         let mut stages = Vec::with_capacity(n);
-        let mut prompt =
-            (self.p.template_tokens.round() as u32 + problem_tokens).clamp(1, MAX_PROMPT_TOKENS);
+        let mut prompt = (self.p.template_tokens.round() as u32 + problem_tokens).clamp(1, MAX_PROMPT_TOKENS);
         let mut context = 0u32;
         for (k, s) in share.iter().enumerate().take(n) {
             let out = ((total_output * s).round() as u32).max(1);
@@ -98,18 +91,8 @@ impl<'a> StageModel<'a> {
     }
 
     /// Total output tokens of a workflow on a model.
-    pub fn total_output(
-        &self,
-        params_b: f64,
-        solved: bool,
-        level: &str,
-        rng: &mut StreamRng,
-    ) -> f64 {
-        lognormal(
-            self.p.mean_output_tokens(params_b, solved, level),
-            self.p.output.cv,
-        )
-        .sample(rng)
+    pub fn total_output(&self, params_b: f64, solved: bool, level: &str, rng: &mut StreamRng) -> f64 {
+        lognormal(self.p.mean_output_tokens(params_b, solved, level), self.p.output.cv).sample(rng)
     }
 }
 
@@ -140,10 +123,7 @@ impl<'a> TraceGen<'a> {
         let cat = Catalog::builtin();
         let specs: Vec<(String, f64)> = models
             .iter()
-            .map(|m| {
-                cat.model(m)
-                    .map(|s| (s.name.clone(), s.total_params() as f64 / 1e9))
-            })
+            .map(|m| cat.model(m).map(|s| (s.name.clone(), s.total_params() as f64 / 1e9)))
             .collect::<Result<_>>()?;
         let p = params.task(task);
         Ok(TraceGen {
@@ -187,8 +167,7 @@ impl<'a> TraceGen<'a> {
             .iter()
             .zip(self.model_rngs.iter_mut())
             .map(|((name, params_b), rng)| {
-                let solved =
-                    rng.random::<f64>() < sigmoid(p.ability_of(name, *params_b, &level) - b);
+                let solved = rng.random::<f64>() < sigmoid(p.ability_of(name, *params_b, &level) - b);
                 let k = sm.stage_count(*params_b, solved, rng);
                 let total = sm.total_output(*params_b, solved, &level, rng);
                 let stages = sm.layout(k, total, problem_tokens, rng);
@@ -213,13 +192,7 @@ impl<'a> TraceGen<'a> {
 }
 
 /// Generate `n` workflows of `task` for `models` (catalogue names).
-pub fn generate(
-    params: &FittedParams,
-    task: Task,
-    models: &[String],
-    n: u64,
-    seed: u64,
-) -> Result<Trace> {
+pub fn generate(params: &FittedParams, task: Task, models: &[String], n: u64, seed: u64) -> Result<Trace> {
     let mut g = TraceGen::new(params, task, models, seed)?;
     let workflows = (0..n).map(|_| g.next_workflow()).collect();
     let provenance = serde_json::json!({
@@ -265,23 +238,12 @@ mod tests {
     #[test]
     fn stages_are_well_formed() {
         let p = FittedParams::embedded();
-        let t = generate(
-            p,
-            Task::Apps,
-            &["Qwen2.5-1.5B".into(), "Qwen2.5-14B".into()],
-            300,
-            1,
-        )
-        .unwrap();
+        let t = generate(p, Task::Apps, &["Qwen2.5-1.5B".into(), "Qwen2.5-14B".into()], 300, 1).unwrap();
         for w in &t.workflows {
             for plan in &w.plans {
                 assert!((1..=4).contains(&plan.stages.len()));
                 for (k, s) in plan.stages.iter().enumerate() {
-                    assert!(
-                        s.output_tokens >= 1
-                            && s.prompt_tokens >= 1
-                            && s.context_tokens <= s.prompt_tokens
-                    );
+                    assert!(s.output_tokens >= 1 && s.prompt_tokens >= 1 && s.context_tokens <= s.prompt_tokens);
                     if k > 0 {
                         let prev = plan.stages[k - 1];
                         assert_eq!(
@@ -300,37 +262,17 @@ mod tests {
     #[test]
     fn bigger_models_solve_more_and_a_problem_hard_for_the_big_model_is_hard_for_the_small() {
         let p = FittedParams::embedded();
-        let t = generate(
-            p,
-            Task::Math,
-            &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
-            4000,
-            2,
-        )
-        .unwrap();
-        let solved = |k: usize| {
-            t.workflows
-                .iter()
-                .filter(|w| w.plans[k].success == Some(true))
-                .count() as f64
-        };
-        assert!(
-            solved(1) > solved(0) * 1.3,
-            "{} vs {}",
-            solved(1),
-            solved(0)
-        );
+        let t = generate(p, Task::Math, &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()], 4000, 2).unwrap();
+        let solved = |k: usize| t.workflows.iter().filter(|w| w.plans[k].success == Some(true)).count() as f64;
+        assert!(solved(1) > solved(0) * 1.3, "{} vs {}", solved(1), solved(0));
         // Correlation through the latent difficulty: P(small solves | big fails) < P(small solves).
         let big_fails: Vec<_> = t
             .workflows
             .iter()
             .filter(|w| w.plans[1].success == Some(false))
             .collect();
-        let p_small_given_big_fail = big_fails
-            .iter()
-            .filter(|w| w.plans[0].success == Some(true))
-            .count() as f64
-            / big_fails.len() as f64;
+        let p_small_given_big_fail =
+            big_fails.iter().filter(|w| w.plans[0].success == Some(true)).count() as f64 / big_fails.len() as f64;
         assert!(
             p_small_given_big_fail < 0.6 * solved(0) / 4000.0,
             "{p_small_given_big_fail}"

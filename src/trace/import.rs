@@ -17,9 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn norm(s: &str) -> String {
-    s.to_ascii_lowercase()
-        .replace("-instruct", "")
-        .replace("-chat", "")
+    s.to_ascii_lowercase().replace("-instruct", "").replace("-chat", "")
 }
 
 /// Import MATH level-5 outcomes for `models` (catalogue names; the outcome file may call them
@@ -34,10 +32,7 @@ pub fn import_math_l5(
     let cat = Catalog::builtin();
     let specs: Vec<(String, f64)> = models
         .iter()
-        .map(|m| {
-            cat.model(m)
-                .map(|s| (s.name.clone(), s.total_params() as f64 / 1e9))
-        })
+        .map(|m| cat.model(m).map(|s| (s.name.clone(), s.total_params() as f64 / 1e9)))
         .collect::<Result<_>>()?;
     let (h, rows) = read_csv(outcomes)?;
     let (ct, cm, ci, cc, co) = (
@@ -71,20 +66,14 @@ pub fn import_math_l5(
                 )))
             }
         };
-        let chars: f64 = r[co]
-            .parse()
-            .ok()
-            .filter(|c: &f64| *c >= 0.0)
-            .ok_or_else(|| {
-                Error::bad(format!(
-                    "{}: line {line}: column output_chars: `{}` is not a non-negative number",
-                    outcomes.display(),
-                    r[co]
-                ))
-            })?;
-        items
-            .entry(r[ci].clone())
-            .or_insert_with(|| vec![None; specs.len()])[k] = Some((solved, chars));
+        let chars: f64 = r[co].parse().ok().filter(|c: &f64| *c >= 0.0).ok_or_else(|| {
+            Error::bad(format!(
+                "{}: line {line}: column output_chars: `{}` is not a non-negative number",
+                outcomes.display(),
+                r[co]
+            ))
+        })?;
+        items.entry(r[ci].clone()).or_insert_with(|| vec![None; specs.len()])[k] = Some((solved, chars));
     }
     for (m, _) in &specs {
         if !seen_models.iter().any(|s| norm(s) == norm(m)) {
@@ -133,8 +122,7 @@ pub fn import_math_l5(
             skipped += 1;
             continue;
         }
-        let problem_tokens =
-            ((problem.chars().count() as f64 / p.chars_per_token).round() as u32).max(1);
+        let problem_tokens = ((problem.chars().count() as f64 / p.chars_per_token).round() as u32).max(1);
         let plans = specs
             .iter()
             .zip(outs)

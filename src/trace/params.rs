@@ -107,9 +107,7 @@ impl FittedParams {
     /// The parameters shipped in the binary.
     pub fn embedded() -> &'static FittedParams {
         static P: OnceLock<FittedParams> = OnceLock::new();
-        P.get_or_init(|| {
-            FittedParams::parse(EMBEDDED).expect("embedded traces/fitted-params.yaml parses")
-        })
+        P.get_or_init(|| FittedParams::parse(EMBEDDED).expect("embedded traces/fitted-params.yaml parses"))
     }
 
     pub fn parse(text: &str) -> Result<FittedParams> {
@@ -150,9 +148,7 @@ impl Task {
         match s {
             "apps" => Ok(Task::Apps),
             "math" => Ok(Task::Math),
-            other => Err(Error::bad(format!(
-                "unknown task `{other}`; expected apps or math"
-            ))),
+            other => Err(Error::bad(format!("unknown task `{other}`; expected apps or math"))),
         }
     }
 }
@@ -173,28 +169,13 @@ impl TaskParams {
     /// there is one; else, inside the ladder's size range, linear in ln(parameters) between the
     /// neighbouring anchors; outside it, from the end anchor along the least-squares slope.
     pub fn ability_of(&self, model_name: &str, params_b: f64, level: &str) -> f64 {
-        let norm = |s: &str| {
-            s.to_ascii_lowercase()
-                .replace("-instruct", "")
-                .replace("-chat", "")
-        };
-        if let Some(a) = self
-            .ability
-            .anchors
-            .iter()
-            .find(|a| norm(&a.0) == norm(model_name))
-        {
+        let norm = |s: &str| s.to_ascii_lowercase().replace("-instruct", "").replace("-chat", "");
+        if let Some(a) = self.ability.anchors.iter().find(|a| norm(&a.0) == norm(model_name)) {
             return a.2;
         }
-        let mut anchors: Vec<(f64, f64)> = match self.level_ability.iter().find(|(l, _)| l == level)
-        {
+        let mut anchors: Vec<(f64, f64)> = match self.level_ability.iter().find(|(l, _)| l == level) {
             Some((_, a)) => a.iter().map(|(p, t)| (p.ln(), *t)).collect(),
-            None => self
-                .ability
-                .anchors
-                .iter()
-                .map(|a| (a.1.ln(), a.2))
-                .collect(),
+            None => self.ability.anchors.iter().map(|a| (a.1.ln(), a.2)).collect(),
         };
         anchors.sort_by(|a, b| a.0.partial_cmp(&b.0).expect("finite"));
         let x = params_b.ln();
@@ -215,12 +196,7 @@ impl TaskParams {
 
     /// Mean output tokens of a workflow (all stages) at a size, outcome and level.
     pub fn mean_output_tokens(&self, params_b: f64, solved: bool, level: &str) -> f64 {
-        let xs: Vec<f64> = self
-            .output
-            .anchors
-            .iter()
-            .map(|a| a.params_b.ln())
-            .collect();
+        let xs: Vec<f64> = self.output.anchors.iter().map(|a| a.params_b.ln()).collect();
         let ys: Vec<f64> = self
             .output
             .anchors

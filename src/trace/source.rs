@@ -18,12 +18,7 @@ fn to_spec(w: &TraceWorkflow, id: u64, arrival_ns: Nanos, models: &[String]) -> 
     // Keep only the plans of the cluster's models, in the cluster's order.
     let plans = models
         .iter()
-        .filter_map(|m| {
-            w.plans
-                .iter()
-                .find(|p| p.model.as_deref() == Some(m.as_str()))
-                .cloned()
-        })
+        .filter_map(|m| w.plans.iter().find(|p| p.model.as_deref() == Some(m.as_str())).cloned())
         .collect();
     WorkflowSpec {
         id,
@@ -153,13 +148,7 @@ pub struct GeneratedWorkload {
 }
 
 impl GeneratedWorkload {
-    pub fn new(
-        mix: &[(Task, f64)],
-        models: &[String],
-        n: u64,
-        ia: InterArrival,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(mix: &[(Task, f64)], models: &[String], n: u64, ia: InterArrival, seed: u64) -> Result<Self> {
         let params = FittedParams::embedded();
         let total: f64 = mix.iter().map(|(_, w)| w).sum();
         let mut gens = Vec::new();

@@ -64,9 +64,7 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
     tasks.sort();
     tasks.dedup();
     let zeroeval = match data {
-        Some(d) => Some(zeroeval_math_figures(
-            &d.join("model-outcomes/zeroeval_per_item.csv"),
-        )?),
+        Some(d) => Some(zeroeval_math_figures(&d.join("model-outcomes/zeroeval_per_item.csv"))?),
         None => None,
     };
     let mint = match data {
@@ -102,10 +100,7 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
             let (ss, sf) = (shares(&hs), shares(&hf));
             let data_stats = match (&zeroeval, &mint) {
                 (Some(z), Some(mint)) => {
-                    let size = Catalog::builtin()
-                        .model(m)
-                        .map(|s| s.total_params() as f64 / 1e9)
-                        .ok();
+                    let size = Catalog::builtin().model(m).map(|s| s.total_params() as f64 / 1e9).ok();
                     let p = params.task(super::params::Task::parse(task)?);
                     let small = p.stages.small_bucket_max_b;
                     let mint_tasks: &[&str] = if task == "math" {
@@ -121,8 +116,7 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
                     );
                     let (source, acc, len) = if task == "math" {
                         match z.iter().find(|(name, _)| {
-                            name.to_ascii_lowercase().replace("-instruct", "")
-                                == m.to_ascii_lowercase()
+                            name.to_ascii_lowercase().replace("-instruct", "") == m.to_ascii_lowercase()
                         }) {
                             Some((name, (_, a, chars))) => (
                                 format!("ZeroEval math-l5, {name}"),
@@ -145,8 +139,7 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
                             acc += interp(&xs, &ys, size_b.ln()).clamp(0.0, 1.0);
                         }
                         (
-                            "LiveCodeBench DSCoder ladder pass@1 at this size (interpolated)"
-                                .to_string(),
+                            "LiveCodeBench DSCoder ladder pass@1 at this size (interpolated)".to_string(),
                             Some(acc / ws.len().max(1) as f64),
                             None,
                         )
@@ -189,12 +182,7 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
 /// The stats as a Markdown table (what traces/README.md shows).
 pub fn table(rows: &[ModelStats]) -> String {
     let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
-    let h = |a: &[f64; 4]| {
-        a.iter()
-            .map(|x| format!("{:.2}", x))
-            .collect::<Vec<_>>()
-            .join("/")
-    };
+    let h = |a: &[f64; 4]| a.iter().map(|x| format!("{:.2}", x)).collect::<Vec<_>>().join("/");
     let mut s = String::from(
         "| task | model | workflows | accuracy | data accuracy | output tokens mean | data mean | p50 | p99 | stages 1/2/3/4 | TV to MINT (solved, failed) | data source |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );

@@ -50,9 +50,7 @@ impl ArrivalSpec {
     pub fn validate(&self, path: &str) -> Result<()> {
         let s = self.rate_scale();
         if !(s > 0.0 && s.is_finite()) {
-            return Err(Error::bad(format!(
-                "{path}.rate_scale: expected a number > 0, got {s}"
-            )));
+            return Err(Error::bad(format!("{path}.rate_scale: expected a number > 0, got {s}")));
         }
         match self {
             ArrivalSpec::Poisson { rate_per_s, .. } | ArrivalSpec::Gamma { rate_per_s, .. }
@@ -62,9 +60,9 @@ impl ArrivalSpec {
                     "{path}.rate_per_s: expected a number > 0, got {rate_per_s}"
                 )))
             }
-            ArrivalSpec::Gamma { cv, .. } if !(*cv > 0.0 && cv.is_finite()) => Err(Error::bad(
-                format!("{path}.cv: expected a number > 0, got {cv}"),
-            )),
+            ArrivalSpec::Gamma { cv, .. } if !(*cv > 0.0 && cv.is_finite()) => {
+                Err(Error::bad(format!("{path}.cv: expected a number > 0, got {cv}")))
+            }
             _ => Ok(()),
         }
     }
@@ -81,10 +79,7 @@ impl InterArrival {
     /// The sampler for a Poisson or Gamma spec (None for traces).
     pub fn from_spec(spec: &ArrivalSpec) -> Option<InterArrival> {
         match spec {
-            ArrivalSpec::Poisson {
-                rate_per_s,
-                rate_scale,
-            } => Some(InterArrival::Poisson(
+            ArrivalSpec::Poisson { rate_per_s, rate_scale } => Some(InterArrival::Poisson(
                 Exp::new(rate_per_s * rate_scale).expect("validated"),
             )),
             ArrivalSpec::Gamma {
@@ -94,9 +89,7 @@ impl InterArrival {
             } => {
                 let shape = 1.0 / (cv * cv);
                 let mean = 1.0 / (rate_per_s * rate_scale);
-                Some(InterArrival::Gamma(
-                    Gamma::new(shape, mean / shape).expect("validated"),
-                ))
+                Some(InterArrival::Gamma(Gamma::new(shape, mean / shape).expect("validated")))
             }
             ArrivalSpec::Trace { .. } => None,
         }

@@ -50,10 +50,7 @@ impl AzureReader {
             .map(str::trim)
             .collect();
         let mut cols = [0usize; 3];
-        for (k, want) in ["TIMESTAMP", "ContextTokens", "GeneratedTokens"]
-            .iter()
-            .enumerate()
-        {
+        for (k, want) in ["TIMESTAMP", "ContextTokens", "GeneratedTokens"].iter().enumerate() {
             cols[k] = names.iter().position(|n| n.eq_ignore_ascii_case(want)).ok_or_else(|| {
                 Error::bad(format!(
                     "{}: line 1: missing column `{want}`; expected TIMESTAMP,ContextTokens,GeneratedTokens, found {}",
@@ -165,11 +162,7 @@ pub fn parse_timestamp(s: &str) -> Option<Nanos> {
     if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let mut frac_ns: i64 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().ok()?
-    };
+    let mut frac_ns: i64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
     for _ in frac.len()..9 {
         frac_ns *= 10;
     }
@@ -325,13 +318,9 @@ mod tests {
         let a = parse_timestamp("2023-11-16 18:15:46.6805900").unwrap();
         let b = parse_timestamp("2023-11-16 18:15:50.9951690").unwrap();
         assert_eq!(b - a, 4_314_579_000);
+        assert_eq!(parse_timestamp("1970-01-02 00:00:00").unwrap(), 86_400_000_000_000);
         assert_eq!(
-            parse_timestamp("1970-01-02 00:00:00").unwrap(),
-            86_400_000_000_000
-        );
-        assert_eq!(
-            parse_timestamp("2024-03-01T00:00:00Z").unwrap()
-                - parse_timestamp("2024-02-28 00:00:00").unwrap(),
+            parse_timestamp("2024-03-01T00:00:00Z").unwrap() - parse_timestamp("2024-02-28 00:00:00").unwrap(),
             2 * 86_400_000_000_000
         );
         for bad in [
@@ -346,9 +335,7 @@ mod tests {
 
     #[test]
     fn caps_cut_prompt_first_then_output() {
-        let c = LengthCaps {
-            max_total_tokens: 4096,
-        };
+        let c = LengthCaps { max_total_tokens: 4096 };
         assert_eq!(c.apply(100, 50), (100, 50));
         assert_eq!(c.apply(5000, 50), (4095, 1));
         assert_eq!(c.apply(4000, 500), (4000, 96));
@@ -366,9 +353,21 @@ mod tests {
     #[test]
     fn corrupt_rows_name_file_line_and_column() {
         let cases = [
-            ("badnum", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-11-16 18:15:47.1,ten,5\n", "line 3: column ContextTokens"),
-            ("badts", "TIMESTAMP,ContextTokens,GeneratedTokens\nnot-a-time,10,5\n", "line 2: column TIMESTAMP"),
-            ("short", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10\n", "line 2: expected 3 fields"),
+            (
+                "badnum",
+                "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-11-16 18:15:47.1,ten,5\n",
+                "line 3: column ContextTokens",
+            ),
+            (
+                "badts",
+                "TIMESTAMP,ContextTokens,GeneratedTokens\nnot-a-time,10,5\n",
+                "line 2: column TIMESTAMP",
+            ),
+            (
+                "short",
+                "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10\n",
+                "line 2: expected 3 fields",
+            ),
             ("nohdr", "TIME,Context,Gen\n", "missing column `TIMESTAMP`"),
         ];
         for (name, body, want) in cases {
@@ -384,8 +383,7 @@ mod tests {
 
     #[test]
     fn the_shared_azure_trace_reads_whole() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/arrivals/AzureLLMInferenceTrace_conv.csv");
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/arrivals/AzureLLMInferenceTrace_conv.csv");
         if !p.exists() {
             eprintln!("skipping: {} not present", p.display());
             return;

@@ -61,9 +61,7 @@ impl Dist {
             }
             Dist::Uniform { min, max } => {
                 if !(min.is_finite() && max.is_finite() && *min >= 0.0 && min <= max) {
-                    return bad(format!(
-                        "expected 0 <= min <= max, got min {min}, max {max}"
-                    ));
+                    return bad(format!("expected 0 <= min <= max, got min {min}, max {max}"));
                 }
                 Ok(Sampler::Uniform(*min, *max))
             }
@@ -212,10 +210,7 @@ mod tests {
             counts[s.sample(&mut r) as usize] += 1;
         }
         assert_eq!(counts[2], 0);
-        assert!(
-            (counts[4] as f64 / 40_000.0 - 0.5).abs() < 0.01,
-            "{counts:?}"
-        );
+        assert!((counts[4] as f64 / 40_000.0 - 0.5).abs() < 0.01, "{counts:?}");
         assert!((s.mean() - 3.0).abs() < 1e-12);
     }
 
@@ -249,10 +244,7 @@ mod tests {
         ];
         for (d, want) in cases {
             let e = d.sampler("workload.output_tokens").unwrap_err().to_string();
-            assert!(
-                e.starts_with("workload.output_tokens: ") && e.contains(want),
-                "{e}"
-            );
+            assert!(e.starts_with("workload.output_tokens: ") && e.contains(want), "{e}");
         }
     }
 }

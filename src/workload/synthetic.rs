@@ -67,15 +67,9 @@ impl SyntheticSpec {
             stage_prompt: self
                 .stage_prompt_tokens
                 .sampler(&format!("{path}.stage_prompt_tokens"))?,
-            output: self
-                .output_tokens
-                .sampler(&format!("{path}.output_tokens"))?,
-            observation: self
-                .observation_tokens
-                .sampler(&format!("{path}.observation_tokens"))?,
-            delay: self
-                .tool_delay_ms
-                .sampler(&format!("{path}.tool_delay_ms"))?,
+            output: self.output_tokens.sampler(&format!("{path}.output_tokens"))?,
+            observation: self.observation_tokens.sampler(&format!("{path}.observation_tokens"))?,
+            delay: self.tool_delay_ms.sampler(&format!("{path}.tool_delay_ms"))?,
         })
     }
 
@@ -85,9 +79,7 @@ impl SyntheticSpec {
             return Err(Error::bad(format!("{path}.workflows: expected at least 1")));
         }
         if self.max_prompt_tokens < 2 {
-            return Err(Error::bad(format!(
-                "{path}.max_prompt_tokens: expected at least 2"
-            )));
+            return Err(Error::bad(format!("{path}.max_prompt_tokens: expected at least 2")));
         }
         self.arrivals.validate(&format!("{path}.arrivals"))?;
         for (field, map) in [
@@ -112,9 +104,7 @@ impl SyntheticSpec {
                     } else {
                         "a probability in [0, 1]"
                     };
-                    return Err(Error::bad(format!(
-                        "{path}.{field}.{m}: expected {want}, got {v}"
-                    )));
+                    return Err(Error::bad(format!("{path}.{field}.{m}: expected {want}, got {v}")));
                 }
             }
         }
@@ -180,12 +170,7 @@ enum Arrivals {
 
 impl SyntheticWorkload {
     /// `models`: the distinct models of the cluster, in a stable order.
-    pub fn new(
-        spec: &SyntheticSpec,
-        models: &[String],
-        seed: u64,
-        base_dir: &std::path::Path,
-    ) -> Result<Self> {
+    pub fn new(spec: &SyntheticSpec, models: &[String], seed: u64, base_dir: &std::path::Path) -> Result<Self> {
         let s = spec.samplers("workload")?;
         let arrivals = match InterArrival::from_spec(&spec.arrivals) {
             Some(ia) => Arrivals::Renewal(ia, stream(seed, "arrivals"), 0),
@@ -254,16 +239,10 @@ impl WorkloadSource for SyntheticWorkload {
             } else {
                 (0, 0)
             };
-            draws.push(Draw {
-                own,
-                out,
-                obs,
-                delay,
-            });
+            draws.push(Draw { own, out, obs, delay });
         }
         let u: f64 = self.rng_outcome.random();
-        let plans = if self.spec.output_scale.is_empty() && self.spec.success_probability.is_empty()
-        {
+        let plans = if self.spec.output_scale.is_empty() && self.spec.success_probability.is_empty() {
             vec![Plan {
                 model: None,
                 stages: build_stages(&draws, 1.0, cap),

@@ -37,10 +37,7 @@ pub fn run(r: &Resolved, dir: &Path) -> chimera::sim::RunReport {
 /// All values of one column, converted to f64 (nulls as NaN).
 pub fn column(file: &Path, name: &str) -> Vec<f64> {
     let f = std::fs::File::open(file).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
@@ -72,10 +69,7 @@ pub fn column(file: &Path, name: &str) -> Vec<f64> {
 /// All values of a string column.
 pub fn strings(file: &Path, name: &str) -> Vec<String> {
     let f = std::fs::File::open(file).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .unwrap()
-        .build()
-        .unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();
