@@ -2,7 +2,7 @@
 //! output lengths. Fixed fraction per model (swept to draw a baseline's frontier), round
 //! robin, and least outstanding requests.
 
-use super::{ClusterView, EngineId, Prioritizer, RequestInfo, Router};
+use super::{ClusterView, EngineId, Prediction, Prioritizer, RequestInfo, Router};
 use crate::rng::StreamRng;
 use crate::time::Nanos;
 use rand::RngExt;
@@ -88,7 +88,7 @@ impl Prioritizer for Fcfs {
     fn name(&self) -> &'static str {
         "fcfs"
     }
-    fn priority(&mut self, _now: Nanos, _req: &RequestInfo, _engine: EngineId) -> i64 {
+    fn priority(&mut self, _now: Nanos, _req: &RequestInfo, _engine: EngineId, _pred: &Prediction) -> i64 {
         0
     }
 }
@@ -102,7 +102,7 @@ impl Prioritizer for WorkflowOrder {
     fn name(&self) -> &'static str {
         "workflow_order"
     }
-    fn priority(&mut self, _now: Nanos, req: &RequestInfo, _engine: EngineId) -> i64 {
+    fn priority(&mut self, _now: Nanos, req: &RequestInfo, _engine: EngineId, _pred: &Prediction) -> i64 {
         req.workflow as i64
     }
 }

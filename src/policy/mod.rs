@@ -9,10 +9,10 @@
 //! handed in at construction. (`tests/architecture.rs` checks the source for forbidden uses.)
 
 pub mod baselines;
+pub mod chimera;
 
 use crate::time::Nanos;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 pub type EngineId = u32;
@@ -41,6 +41,9 @@ pub struct EngineLoad {
     pub reported_running: u32,
     pub reported_waiting: u32,
     pub reported_kv_usage: f64,
+    /// Predicted output tokens in flight: each dispatched request charges its workflow's
+    /// predicted remaining output, released when the request ends (the activity monitor's V).
+    pub predicted_volume: f64,
 }
 
 /// Simulation-only truths about a request, for oracle policies. A live driver passes None.
@@ -65,6 +68,8 @@ pub struct RequestInfo {
     /// Output tokens the workflow has produced in earlier stages.
     pub workflow_output_so_far: u64,
     pub text: Option<Arc<str>>,
+    /// Task family (`apps`, `math`), when the application says.
+    pub task: Option<Arc<str>>,
     pub oracle: Option<Arc<Oracle>>,
 }
 
@@ -95,6 +100,11 @@ pub enum Decision {
 pub struct ClusterView<'a> {
     pub engines: &'a [EngineInfo],
     pub load: &'a [EngineLoad],
+    /// Predicted remaining workflow output if the request went to each engine (NaN: no
+    /// length model).
+    pub predicted_remaining: &'a [f64],
+    /// Per-engine confidence that the workflow succeeds there (NaN: no confidence model).
+    pub confidence: &'a [f64],
 }
 
 impl ClusterView<'_> {
@@ -119,10 +129,38 @@ pub trait Router: Send {
     fn route(&mut self, now: Nanos, req: &RequestInfo, view: &ClusterView) -> EngineId;
 }
 
+/// What the length model predicts for a request on its engine's model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// Output tokens of the whole rest of the workflow, this call included.
+    pub remaining_tokens: f64,
+    /// Output tokens of this call alone.
+    pub call_tokens: f64,
+}
+
 /// Gives each request its priority (lower runs first).
 pub trait Prioritizer: Send {
     fn name(&self) -> &'static str;
-    fn priority(&mut self, now: Nanos, req: &RequestInfo, engine: EngineId) -> i64;
+    fn priority(&mut self, now: Nanos, req: &RequestInfo, engine: EngineId, pred: &Prediction) -> i64;
+}
+
+/// Predicts output lengths (the length predictor, or the oracle in simulation).
+pub trait LengthModel: Send {
+    fn name(&self) -> &'static str;
+    fn predict(&mut self, req: &RequestInfo, model: &str) -> Prediction;
+    /// Whether it reads `RequestInfo::oracle` (simulation only).
+    fn needs_oracle(&self) -> bool {
+        false
+    }
+}
+
+/// Per-model confidence that a request's workflow succeeds (the semantic router, or oracles).
+pub trait ConfidenceModel: Send {
+    fn name(&self) -> &'static str;
+    fn confidence(&mut self, req: &RequestInfo, model: &str) -> f64;
+    fn needs_oracle(&self) -> bool {
+        false
+    }
 }
 
 /// Options of the core that are not a router or prioritizer.
@@ -134,6 +172,9 @@ pub struct CoreOptions {
     pub max_retries: u32,
     /// Backoff before retry k (1-based): base * 2^(k-1).
     pub retry_backoff_ns: Nanos,
+    /// Aging in the middleware queue: a held request passed over this many times is promoted
+    /// to the head of its queue.
+    pub middleware_starvation: Option<u32>,
 }
 
 impl Default for CoreOptions {
@@ -142,6 +183,7 @@ impl Default for CoreOptions {
             max_in_flight_per_engine: None,
             max_retries: 2,
             retry_backoff_ns: 100_000_000,
+            middleware_starvation: None,
         }
     }
 }
@@ -154,6 +196,15 @@ struct Tracked {
     prompt_tokens: u32,
     attempts: u32,
     dispatched: bool,
+    predicted: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    priority: i64,
+    seq: u64,
+    request: u64,
+    passed_over: u32,
 }
 
 /// The policy core.
@@ -167,7 +218,9 @@ pub struct PolicyCore {
     workflow_engine: HashMap<u64, EngineId>,
     requests: HashMap<u64, Tracked>,
     /// Middleware queue per engine, ordered by (priority, arrival sequence).
-    held: Vec<BinaryHeap<Reverse<(i64, u64, u64)>>>,
+    held: Vec<Vec<Held>>,
+    length: Option<Box<dyn LengthModel>>,
+    confidence: Option<Box<dyn ConfidenceModel>>,
     held_seq: u64,
     out: VecDeque<Decision>,
 }
@@ -192,7 +245,9 @@ impl PolicyCore {
             opts,
             workflow_engine: HashMap::new(),
             requests: HashMap::new(),
-            held: (0..n).map(|_| BinaryHeap::new()).collect(),
+            held: (0..n).map(|_| Vec::new()).collect(),
+            length: None,
+            confidence: None,
             held_seq: 0,
             out: VecDeque::new(),
         }
@@ -208,23 +263,94 @@ impl PolicyCore {
         format!("router {}, priority {}", self.router.name(), self.prioritizer.name())
     }
 
+    /// Give the core a length model (needed by Chimera routing and STJF/SJF priorities).
+    pub fn with_length_model(mut self, m: Box<dyn LengthModel>) -> Self {
+        self.length = Some(m);
+        self
+    }
+
+    /// Give the core a confidence model (needed by Chimera routing).
+    pub fn with_confidence_model(mut self, m: Box<dyn ConfidenceModel>) -> Self {
+        self.confidence = Some(m);
+        self
+    }
+
+    /// Whether a driver must fill `RequestInfo::oracle` (simulation-only policies).
+    pub fn needs_oracle(&self) -> bool {
+        self.length.as_ref().is_some_and(|l| l.needs_oracle())
+            || self.confidence.as_ref().is_some_and(|c| c.needs_oracle())
+    }
+
+    /// Predictions and confidences per engine (computed once per distinct model).
+    fn assess(&mut self, req: &RequestInfo, engines: &[EngineId]) -> (Vec<f64>, Vec<f64>, Vec<Prediction>) {
+        let n = self.engines.len();
+        let (mut rem, mut conf) = (vec![f64::NAN; n], vec![f64::NAN; n]);
+        let mut preds = vec![
+            Prediction {
+                remaining_tokens: f64::NAN,
+                call_tokens: f64::NAN
+            };
+            n
+        ];
+        let mut done: Vec<(Arc<str>, Prediction, f64)> = Vec::new();
+        for &e in engines {
+            let model = self.engines[e as usize].model.clone();
+            let (p, c) = match done.iter().find(|d| d.0 == model) {
+                Some(d) => (d.1, d.2),
+                None => {
+                    let p = match &mut self.length {
+                        Some(l) => l.predict(req, &model),
+                        None => Prediction {
+                            remaining_tokens: f64::NAN,
+                            call_tokens: f64::NAN,
+                        },
+                    };
+                    let c = self
+                        .confidence
+                        .as_mut()
+                        .map(|c| c.confidence(req, &model))
+                        .unwrap_or(f64::NAN);
+                    done.push((model, p, c));
+                    (p, c)
+                }
+            };
+            rem[e as usize] = p.remaining_tokens;
+            conf[e as usize] = c;
+            preds[e as usize] = p;
+        }
+        (rem, conf, preds)
+    }
+
     /// A request is ready to be sent.
     pub fn handle_request(&mut self, now: Nanos, req: RequestInfo) {
-        let view = ClusterView {
-            engines: &self.engines,
-            load: &self.load,
-        };
         let engine = match self.workflow_engine.get(&req.workflow) {
             // Later stages stay on the workflow's model: the least loaded replica of it.
             Some(&prev) => {
                 let model = &self.engines[prev as usize].model;
+                let (rem, conf) = (vec![f64::NAN; self.engines.len()], vec![f64::NAN; self.engines.len()]);
+                let view = ClusterView {
+                    engines: &self.engines,
+                    load: &self.load,
+                    predicted_remaining: &rem,
+                    confidence: &conf,
+                };
                 view.least_loaded(
                     self.engines.iter().filter(|e| &e.model == model).map(|e| e.id),
                     Some(prev),
                 )
                 .expect("the previous engine is a candidate")
             }
-            None => self.router.route(now, &req, &view),
+            None => {
+                let all: Vec<EngineId> = (0..self.engines.len() as u32).collect();
+                let (rem, conf, _) = self.assess(&req, &all);
+                let view = ClusterView {
+                    engines: &self.engines,
+                    load: &self.load,
+                    predicted_remaining: &rem,
+                    confidence: &conf,
+                };
+                self.router.route(now, &req, &view)
+            }
         };
         assert!(
             (engine as usize) < self.engines.len(),
@@ -233,7 +359,9 @@ impl PolicyCore {
             self.engines.len()
         );
         self.workflow_engine.insert(req.workflow, engine);
-        let priority = self.prioritizer.priority(now, &req, engine);
+        let (_, _, preds) = self.assess(&req, &[engine]);
+        let pred = preds[engine as usize];
+        let priority = self.prioritizer.priority(now, &req, engine, &pred);
         self.requests.insert(
             req.request,
             Tracked {
@@ -243,6 +371,11 @@ impl PolicyCore {
                 prompt_tokens: req.prompt_tokens,
                 attempts: 0,
                 dispatched: false,
+                predicted: if pred.remaining_tokens.is_finite() {
+                    pred.remaining_tokens.max(0.0)
+                } else {
+                    0.0
+                },
             },
         );
         self.send_or_hold(req.request, now);
@@ -256,7 +389,12 @@ impl PolicyCore {
             .max_in_flight_per_engine
             .is_some_and(|k| self.load[e].in_flight >= k);
         if full {
-            self.held[e].push(Reverse((t.priority, self.held_seq, request)));
+            self.held[e].push(Held {
+                priority: t.priority,
+                seq: self.held_seq,
+                request,
+                passed_over: 0,
+            });
             self.held_seq += 1;
             self.load[e].held += 1;
         } else {
@@ -270,6 +408,7 @@ impl PolicyCore {
         let l = &mut self.load[t.engine as usize];
         l.in_flight += 1;
         l.in_flight_prompt_tokens += t.prompt_tokens as u64;
+        l.predicted_volume += t.predicted;
         self.out.push_back(Decision::Dispatch {
             request,
             engine: t.engine,
@@ -286,9 +425,16 @@ impl PolicyCore {
             .max_in_flight_per_engine
             .is_none_or(|k| self.load[e].in_flight < k)
         {
-            let Some(Reverse((_, _, request))) = self.held[e].pop() else {
+            // Promoted (passed over `middleware_starvation` times) first, then priority, then age.
+            let starve = self.opts.middleware_starvation;
+            let key = |h: &Held| (!starve.is_some_and(|k| h.passed_over >= k), h.priority, h.seq);
+            let Some(pos) = (0..self.held[e].len()).min_by_key(|&k| key(&self.held[e][k])) else {
                 break;
             };
+            let request = self.held[e].swap_remove(pos).request;
+            for h in &mut self.held[e] {
+                h.passed_over += 1;
+            }
             self.load[e].held -= 1;
             self.dispatch(request, now);
         }
@@ -300,6 +446,7 @@ impl PolicyCore {
             let l = &mut self.load[t.engine as usize];
             l.in_flight -= 1;
             l.in_flight_prompt_tokens -= t.prompt_tokens as u64;
+            l.predicted_volume = (l.predicted_volume - t.predicted).max(0.0);
         }
         Some(t)
     }
@@ -321,9 +468,12 @@ impl PolicyCore {
         match kind {
             FailureKind::Transient(why) if t.attempts < self.opts.max_retries => {
                 t.attempts += 1;
+                let nan = vec![f64::NAN; self.engines.len()];
                 let view = ClusterView {
                     engines: &self.engines,
                     load: &self.load,
+                    predicted_remaining: &nan,
+                    confidence: &nan,
                 };
                 let model = &self.engines[failed_engine as usize].model;
                 let others = self

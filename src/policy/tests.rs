@@ -27,6 +27,7 @@ fn req(request: u64, workflow: u64, stage: u32) -> RequestInfo {
         context_tokens: 0,
         workflow_output_so_far: 0,
         text: None,
+        task: None,
         oracle: None,
     }
 }

@@ -121,6 +121,7 @@ pub struct RouterModel {
 }
 
 /// A router ready to predict (dense weights).
+#[derive(Debug)]
 pub struct Router {
     pub model: RouterModel,
     idf: Vec<f32>,

@@ -192,6 +192,13 @@ pub struct PolicySpec {
     pub decision_delay_us: f64,
     #[serde(default = "default_retries")]
     pub max_retries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<ConfidenceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<LengthSpec>,
+    /// Aging in the middleware queue: a held request passed over this many times goes first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub middleware_starvation: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +210,40 @@ pub enum RoutingSpec {
     },
     RoundRobin,
     LeastOutstanding,
+    /// The Chimera load balancer (needs `policy.length` and `policy.confidence`).
+    Chimera {
+        slack: crate::policy::chimera::Slack,
+        #[serde(default)]
+        min_confidence_gain: f64,
+    },
+}
+
+/// Where per-model confidences come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ConfidenceSpec {
+    /// A trained semantic router file (`chimera router train`), relative to the scenario.
+    Router { path: String },
+    /// Each model's fixed accuracy.
+    Prior { accuracy: BTreeMap<String, f64> },
+    /// The true outcome (simulation only).
+    Oracle,
+    /// The true outcome with noise giving this AUC (simulation only).
+    NoisyOracle { auc: f64 },
+}
+
+/// Where predicted lengths come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LengthSpec {
+    /// A trained predictor file (`chimera predictor train`), relative to the scenario.
+    Qrf {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quantile: Option<f64>,
+    },
+    /// True lengths (simulation only).
+    Oracle,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -213,6 +254,10 @@ pub enum PrioritySpec {
     Fcfs,
     /// Earlier workflows first (needs `scheduling: priority` to matter).
     WorkflowOrder,
+    /// Shortest total job first: the workflow's predicted remaining output (needs `length`).
+    Stjf,
+    /// Shortest job first on the current call's predicted output (needs `length`).
+    Sjf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -276,6 +321,9 @@ pub struct Resolved {
     pub models: Vec<String>,
     /// Directory relative paths are resolved against.
     pub base_dir: PathBuf,
+    /// Loaded policy models (length predictor, semantic router), when the policy uses them.
+    pub predictor: Option<std::sync::Arc<crate::predictor::LengthPredictor>>,
+    pub router: Option<std::sync::Arc<crate::router::Router>>,
 }
 
 /// Load a scenario file with overrides, and resolve it.
@@ -293,6 +341,109 @@ pub fn load_str(text: &str, sets: &[String], base_dir: &Path) -> Result<Resolved
     }
     let sc: Scenario = yaml::from_tree(tree)?;
     sc.resolve(base_dir)
+}
+
+type PolicyModels = (
+    Option<std::sync::Arc<crate::predictor::LengthPredictor>>,
+    Option<std::sync::Arc<crate::router::Router>>,
+);
+
+/// Check the policy's cross-field rules and load the model files it names.
+fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> Result<PolicyModels> {
+    let needs_length = matches!(p.priority, PrioritySpec::Stjf | PrioritySpec::Sjf)
+        || matches!(p.routing, RoutingSpec::Chimera { .. });
+    if needs_length && p.length.is_none() {
+        return Err(Error::bad(
+            "policy.length: chimera routing and stjf/sjf priorities need a length model: {kind: qrf, path: PREDICTOR.json} or {kind: oracle}",
+        ));
+    }
+    if let RoutingSpec::Chimera {
+        slack,
+        min_confidence_gain,
+    } = &p.routing
+    {
+        if p.confidence.is_none() {
+            return Err(Error::bad(
+                "policy.confidence: chimera routing needs confidences: {kind: router, path: ROUTER.json}, {kind: prior, accuracy: {...}}, {kind: oracle} or {kind: noisy_oracle, auc: A}",
+            ));
+        }
+        let ok = match slack {
+            crate::policy::chimera::Slack::Multiplicative { value } => *value >= 0.0 && value.is_finite(),
+            crate::policy::chimera::Slack::Additive { seconds } => *seconds >= 0.0 && seconds.is_finite(),
+        };
+        if !ok {
+            return Err(Error::bad("policy.routing.slack: expected a non-negative number"));
+        }
+        if !min_confidence_gain.is_finite() {
+            return Err(Error::bad("policy.routing.min_confidence_gain: expected a number"));
+        }
+    }
+    if p.middleware_starvation == Some(0) {
+        return Err(Error::bad("policy.middleware_starvation: expected at least 1"));
+    }
+    let mut predictor = None;
+    if let Some(LengthSpec::Qrf { path, quantile }) = &p.length {
+        let f = base.join(path);
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| Error::bad(format!("policy.length.path: {}: {e}", f.display())))?;
+        let mut lp: crate::predictor::LengthPredictor = serde_json::from_str(&text).map_err(|e| {
+            Error::bad(format!(
+                "policy.length.path: {}: not a predictor file: {e}",
+                f.display()
+            ))
+        })?;
+        if let Some(q) = quantile {
+            if !(0.0..=1.0).contains(q) {
+                return Err(Error::bad(format!("policy.length.quantile: expected 0..=1, got {q}")));
+            }
+            lp.quantile = *q;
+        }
+        predictor = Some(std::sync::Arc::new(lp));
+    }
+    let mut router = None;
+    match &p.confidence {
+        Some(ConfidenceSpec::Router { path }) => {
+            let f = base.join(path);
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| Error::bad(format!("policy.confidence.path: {}: {e}", f.display())))?;
+            let m: crate::router::RouterModel = serde_json::from_str(&text).map_err(|e| {
+                Error::bad(format!(
+                    "policy.confidence.path: {}: not a router file: {e}",
+                    f.display()
+                ))
+            })?;
+            for model in models {
+                if !m.models.contains(model) {
+                    return Err(Error::bad(format!(
+                        "policy.confidence.path: router {} has no head for model {model}; it has {}",
+                        f.display(),
+                        m.models.join(", ")
+                    )));
+                }
+            }
+            router = Some(std::sync::Arc::new(crate::router::Router::new(m)));
+        }
+        Some(ConfidenceSpec::NoisyOracle { auc }) if !(*auc > 0.5 && *auc < 1.0) => {
+            return Err(Error::bad(format!(
+                "policy.confidence.auc: expected 0.5 < auc < 1, got {auc}"
+            )));
+        }
+        Some(ConfidenceSpec::Prior { accuracy }) => {
+            for m in models {
+                match accuracy.get(m) {
+                    Some(a) if (0.0..=1.0).contains(a) => {}
+                    Some(a) => {
+                        return Err(Error::bad(format!(
+                            "policy.confidence.accuracy.{m}: expected 0..=1, got {a}"
+                        )))
+                    }
+                    None => return Err(Error::bad(format!("policy.confidence.accuracy: missing model {m}"))),
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok((predictor, router))
 }
 
 fn renewal_only(a: &ArrivalSpec) -> Result<()> {
@@ -583,11 +734,14 @@ impl Scenario {
         if sc.limits.max_events == 0 {
             return Err(Error::bad("limits.max_events: expected at least 1"));
         }
+        let (predictor, router) = resolve_policy_models(&mut sc.policy, &models, base_dir)?;
         Ok(Resolved {
             scenario: sc,
             engines,
             models,
             base_dir: base_dir.to_path_buf(),
+            predictor,
+            router,
         })
     }
 }

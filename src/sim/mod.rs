@@ -14,9 +14,15 @@ use crate::error::{Error, Result};
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
 use crate::output::{ColType, Table, Val};
 use crate::policy::baselines::{Fcfs, FixedFraction, LeastOutstanding, RoundRobin, WorkflowOrder};
-use crate::policy::{CoreOptions, Decision, EngineInfo, FailureKind, PolicyCore, Prioritizer, RequestInfo, Router};
+use crate::policy::chimera::{
+    ChimeraRouter, NoisyOracle, OracleConfidence, OracleLength, PriorConfidence, QrfLength, SemanticConfidence, Sjf,
+    Stjf,
+};
+use crate::policy::{
+    CoreOptions, Decision, EngineInfo, FailureKind, Oracle, PolicyCore, Prioritizer, RequestInfo, Router,
+};
 use crate::rng::{fnv1a64, stream};
-use crate::scenario::{PrioritySpec, Resolved, RoutingSpec, Workload};
+use crate::scenario::{ConfidenceSpec, LengthSpec, PrioritySpec, Resolved, RoutingSpec, Workload};
 use crate::time::Nanos;
 use crate::workload::arrivals::InterArrival;
 use crate::workload::azure::{AzureWorkload, LengthCaps};
@@ -201,17 +207,51 @@ pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
         }
         RoutingSpec::RoundRobin => Box::new(RoundRobin::default()),
         RoutingSpec::LeastOutstanding => Box::new(LeastOutstanding),
+        RoutingSpec::Chimera {
+            slack,
+            min_confidence_gain,
+        } => Box::new(ChimeraRouter {
+            slack: *slack,
+            delta: *min_confidence_gain,
+        }),
     };
     let prio: Box<dyn Prioritizer> = match p.priority {
         PrioritySpec::Fcfs => Box::new(Fcfs),
         PrioritySpec::WorkflowOrder => Box::new(WorkflowOrder),
+        PrioritySpec::Stjf => Box::new(Stjf),
+        PrioritySpec::Sjf => Box::new(Sjf),
     };
     let opts = CoreOptions {
         max_in_flight_per_engine: p.max_in_flight_per_engine,
         max_retries: p.max_retries,
+        middleware_starvation: p.middleware_starvation,
         ..CoreOptions::default()
     };
-    PolicyCore::new(infos, router, prio, opts)
+    let mut core = PolicyCore::new(infos, router, prio, opts);
+    match &p.length {
+        Some(LengthSpec::Qrf { .. }) => {
+            let predictor = r.predictor.clone().expect("resolved with its predictor");
+            core = core.with_length_model(Box::new(QrfLength { predictor }));
+        }
+        Some(LengthSpec::Oracle) => core = core.with_length_model(Box::new(OracleLength)),
+        None => {}
+    }
+    match &p.confidence {
+        Some(ConfidenceSpec::Router { .. }) => {
+            let router = r.router.clone().expect("resolved with its router");
+            core = core.with_confidence_model(Box::new(SemanticConfidence { router }));
+        }
+        Some(ConfidenceSpec::Prior { accuracy }) => {
+            let accuracy = accuracy.iter().map(|(m, a)| (m.clone(), *a)).collect();
+            core = core.with_confidence_model(Box::new(PriorConfidence { accuracy }));
+        }
+        Some(ConfidenceSpec::Oracle) => core = core.with_confidence_model(Box::new(OracleConfidence)),
+        Some(ConfidenceSpec::NoisyOracle { auc }) => {
+            core = core.with_confidence_model(Box::new(NoisyOracle::new(*auc, stream(seed, "policy.noisy_oracle"))))
+        }
+        None => {}
+    }
+    core
 }
 
 fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
@@ -280,6 +320,26 @@ pub struct Simulation<'a> {
     hash: u64,
     done_workflows: u64,
     timer_at: Option<Nanos>,
+    needs_oracle: bool,
+}
+
+/// Simulation-only truths about stage `k` of a workflow, per candidate model.
+fn oracle_of(w: &WorkflowSpec, k: usize) -> Oracle {
+    let name = |p: &crate::workload::Plan| -> Arc<str> { p.model.clone().unwrap_or_else(|| Arc::from("")) };
+    Oracle {
+        output_tokens: w
+            .plans
+            .iter()
+            .filter(|p| k < p.stages.len())
+            .map(|p| (name(p), p.stages[k].output_tokens))
+            .collect(),
+        remaining_workflow_tokens: w
+            .plans
+            .iter()
+            .map(|p| (name(p), p.stages.iter().skip(k).map(|s| s.output_tokens as u64).sum()))
+            .collect(),
+        success: w.plans.iter().map(|p| (name(p), p.success)).collect(),
+    }
 }
 
 impl<'a> Simulation<'a> {
@@ -332,6 +392,11 @@ impl<'a> Simulation<'a> {
             hash: 0xcbf2_9ce4_8422_2325,
             done_workflows: 0,
             timer_at: None,
+            needs_oracle: false,
+        })
+        .map(|mut s| {
+            s.needs_oracle = s.policy.needs_oracle();
+            s
         })
     }
 
@@ -477,7 +542,10 @@ impl<'a> Simulation<'a> {
             context_tokens: st.context_tokens,
             workflow_output_so_far: wf.output_so_far,
             text: wf.spec.text.clone(),
-            oracle: None,
+            task: wf.spec.task.clone(),
+            oracle: self
+                .needs_oracle
+                .then(|| Arc::new(oracle_of(&wf.spec, wf.stage as usize))),
         };
         self.pending.insert(
             request,

@@ -24,6 +24,7 @@ fn to_spec(w: &TraceWorkflow, id: u64, arrival_ns: Nanos, models: &[String]) -> 
         id,
         arrival_ns,
         text: w.text.clone(),
+        task: Some(Arc::from(w.task.as_str())),
         plans,
     }
 }

@@ -276,6 +276,7 @@ impl WorkloadSource for AzureWorkload {
             id,
             arrival_ns,
             text: None,
+            task: None,
             plans: vec![Plan {
                 model: None,
                 stages: vec![Stage {

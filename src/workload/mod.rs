@@ -44,6 +44,8 @@ pub struct WorkflowSpec {
     pub arrival_ns: Nanos,
     /// Task text, when the source has it (routers read it).
     pub text: Option<Arc<str>>,
+    /// Task family (`apps`, `math`), when the source knows it.
+    pub task: Option<Arc<str>>,
     pub plans: Vec<Plan>,
 }
 

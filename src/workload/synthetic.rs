@@ -268,6 +268,7 @@ impl WorkloadSource for SyntheticWorkload {
             id,
             arrival_ns,
             text: None,
+            task: None,
             plans,
         }))
     }
