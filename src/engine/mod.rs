@@ -548,7 +548,9 @@ impl Engine {
                 self.kv.usable()
             ));
         }
-        if self.running.len() > self.limits.max_num_seqs as usize {
+        // (Under the ranked policy paused requests keep their KV, so only the batch is bounded.)
+        let ranked = matches!(self.limits.policy, EnginePolicy::PriorityAging { .. });
+        if !ranked && self.running.len() > self.limits.max_num_seqs as usize {
             return Err(format!(
                 "engine {}: {} running > max_num_seqs",
                 self.id,

@@ -219,3 +219,55 @@ proptest! {
         prop_assert!(!e.has_work());
     }
 }
+
+#[test]
+fn aging_promotes_after_exactly_s_waiting_steps_and_demotes_after_q_served_ones() {
+    // One request per step (max_num_seqs 1); A has the better priority and a long output, so
+    // without aging B would wait until A finishes.
+    let policy = EnginePolicy::PriorityAging {
+        starvation_steps: 3,
+        quantum_steps: 2,
+    };
+    let mut e = engine(2048, 1, 10_000, policy);
+    e.add_request(req(1, 10, 100, 0)); // A
+    e.add_request(req(2, 10, 100, 5)); // B
+    let mut out = vec![];
+    let mut now = 0;
+    let mut step = |e: &mut Engine| {
+        let d = e.begin_step(now).unwrap();
+        now += d;
+        e.end_step(now, &mut out);
+        e.check_invariants().unwrap();
+    };
+    // (after step k: B's (idle, promoted_left), A's (idle, promoted_left))
+    let expected = [
+        ((1, 0), (0, 0)),
+        ((2, 0), (0, 0)),
+        ((0, 2), (0, 0)), // B waited 3 steps: promoted for 2
+        ((0, 1), (1, 0)), // B served (promoted), A waits
+        ((0, 0), (2, 0)), // B served its second promoted step: demoted
+        ((1, 0), (0, 0)), // A has the better priority again
+    ];
+    for (k, (b, a)) in expected.iter().enumerate() {
+        step(&mut e);
+        assert_eq!(e.promotion_of(2), Some(*b), "B after step {}", k + 1);
+        assert_eq!(e.promotion_of(1), Some(*a), "A after step {}", k + 1);
+    }
+}
+
+#[test]
+fn ranked_scheduling_preempts_the_lowest_ranked_holder_of_kv() {
+    // 9 usable blocks: the important request grows and pushes the unimportant one out.
+    let policy = EnginePolicy::PriorityAging {
+        starvation_steps: 1000,
+        quantum_steps: 1,
+    };
+    let mut e = engine(2048, 256, 9, policy);
+    e.add_request(req(1, 64, 40, 9));
+    e.add_request(req(2, 64, 40, 0));
+    let (done, _) = drain(&mut e);
+    let by_id = |id| done.iter().find(|f| f.req.id == id).unwrap();
+    assert!(by_id(1).preemptions >= 1);
+    assert_eq!(by_id(2).preemptions, 0);
+    assert!(by_id(2).finish_ns < by_id(1).finish_ns);
+}

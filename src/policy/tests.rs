@@ -209,3 +209,176 @@ fn failures_are_retried_elsewhere_then_abandoned() {
     core.handle_failed(4_001, 1, FailureKind::Rejected("prompt too long".into()));
     assert!(matches!(&drain(&mut core)[..], [Decision::Abandon { request: 1, .. }]));
 }
+
+mod chimera_parts {
+    use super::*;
+    use crate::policy::chimera::*;
+
+    fn with_oracle(request: u64, workflow: u64, call: u32, remaining: u64) -> RequestInfo {
+        let mut r = req(request, workflow, 0);
+        r.oracle = Some(Arc::new(Oracle {
+            output_tokens: vec![(Arc::from("m"), call)],
+            remaining_workflow_tokens: vec![(Arc::from("m"), remaining)],
+            success: vec![(Arc::from("m"), Some(true))],
+        }));
+        r
+    }
+
+    fn priorities(prio: Box<dyn Prioritizer>) -> (i64, i64) {
+        let mut core = PolicyCore::new(
+            engines(&["m"]),
+            Box::new(RoundRobin::default()),
+            prio,
+            CoreOptions::default(),
+        )
+        .with_length_model(Box::new(OracleLength));
+        // Request 0: a short call in a long workflow; request 1: a long call that ends its workflow.
+        core.handle_request(0, with_oracle(0, 0, 50, 5_000));
+        core.handle_request(0, with_oracle(1, 1, 800, 800));
+        let d = drain(&mut core);
+        let p = |k: usize| match &d[k] {
+            Decision::Dispatch { priority, .. } => *priority,
+            other => panic!("{other:?}"),
+        };
+        (p(0), p(1))
+    }
+
+    #[test]
+    fn stjf_orders_by_total_remaining_work_and_sjf_by_the_current_call() {
+        let (a, b) = priorities(Box::new(Stjf));
+        assert!(b < a, "STJF runs the workflow with less total work left first: {a} {b}");
+        let (a, b) = priorities(Box::new(Sjf));
+        assert!(a < b, "SJF runs the shorter call first: {a} {b}");
+    }
+
+    fn view<'a>(engines: &'a [EngineInfo], load: &'a [EngineLoad], rem: &'a [f64], conf: &'a [f64]) -> ClusterView<'a> {
+        ClusterView {
+            engines,
+            load,
+            predicted_remaining: rem,
+            confidence: conf,
+        }
+    }
+
+    #[test]
+    fn the_balancer_picks_the_fastest_with_zero_slack_and_is_monotone_in_load() {
+        let mut es = engines(&["small", "big"]);
+        es[0].decode_tokens_per_s = 2000.0;
+        es[1].decode_tokens_per_s = 500.0;
+        let rem = [300.0, 300.0];
+        let conf = [0.3, 0.7];
+        let mut router = ChimeraRouter {
+            slack: Slack::Multiplicative { value: 0.0 },
+            delta: 0.1,
+        };
+        let load = vec![EngineLoad::default(); 2];
+        let r0 = req(0, 0, 0);
+        assert_eq!(
+            router.route(0, &r0, &view(&es, &load, &rem, &conf)),
+            0,
+            "zero slack: the fastest"
+        );
+        // With slack, the more confident big model is chosen until its load makes it too slow;
+        // more load on it never brings it back.
+        let mut generous = ChimeraRouter {
+            slack: Slack::Multiplicative { value: 5.0 },
+            delta: 0.1,
+        };
+        let mut last_big = true;
+        for v in (0..60).map(|k| k as f64 * 500.0) {
+            let mut load = vec![EngineLoad::default(); 2];
+            load[1].predicted_volume = v;
+            let big = generous.route(0, &r0, &view(&es, &load, &rem, &conf)) == 1;
+            assert!(
+                !big || last_big,
+                "more load on the big model sent it a workflow it had refused at less load (V={v})"
+            );
+            last_big = big;
+        }
+        assert!(!last_big, "enough load sends work to the small model");
+        // A confidence gain below delta keeps the fastest.
+        let close = [0.65, 0.7];
+        assert_eq!(generous.route(0, &r0, &view(&es, &load, &rem, &close)), 0);
+        // Additive slack works in seconds.
+        let mut add = ChimeraRouter {
+            slack: Slack::Additive { seconds: 0.5 },
+            delta: 0.1,
+        };
+        assert_eq!(
+            add.route(0, &r0, &view(&es, &load, &rem, &conf)),
+            1,
+            "0.6 s vs 0.15 s: within 0.5 s"
+        );
+    }
+
+    #[test]
+    fn the_activity_monitor_charges_and_releases_predicted_volume() {
+        let mut core = PolicyCore::new(
+            engines(&["m"]),
+            Box::new(RoundRobin::default()),
+            Box::new(Stjf),
+            CoreOptions::default(),
+        )
+        .with_length_model(Box::new(OracleLength));
+        core.handle_request(0, with_oracle(0, 0, 50, 700));
+        core.handle_request(0, with_oracle(1, 1, 50, 300));
+        drain(&mut core);
+        assert_eq!(core.load()[0].predicted_volume, 1000.0);
+        core.handle_finished(1, 0, 50);
+        assert_eq!(core.load()[0].predicted_volume, 300.0);
+        core.handle_failed(2, 1, FailureKind::Rejected("x".into()));
+        assert_eq!(core.load()[0].predicted_volume, 0.0);
+    }
+
+    #[test]
+    fn noisy_oracle_reaches_its_target_auc() {
+        use crate::router::metrics::auc;
+        for target in [0.6, 0.75, 0.9] {
+            let mut o = NoisyOracle::new(target, crate::rng::stream(1, "t"));
+            let (mut s, mut y) = (vec![], vec![]);
+            for i in 0..20_000u64 {
+                let solved = i % 3 == 0;
+                let mut r = req(i, i, 0);
+                r.oracle = Some(Arc::new(Oracle {
+                    output_tokens: vec![],
+                    remaining_workflow_tokens: vec![],
+                    success: vec![(Arc::from("m"), Some(solved))],
+                }));
+                s.push(o.confidence(&r, "m"));
+                y.push(solved);
+            }
+            let a = auc(&s, &y).unwrap();
+            assert!((a - target).abs() < 0.015, "target {target}, got {a}");
+        }
+    }
+
+    #[test]
+    fn middleware_aging_promotes_a_request_passed_over_s_times() {
+        let opts = CoreOptions {
+            max_in_flight_per_engine: Some(1),
+            middleware_starvation: Some(2),
+            ..CoreOptions::default()
+        };
+        let mut core = PolicyCore::new(engines(&["m"]), Box::new(RoundRobin::default()), Box::new(Stjf), opts)
+            .with_length_model(Box::new(OracleLength));
+        core.handle_request(0, with_oracle(0, 0, 10, 10)); // dispatched at once
+        core.handle_request(0, with_oracle(1, 1, 10, 9_000)); // long: would wait behind short ones
+        drain(&mut core);
+        let mut order = vec![];
+        let mut running = 0;
+        for k in 0..3u64 {
+            // A fresh short request arrives before each slot frees up.
+            core.handle_request(k as i64, with_oracle(2 + k, 2 + k, 10, 10));
+            core.handle_finished(k as i64 + 1, running, 10);
+            match &drain(&mut core)[..] {
+                [Decision::Dispatch { request, .. }] => {
+                    order.push(*request);
+                    running = *request;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Fresh short ones go first twice; then the long one, passed over twice, is promoted.
+        assert_eq!(order[..3], [2, 3, 1], "{order:?}");
+    }
+}
