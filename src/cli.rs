@@ -66,6 +66,11 @@ pub enum Command {
         #[command(subcommand)]
         what: PredictorCmd,
     },
+    /// Benchmarks (not tests).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Check scenario files without running them.
     Validate {
         #[arg(required = true)]
@@ -188,6 +193,25 @@ pub enum PredictorCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Per-request decision cost of the Chimera policy (router + predictor + balancer + STJF) on
+    /// the default cluster, and its share of workflow latency in the default scenario.
+    Policy {
+        #[arg(long)]
+        predictor: PathBuf,
+        #[arg(long)]
+        router: PathBuf,
+        /// A trace with problem text to route on (else a fixed 400-character problem).
+        #[arg(long)]
+        text_trace: Option<PathBuf>,
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ImportCmd {
     /// MATH level 5 from ZeroEval-format outcomes and a problems JSONL.
     #[command(name = "math-l5")]
@@ -241,6 +265,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Trace { what } => trace_cmd(what),
         Command::Router { what } => router_cmd(what),
         Command::Predictor { what } => predictor_cmd(what),
+        Command::Bench {
+            what:
+                BenchCmd::Policy {
+                    predictor,
+                    router,
+                    text_trace,
+                    requests,
+                    json,
+                },
+        } => bench_policy(&predictor, &router, text_trace.as_deref(), requests, json),
         Command::Validate { files, sets } => {
             let mut bad = 0;
             for f in &files {
@@ -283,6 +317,129 @@ fn dispatch(cli: Cli) -> Result<i32> {
             run_cmd(&resolved, &out, &sets, path.as_deref(), quiet, json)
         }
     }
+}
+
+fn bench_policy(predictor: &Path, router: &Path, text_trace: Option<&Path>, requests: u64, json: bool) -> Result<i32> {
+    use crate::policy::{Decision, RequestInfo};
+    use std::sync::Arc;
+    let abs = |p: &Path| std::fs::canonicalize(p).map_err(|e| Error::io(p, e));
+    let sets = vec![
+        "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 0.5}, min_confidence_gain: 0.1}"
+            .to_string(),
+        format!("policy.length={{kind: qrf, path: {}}}", abs(predictor)?.display()),
+        format!("policy.confidence={{kind: router, path: {}}}", abs(router)?.display()),
+        "policy.priority=stjf".to_string(),
+    ];
+    // The default cluster, with the router's first two models in place of its two.
+    let text = std::fs::read_to_string(router).map_err(|e| Error::io(router, e))?;
+    let rm: crate::router::RouterModel =
+        serde_json::from_str(&text).map_err(|e| Error::bad(format!("{}: not a router file: {e}", router.display())))?;
+    if rm.models.len() < 2 {
+        return Err(Error::bad(format!(
+            "{}: the benchmark needs a router with two models",
+            router.display()
+        )));
+    }
+    let mut sets = sets;
+    for k in 0..2 {
+        sets.push(format!("cluster.engines[{k}].model={}", rm.models[k]));
+        sets.push(format!(
+            "cluster.engines[{k}].name={}",
+            rm.models[k].to_ascii_lowercase()
+        ));
+    }
+    let r = scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new("."))?;
+    let mut core = crate::sim::build_policy(&r, 1);
+    let texts: Vec<Arc<str>> = match text_trace {
+        Some(p) => crate::trace::read_trace(p)?.workflows.iter().filter_map(|w| w.text.clone()).collect(),
+        None => vec![Arc::from("Let $f(x) = x^3 - 3x + 1$. Find the number of real solutions of $f(f(x)) = 0$, and compute the sum of the squares of all real solutions. Express your answer as a common fraction if it is not an integer. Recall that the composition of two cubic polynomials has degree nine; count carefully, using the intermediate value theorem on suitable intervals, and justify why no solution is repeated.")],
+    };
+    if texts.is_empty() {
+        return Err(Error::bad("--text-trace: the trace has no problem text"));
+    }
+    let mut src = crate::trace::source::GeneratedWorkload::new(
+        &[(crate::trace::Task::Apps, 0.5), (crate::trace::Task::Math, 0.5)],
+        &r.models,
+        requests,
+        crate::workload::arrivals::InterArrival::from_spec(&crate::workload::arrivals::ArrivalSpec::Poisson {
+            rate_per_s: 1.0,
+            rate_scale: 1.0,
+        })
+        .expect("poisson"),
+        1,
+    )?;
+    use crate::workload::WorkloadSource;
+    let mut costs_ns: Vec<f64> = Vec::with_capacity(requests as usize);
+    let mut id = 0u64;
+    while let Some(w) = src.next_workflow()? {
+        let plan = &w.plans[0];
+        let mut so_far = 0u64;
+        for (k, st) in plan.stages.iter().enumerate() {
+            let info = RequestInfo {
+                request: id,
+                workflow: w.id,
+                stage: k as u32,
+                prompt_tokens: st.prompt_tokens,
+                context_tokens: st.context_tokens,
+                workflow_output_so_far: so_far,
+                text: Some(texts[(w.id as usize) % texts.len()].clone()),
+                task: w.task.clone(),
+                oracle: None,
+            };
+            let t0 = Instant::now();
+            core.handle_request(0, info);
+            while let Some(d) = core.poll_decision() {
+                std::hint::black_box(&d);
+                if let Decision::Abandon { .. } = d {
+                    return Err(Error::other("the policy abandoned a request"));
+                }
+            }
+            costs_ns.push(t0.elapsed().as_nanos() as f64);
+            core.handle_finished(0, id, st.output_tokens);
+            so_far += st.output_tokens as u64;
+            id += 1;
+            if id >= requests {
+                break;
+            }
+        }
+        core.handle_workflow_done(0, w.id);
+        if id >= requests {
+            break;
+        }
+    }
+    costs_ns.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let q = |p: f64| costs_ns[((p * costs_ns.len() as f64).ceil() as usize).clamp(1, costs_ns.len()) - 1] / 1e3;
+    let mean_us = costs_ns.iter().sum::<f64>() / costs_ns.len() as f64 / 1e3;
+    // Share of workflow latency: the same policy on the default scenario.
+    let out = std::env::temp_dir().join(format!("chimera-bench-policy-{}", std::process::id()));
+    let rep = crate::run::run_to_dir(&r, &out, &sets, None, &mut |_, _| {})?;
+    let _ = std::fs::remove_dir_all(&out);
+    let per_wf = rep.summary.requests.count as f64 / rep.summary.workflows.count.max(1) as f64;
+    let e2e_s = rep.summary.workflows.e2e_s.mean.unwrap_or(f64::NAN);
+    let share = mean_us * 1e-6 * per_wf / e2e_s;
+    let v = serde_json::json!({
+        "requests": costs_ns.len(), "decision_us_p50": q(0.5), "decision_us_p99": q(0.99), "decision_us_mean": mean_us,
+        "requests_per_workflow": per_wf, "workflow_e2e_s_mean": e2e_s, "share_of_workflow_latency": share,
+    });
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Error::other(e.to_string()))?
+        );
+    } else {
+        println!(
+            "chimera decision (router + predictor + balancer + STJF), {} requests: p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
+            costs_ns.len(),
+            q(0.5),
+            q(0.99),
+            mean_us
+        );
+        println!(
+            "default scenario with this policy: {per_wf:.2} requests per workflow, mean workflow E2E {e2e_s:.2} s: decisions are {:.4} % of workflow latency",
+            share * 100.0
+        );
+    }
+    Ok(0)
 }
 
 fn predictor_cmd(what: PredictorCmd) -> Result<i32> {

@@ -94,9 +94,11 @@ impl Prioritizer for Sjf {
     }
 }
 
-/// The length predictor as a length model.
+/// The length predictor as a length model. The request-level forest runs only when asked
+/// (`with_call_tokens`, for SJF): STJF and the balancer need the workflow forest alone.
 pub struct QrfLength {
     pub predictor: Arc<LengthPredictor>,
+    pub with_call_tokens: bool,
 }
 
 impl LengthModel for QrfLength {
@@ -117,9 +119,15 @@ impl LengthModel for QrfLength {
             task: req.task.as_deref(),
             text: req.text.as_deref(),
         };
+        let row = f.row();
+        let q = self.predictor.quantile;
         Prediction {
-            remaining_tokens: self.predictor.remaining(&f),
-            call_tokens: self.predictor.current_call(&f),
+            remaining_tokens: self.predictor.workflow.quantile(&row, q),
+            call_tokens: if self.with_call_tokens {
+                self.predictor.request.quantile(&row, q)
+            } else {
+                f64::NAN
+            },
         }
     }
 }
@@ -159,8 +167,16 @@ impl LengthModel for OracleLength {
 }
 
 /// The semantic router's confidences (the model's prior accuracy when a request has no text).
+/// The last request's predictions are kept, so asking for several models featurises once.
 pub struct SemanticConfidence {
     pub router: Arc<crate::router::Router>,
+    last: Option<(u64, Vec<f64>)>,
+}
+
+impl SemanticConfidence {
+    pub fn new(router: Arc<crate::router::Router>) -> Self {
+        SemanticConfidence { router, last: None }
+    }
 }
 
 impl ConfidenceModel for SemanticConfidence {
@@ -173,7 +189,12 @@ impl ConfidenceModel for SemanticConfidence {
             return 0.0;
         };
         match req.text.as_deref() {
-            Some(t) => self.router.predict(t)[k],
+            Some(t) => {
+                if self.last.as_ref().is_none_or(|l| l.0 != req.request) {
+                    self.last = Some((req.request, self.router.predict(t)));
+                }
+                self.last.as_ref().expect("just set").1[k]
+            }
             None => 1.0 / (1.0 + (-m.bias[k]).exp()),
         }
     }

@@ -282,7 +282,12 @@ impl PolicyCore {
     }
 
     /// Predictions and confidences per engine (computed once per distinct model).
-    fn assess(&mut self, req: &RequestInfo, engines: &[EngineId]) -> (Vec<f64>, Vec<f64>, Vec<Prediction>) {
+    fn assess(
+        &mut self,
+        req: &RequestInfo,
+        engines: &[EngineId],
+        with_confidence: bool,
+    ) -> (Vec<f64>, Vec<f64>, Vec<Prediction>) {
         let n = self.engines.len();
         let (mut rem, mut conf) = (vec![f64::NAN; n], vec![f64::NAN; n]);
         let mut preds = vec![
@@ -305,11 +310,10 @@ impl PolicyCore {
                             call_tokens: f64::NAN,
                         },
                     };
-                    let c = self
-                        .confidence
-                        .as_mut()
-                        .map(|c| c.confidence(req, &model))
-                        .unwrap_or(f64::NAN);
+                    let c = match (&mut self.confidence, with_confidence) {
+                        (Some(c), true) => c.confidence(req, &model),
+                        _ => f64::NAN,
+                    };
                     done.push((model, p, c));
                     (p, c)
                 }
@@ -323,33 +327,38 @@ impl PolicyCore {
 
     /// A request is ready to be sent.
     pub fn handle_request(&mut self, now: Nanos, req: RequestInfo) {
-        let engine = match self.workflow_engine.get(&req.workflow) {
+        let (engine, pred) = match self.workflow_engine.get(&req.workflow) {
             // Later stages stay on the workflow's model: the least loaded replica of it.
             Some(&prev) => {
                 let model = &self.engines[prev as usize].model;
-                let (rem, conf) = (vec![f64::NAN; self.engines.len()], vec![f64::NAN; self.engines.len()]);
+                let nan = vec![f64::NAN; self.engines.len()];
                 let view = ClusterView {
                     engines: &self.engines,
                     load: &self.load,
-                    predicted_remaining: &rem,
-                    confidence: &conf,
+                    predicted_remaining: &nan,
+                    confidence: &nan,
                 };
-                view.least_loaded(
-                    self.engines.iter().filter(|e| &e.model == model).map(|e| e.id),
-                    Some(prev),
-                )
-                .expect("the previous engine is a candidate")
+                let engine = view
+                    .least_loaded(
+                        self.engines.iter().filter(|e| &e.model == model).map(|e| e.id),
+                        Some(prev),
+                    )
+                    .expect("the previous engine is a candidate");
+                let (_, _, preds) = self.assess(&req, &[engine], false);
+                (engine, preds[engine as usize])
             }
+            // A new workflow: predictions and confidences for every engine, then the router.
             None => {
                 let all: Vec<EngineId> = (0..self.engines.len() as u32).collect();
-                let (rem, conf, _) = self.assess(&req, &all);
+                let (rem, conf, preds) = self.assess(&req, &all, true);
                 let view = ClusterView {
                     engines: &self.engines,
                     load: &self.load,
                     predicted_remaining: &rem,
                     confidence: &conf,
                 };
-                self.router.route(now, &req, &view)
+                let engine = self.router.route(now, &req, &view);
+                (engine, preds[engine as usize])
             }
         };
         assert!(
@@ -359,8 +368,6 @@ impl PolicyCore {
             self.engines.len()
         );
         self.workflow_engine.insert(req.workflow, engine);
-        let (_, _, preds) = self.assess(&req, &[engine]);
-        let pred = preds[engine as usize];
         let priority = self.prioritizer.priority(now, &req, engine, &pred);
         self.requests.insert(
             req.request,

@@ -33,7 +33,11 @@ fn sketch(text: Option<&str>) -> [f64; SKETCH_DIMS] {
     let chars: Vec<char> = t.to_lowercase().chars().collect();
     let mut n = 0.0;
     for w in chars.windows(3) {
-        let h = crate::rng::fnv1a64(w.iter().collect::<String>().as_bytes());
+        let mut f = crate::router::Fnv::new();
+        for c in w {
+            f.char(*c);
+        }
+        let h = f.0;
         for (j, v) in s.iter_mut().enumerate() {
             *v += if (h >> (j * 2)) & 1 == 1 { 1.0 } else { -1.0 };
         }

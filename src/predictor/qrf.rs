@@ -80,18 +80,29 @@ impl Builder<'_> {
         }
         let p = self.x[0].len();
         // Random feature subset (partial Fisher-Yates).
+        // Features in random order; like common implementations, features constant in this
+        // node do not count towards the `mtry` tried (else constant features starve splits).
         let mut feats: Vec<usize> = (0..p).collect();
-        for k in 0..self.mtry.min(p) {
+        for k in 0..p {
             let j = rng.random_range(k..p);
             feats.swap(k, j);
         }
+        let mut tried = 0;
         let n = idx.len() as f64;
         let total: f64 = idx.iter().map(|&i| self.y[i]).sum();
         let total_sq: f64 = idx.iter().map(|&i| self.y[i] * self.y[i]).sum();
         let parent_sse = total_sq - total * total / n;
         let mut best: Option<(f64, usize, f64)> = None; // (sse, feature, threshold)
         let mut order: Vec<usize> = idx.to_vec();
-        for &f in &feats[..self.mtry.min(p)] {
+        for &f in &feats {
+            if tried >= self.mtry {
+                break;
+            }
+            let first = self.x[idx[0]][f];
+            if idx.iter().all(|&i| self.x[i][f] == first) {
+                continue;
+            }
+            tried += 1;
             order.sort_by(|&a, &b| self.x[a][f].partial_cmp(&self.x[b][f]).expect("finite features"));
             let (mut s, mut sq) = (0.0, 0.0);
             for k in 0..order.len() - 1 {
@@ -210,7 +221,7 @@ impl Forest {
             let w = 1.0 / (self.trees.len() as f64 * leaf.len().max(1) as f64);
             pts.extend(leaf.iter().map(|&v| (v, w)));
         }
-        pts.sort_by(|a, b| a.0.partial_cmp(&b.0).expect("finite"));
+        pts.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).expect("finite"));
         qs.iter()
             .map(|&q| {
                 let mut acc = 0.0;

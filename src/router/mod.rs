@@ -10,7 +10,6 @@
 pub mod eval;
 pub mod metrics;
 
-use crate::rng::fnv1a64;
 use serde::{Deserialize, Serialize};
 
 pub const ROUTER_FORMAT: &str = "chimera-router/v1";
@@ -73,26 +72,73 @@ fn tokens(text: &str) -> Vec<String> {
 /// Raw term counts of a text, hashed.
 pub fn term_counts(text: &str, cfg: &FeatureConfig) -> Sparse {
     let mask = (1u64 << cfg.buckets_log2) - 1;
-    let mut counts: std::collections::BTreeMap<u32, f32> = std::collections::BTreeMap::new();
-    let mut add = |key: &str, kind: u8| {
-        let mut bytes = Vec::with_capacity(key.len() + 1);
-        bytes.push(kind);
-        bytes.extend_from_slice(key.as_bytes());
-        *counts.entry((fnv1a64(&bytes) & mask) as u32).or_default() += 1.0;
-    };
+    let mut hits: Vec<u32> = Vec::with_capacity(4 * text.len());
     let toks = tokens(text);
     for n in cfg.word_ngrams.0..=cfg.word_ngrams.1 {
         for w in toks.windows(n) {
-            add(&w.join(" "), b'w');
+            // FNV-1a of b'w' then the tokens joined by spaces, without building the string.
+            let mut h = Fnv::new();
+            h.byte(b'w');
+            for (k, t) in w.iter().enumerate() {
+                if k > 0 {
+                    h.byte(b' ');
+                }
+                h.bytes(t.as_bytes());
+            }
+            hits.push((h.0 & mask) as u32);
         }
     }
     let chars: Vec<char> = text.to_lowercase().chars().collect();
     for n in cfg.char_ngrams.0..=cfg.char_ngrams.1 {
         for w in chars.windows(n) {
-            add(&w.iter().collect::<String>(), b'c');
+            let mut h = Fnv::new();
+            h.byte(b'c');
+            for c in w {
+                h.char(*c);
+            }
+            hits.push((h.0 & mask) as u32);
         }
     }
-    counts.into_iter().collect()
+    hits.sort_unstable();
+    let mut out: Sparse = Vec::with_capacity(hits.len());
+    for b in hits {
+        match out.last_mut() {
+            Some(last) if last.0 == b => last.1 += 1.0,
+            _ => out.push((b, 1.0)),
+        }
+    }
+    out
+}
+
+/// Incremental FNV-1a (the same values as `rng::fnv1a64` over the concatenated bytes).
+pub struct Fnv(pub u64);
+
+impl Fnv {
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    #[inline]
+    pub fn byte(&mut self, b: u8) {
+        self.0 ^= b as u64;
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+    #[inline]
+    pub fn bytes(&mut self, bs: &[u8]) {
+        for &b in bs {
+            self.byte(b);
+        }
+    }
+    #[inline]
+    pub fn char(&mut self, c: char) {
+        let mut buf = [0u8; 4];
+        self.bytes(c.encode_utf8(&mut buf).as_bytes());
+    }
+}
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv::new()
+    }
 }
 
 /// A trained router.
@@ -415,5 +461,34 @@ pub fn train(
         per_model: vec![Vec::new(); nm],
         per_model_length: vec![0.0; nm],
         provenance,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_hash_matches_the_byte_hash() {
+        let mut h = Fnv::new();
+        h.byte(b'c');
+        for c in "éa\\".chars() {
+            h.char(c);
+        }
+        assert_eq!(h.0, crate::rng::fnv1a64("céa\\".as_bytes()));
+    }
+
+    #[test]
+    fn term_counts_count_repeats() {
+        let cfg = FeatureConfig {
+            buckets_log2: 18,
+            word_ngrams: (1, 1),
+            char_ngrams: (1, 1),
+        };
+        let c = term_counts("a a", &cfg);
+        // words: "a" twice; chars: 'a' twice and ' ' once.
+        let total: f32 = c.iter().map(|x| x.1).sum();
+        assert_eq!(total, 5.0);
+        assert!(c.windows(2).all(|w| w[0].0 < w[1].0), "sorted, unique buckets");
     }
 }

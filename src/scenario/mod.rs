@@ -21,6 +21,11 @@ use std::path::{Path, PathBuf};
 /// The embedded default scenario (`scenarios/default.yaml`).
 pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.yaml");
 
+/// Mean per-request decision cost of the Chimera policy (router + predictor + balancer + STJF),
+/// microseconds, as measured by `chimera bench policy` on the 2-core development machine
+/// (2026-11-26: p50 17.6, p99 108.6, mean 29.3).
+pub const CHIMERA_DECISION_US: f64 = 29.3;
+
 fn default_seed() -> u64 {
     1
 }
@@ -187,9 +192,11 @@ pub struct PolicySpec {
     /// Hold requests in the policy core while an engine has this many in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight_per_engine: Option<u32>,
-    /// Time charged for each routing/scheduling decision, microseconds.
-    #[serde(default)]
-    pub decision_delay_us: f64,
+    /// Time charged for each routing/scheduling decision, microseconds. Default: the mean cost
+    /// `chimera bench policy` measured for the Chimera policy (CHIMERA_DECISION_US) when routing
+    /// is `chimera`, else 0 (the baselines' decisions cost well under a microsecond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_delay_us: Option<f64>,
     #[serde(default = "default_retries")]
     pub max_retries: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -620,10 +627,15 @@ impl Scenario {
                 return Err(Error::bad("policy.max_in_flight_per_engine: expected at least 1"));
             }
         }
-        if !(sc.policy.decision_delay_us >= 0.0 && sc.policy.decision_delay_us.is_finite()) {
+        if sc.policy.decision_delay_us.is_none() {
+            let chimera = matches!(sc.policy.routing, RoutingSpec::Chimera { .. });
+            sc.policy.decision_delay_us = Some(if chimera { CHIMERA_DECISION_US } else { 0.0 });
+        }
+        let delay = sc.policy.decision_delay_us.unwrap_or(0.0);
+        if !(delay >= 0.0 && delay.is_finite()) {
             return Err(Error::bad(format!(
                 "policy.decision_delay_us: expected a non-negative number, got {}",
-                sc.policy.decision_delay_us
+                delay
             )));
         }
         let min_len = engines.iter().map(|e| e.limits.max_model_len).min().expect("non-empty");

@@ -231,7 +231,10 @@ pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
     match &p.length {
         Some(LengthSpec::Qrf { .. }) => {
             let predictor = r.predictor.clone().expect("resolved with its predictor");
-            core = core.with_length_model(Box::new(QrfLength { predictor }));
+            core = core.with_length_model(Box::new(QrfLength {
+                predictor,
+                with_call_tokens: p.priority == PrioritySpec::Sjf,
+            }));
         }
         Some(LengthSpec::Oracle) => core = core.with_length_model(Box::new(OracleLength)),
         None => {}
@@ -239,7 +242,7 @@ pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
     match &p.confidence {
         Some(ConfidenceSpec::Router { .. }) => {
             let router = r.router.clone().expect("resolved with its router");
-            core = core.with_confidence_model(Box::new(SemanticConfidence { router }));
+            core = core.with_confidence_model(Box::new(SemanticConfidence::new(router)));
         }
         Some(ConfidenceSpec::Prior { accuracy }) => {
             let accuracy = accuracy.iter().map(|(m, a)| (m.clone(), *a)).collect();
@@ -385,7 +388,7 @@ impl<'a> Simulation<'a> {
             finished: Vec::new(),
             tables,
             agg: Aggregates::new(&r.models),
-            decision_delay_ns: (r.scenario.policy.decision_delay_us * 1e3).round() as Nanos,
+            decision_delay_ns: (r.scenario.policy.decision_delay_us.unwrap_or(0.0) * 1e3).round() as Nanos,
             log_every: r.scenario.output.engine_log_every_steps as u64,
             check: r.scenario.limits.check_invariants,
             events: 0,
