@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
 /// How the engine orders its waiting queue and picks preemption victims.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum EnginePolicy {
     /// First come, first served; the newest running request is preempted first.
@@ -31,6 +31,18 @@ pub enum EnginePolicy {
     /// `starvation_steps` steps is promoted for `quantum_steps` steps in which it is scheduled,
     /// then demoted. Unmodified vLLM cannot run this.
     PriorityAging { starvation_steps: u32, quantum_steps: u32 },
+    /// A modified engine (FastServe-style multi-level feedback queue): level l gets a quantum of
+    /// `base_quantum_ms * growth^l` of service time; a request that uses up its quantum moves
+    /// down a level; one idle longer than `starvation_ms` returns to level 0. New requests enter
+    /// level 0, or with `skip_join` the first level whose quantum exceeds their prefill time.
+    /// Batches are filled by (level, arrival), preempting the lowest-ranked holders of KV.
+    Mlfq {
+        base_quantum_ms: f64,
+        growth: f64,
+        starvation_ms: f64,
+        #[serde(default)]
+        skip_join: bool,
+    },
 }
 
 /// Static limits of an engine.
@@ -102,6 +114,10 @@ struct Slot {
     idle: u32,
     /// Steps of promotion left (aging policy).
     promoted_left: u32,
+    /// MLFQ level, service time used in it, and when the request last ran (or arrived).
+    level: u32,
+    served_ns: Nanos,
+    last_run_ns: Nanos,
 }
 
 impl Slot {
@@ -138,7 +154,9 @@ pub struct Engine {
 impl Engine {
     pub fn new(id: u32, limits: EngineLimits, steptime: StepTimeModel, usable_kv_blocks: u32) -> Self {
         let waiting = match limits.policy {
-            EnginePolicy::Fcfs | EnginePolicy::PriorityAging { .. } => Waiting::Fcfs(VecDeque::new()),
+            EnginePolicy::Fcfs | EnginePolicy::PriorityAging { .. } | EnginePolicy::Mlfq { .. } => {
+                Waiting::Fcfs(VecDeque::new())
+            }
             EnginePolicy::Priority => Waiting::Priority(BinaryHeap::new()),
         };
         Engine {
@@ -243,6 +261,9 @@ impl Engine {
             done: false,
             idle: 0,
             promoted_left: 0,
+            level: 0,
+            served_ns: 0,
+            last_run_ns: req.dispatch_ns,
         };
         self.next_seq += 1;
         let idx = match self.free_slots.pop() {
@@ -255,6 +276,27 @@ impl Engine {
                 (self.slots.len() - 1) as u32
             }
         };
+        if let EnginePolicy::Mlfq {
+            base_quantum_ms,
+            growth,
+            skip_join: true,
+            ..
+        } = self.limits.policy
+        {
+            let mut shape = StepShape::default();
+            shape.add(
+                0,
+                req.prompt_tokens.min(self.limits.max_num_batched_tokens) as u64,
+                true,
+            );
+            let chunks = req.prompt_tokens.div_ceil(self.limits.max_num_batched_tokens.max(1)) as f64;
+            let prefill = self.steptime.step_ns(&shape) as f64 * chunks;
+            let mut level = 0;
+            while level < 30 && base_quantum_ms * 1e6 * growth.powi(level as i32) <= prefill {
+                level += 1;
+            }
+            self.slots[idx as usize].level = level;
+        }
         self.push_waiting(idx, false);
         None
     }
@@ -293,12 +335,8 @@ impl Engine {
             start_ns: now,
             ..StepReport::default()
         };
-        if let EnginePolicy::PriorityAging {
-            starvation_steps,
-            quantum_steps,
-        } = self.limits.policy
-        {
-            self.schedule_ranked(now, starvation_steps, quantum_steps);
+        if let EnginePolicy::PriorityAging { .. } | EnginePolicy::Mlfq { .. } = self.limits.policy {
+            self.schedule_ranked(now);
             return self.finish_schedule();
         }
         let mut budget = self.limits.max_num_batched_tokens;
@@ -317,7 +355,9 @@ impl Engine {
             let mut can_schedule = true;
             while !self.try_grow(slot, n) {
                 let victim_pos = match self.limits.policy {
-                    EnginePolicy::Fcfs | EnginePolicy::PriorityAging { .. } => self.running.len() - 1,
+                    EnginePolicy::Fcfs | EnginePolicy::PriorityAging { .. } | EnginePolicy::Mlfq { .. } => {
+                        self.running.len() - 1
+                    }
                     EnginePolicy::Priority => {
                         let mut best = 0;
                         for (p, &r) in self.running.iter().enumerate() {
@@ -410,9 +450,26 @@ impl Engine {
         self.in_step = false;
         let max_len = self.limits.max_model_len;
         let mut any_done = false;
+        let mlfq = match self.limits.policy {
+            EnginePolicy::Mlfq {
+                base_quantum_ms,
+                growth,
+                ..
+            } => Some((base_quantum_ms * 1e6, growth)),
+            _ => None,
+        };
+        let step_ns = self.step.duration_ns;
         for k in 0..self.scheduled.len() {
             let (slot, n) = self.scheduled[k];
             let s = &mut self.slots[slot as usize];
+            if let Some((base, growth)) = mlfq {
+                s.served_ns += step_ns;
+                s.last_run_ns = now;
+                while s.level < 30 && s.served_ns as f64 >= base * growth.powi(s.level as i32) {
+                    s.served_ns -= (base * growth.powi(s.level as i32)) as Nanos;
+                    s.level += 1;
+                }
+            }
             s.computed += n;
             if s.computed >= s.tokens() {
                 s.generated += 1;
@@ -453,13 +510,34 @@ impl Engine {
     }
 
     /// One step of the ranked (learning-to-rank style) policy with aging.
-    fn schedule_ranked(&mut self, now: Nanos, starvation: u32, quantum: u32) {
+    fn schedule_ranked(&mut self, now: Nanos) {
         let mut cand: Vec<u32> = self.running.clone();
         if let Waiting::Fcfs(q) = &mut self.waiting {
             cand.extend(q.drain(..));
         }
-        let key = |s: &Slot| (s.promoted_left == 0, s.req.priority, s.seq);
+        let policy = self.limits.policy;
+        if let EnginePolicy::Mlfq { starvation_ms, .. } = policy {
+            let limit = (starvation_ms * 1e6) as Nanos;
+            for &c in &cand {
+                let s = &mut self.slots[c as usize];
+                if now - s.last_run_ns > limit {
+                    s.level = 0;
+                    s.served_ns = 0;
+                }
+            }
+        }
+        let key = |s: &Slot| match policy {
+            EnginePolicy::Mlfq { .. } => (false, s.level as i64, s.seq),
+            _ => (s.promoted_left == 0, s.req.priority, s.seq),
+        };
         cand.sort_by(|&a, &b| key(&self.slots[a as usize]).cmp(&key(&self.slots[b as usize])));
+        let (starvation, quantum) = match policy {
+            EnginePolicy::PriorityAging {
+                starvation_steps,
+                quantum_steps,
+            } => (starvation_steps, quantum_steps),
+            _ => (u32::MAX, 1),
+        };
         let mut selected = vec![false; self.slots.len()];
         let mut budget = self.limits.max_num_batched_tokens;
         let mut count = 0u32;
@@ -522,6 +600,11 @@ impl Engine {
         }
     }
 
+    /// MLFQ level of request `id`, for tests and reports.
+    pub fn level_of(&self, id: u64) -> Option<u32> {
+        self.slots.iter().find(|s| s.req.id == id && !s.done).map(|s| s.level)
+    }
+
     /// Promotion steps left of request `id` (aging policy), for tests and reports.
     pub fn promotion_of(&self, id: u64) -> Option<(u32, u32)> {
         self.slots
@@ -549,7 +632,10 @@ impl Engine {
             ));
         }
         // (Under the ranked policy paused requests keep their KV, so only the batch is bounded.)
-        let ranked = matches!(self.limits.policy, EnginePolicy::PriorityAging { .. });
+        let ranked = matches!(
+            self.limits.policy,
+            EnginePolicy::PriorityAging { .. } | EnginePolicy::Mlfq { .. }
+        );
         if !ranked && self.running.len() > self.limits.max_num_seqs as usize {
             return Err(format!(
                 "engine {}: {} running > max_num_seqs",

@@ -193,10 +193,15 @@ proptest! {
         budget in 16u32..4096,
         max_seqs in 1u32..64,
         blocks in 64u32..400,
-        prio in any::<bool>(),
+        kind in 0u8..4,
         reqs in proptest::collection::vec((1u32..600, 1u32..200, 0i64..5), 1..40),
     ) {
-        let policy = if prio { EnginePolicy::Priority } else { EnginePolicy::Fcfs };
+        let policy = match kind {
+            0 => EnginePolicy::Fcfs,
+            1 => EnginePolicy::Priority,
+            2 => EnginePolicy::PriorityAging { starvation_steps: 5, quantum_steps: 3 },
+            _ => EnginePolicy::Mlfq { base_quantum_ms: 20.0, growth: 2.0, starvation_ms: 500.0, skip_join: true },
+        };
         let mut e = engine(budget, max_seqs, blocks, policy);
         let mut expected = 0;
         for (i, &(p, o, pr)) in reqs.iter().enumerate() {
@@ -270,4 +275,76 @@ fn ranked_scheduling_preempts_the_lowest_ranked_holder_of_kv() {
     assert!(by_id(1).preemptions >= 1);
     assert_eq!(by_id(2).preemptions, 0);
     assert!(by_id(2).finish_ns < by_id(1).finish_ns);
+}
+
+fn mlfq(base_ms: f64, starvation_ms: f64, skip_join: bool) -> EnginePolicy {
+    EnginePolicy::Mlfq {
+        base_quantum_ms: base_ms,
+        growth: 2.0,
+        starvation_ms,
+        skip_join,
+    }
+}
+
+#[test]
+fn mlfq_demotes_a_request_that_uses_up_its_quantum_and_serves_newcomers_first() {
+    // 7B decode steps on an A6000 take ~25 ms: a 30 ms quantum is used up in two steps.
+    let mut e = engine(2048, 1, 10_000, mlfq(30.0, 1e9, false));
+    e.add_request(req(1, 10, 200, 0));
+    let mut out = vec![];
+    let mut now = 0;
+    for _ in 0..2 {
+        let d = e.begin_step(now).unwrap();
+        now += d;
+        e.end_step(now, &mut out);
+    }
+    assert_eq!(
+        e.level_of(1),
+        Some(1),
+        "two steps of ~25 ms exceed the 30 ms level-0 quantum"
+    );
+    // A newcomer at level 0 outranks the demoted request (one request per step here).
+    let mut r2 = req(2, 10, 3, 0);
+    r2.dispatch_ns = now;
+    e.add_request(r2);
+    let d = e.begin_step(now).unwrap();
+    now += d;
+    e.end_step(now, &mut out);
+    assert_eq!(e.level_of(2), Some(0));
+    let (done, _) = drain(&mut e);
+    assert_eq!(done.first().unwrap().req.id, 2, "the short newcomer finishes first");
+}
+
+#[test]
+fn mlfq_returns_starved_requests_to_level_0_and_skip_join_places_long_prompts_lower() {
+    let mut e = engine(2048, 1, 10_000, mlfq(30.0, 100.0, false));
+    e.add_request(req(1, 10, 400, 0));
+    let mut out = vec![];
+    let mut now = 0;
+    for _ in 0..8 {
+        let d = e.begin_step(now).unwrap();
+        now += d;
+        e.end_step(now, &mut out);
+    }
+    let lvl = e.level_of(1).unwrap();
+    assert!(lvl >= 2, "level {lvl}");
+    // Keep request 1 from running with a stream of level-0 newcomers; once it has waited more
+    // than 100 ms it is back at level 0 (and, oldest there, runs again).
+    let mut back_to_zero = false;
+    for k in 0..20u64 {
+        let mut r = req(100 + k, 10, 1, 0);
+        r.dispatch_ns = now;
+        e.add_request(r);
+        let d = e.begin_step(now).unwrap();
+        back_to_zero |= e.level_of(1) == Some(0);
+        now += d;
+        e.end_step(now, &mut out);
+    }
+    assert!(back_to_zero, "starved past 100 ms: back to level 0");
+
+    let mut sj = engine(2048, 256, 10_000, mlfq(30.0, 1e9, true));
+    sj.add_request(req(1, 8000, 5, 0)); // ~4 prefill chunks of ~2048 tokens: well over 30 ms
+    sj.add_request(req(2, 20, 5, 0));
+    assert!(sj.level_of(1).unwrap() >= 2, "{:?}", sj.level_of(1));
+    assert_eq!(sj.level_of(2), Some(0));
 }
