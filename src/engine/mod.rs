@@ -93,10 +93,14 @@ pub struct StepReport {
     pub tokens: u32,
     pub prefill_tokens: u32,
     pub decode_tokens: u32,
+    /// Requests admitted (holding KV) after scheduling; under the ranked policies some of them
+    /// may be paused this step.
     pub running: u32,
     pub waiting: u32,
     pub kv_used_blocks: u32,
     pub preempted: u32,
+    /// Requests in this step's batch.
+    pub batch: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -437,6 +441,7 @@ impl Engine {
         self.step.duration_ns = dur;
         self.step.tokens = shape.tokens as u32;
         self.step.running = self.running.len() as u32;
+        self.step.batch = self.scheduled.len() as u32;
         self.step.waiting = self.num_waiting() as u32;
         self.step.kv_used_blocks = self.kv.used();
         self.in_step = true;

@@ -218,7 +218,8 @@ proptest! {
             prop_assert!(f.first_token_ns <= f.finish_ns && f.first_scheduled_ns < f.first_token_ns);
         }
         for s in &steps {
-            prop_assert!(s.tokens <= budget && s.running <= max_seqs && s.kv_used_blocks <= blocks);
+            prop_assert!(s.tokens <= budget && s.batch <= max_seqs && s.kv_used_blocks <= blocks);
+            prop_assert!(kind >= 2 || s.running <= max_seqs);
         }
         prop_assert_eq!(e.kv().used(), 0);
         prop_assert!(!e.has_work());
