@@ -428,7 +428,8 @@ fn the_shipped_traces_are_what_their_commands_generate() {
 #[test]
 fn the_shipped_predictor_is_what_training_on_the_shipped_traces_gives() {
     let file = repo().join("models/predictor-qwen2.5-apps-math.json");
-    let shipped: chimera::predictor::LengthPredictor = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let shipped: chimera::predictor::LengthPredictor =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let mut all = trace::read_trace(&repo().join("traces/apps-qwen2.5-1.5b-7b-14b.parquet")).unwrap();
     let math = trace::read_trace(&repo().join("traces/math-qwen2.5-1.5b-3b-7b-14b.parquet")).unwrap();
     let base = all.workflows.len() as u64;
@@ -436,7 +437,11 @@ fn the_shipped_predictor_is_what_training_on_the_shipped_traces_gives() {
         w.id += base;
         w
     }));
-    let cfg = chimera::predictor::qrf::ForestConfig { trees: 20, seed: 1, ..Default::default() };
+    let cfg = chimera::predictor::qrf::ForestConfig {
+        trees: 20,
+        seed: 1,
+        ..Default::default()
+    };
     let fresh = chimera::predictor::LengthPredictor::train(&all, 0.5, &cfg, serde_json::Value::Null);
     assert!(
         fresh.workflow == shipped.workflow && fresh.request == shipped.request,
