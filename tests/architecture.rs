@@ -30,7 +30,7 @@ fn the_policy_core_and_engine_touch_no_clock_file_socket_or_thread() {
         "thread_rng",
         "rand::rng",
     ];
-    for dir in ["src/policy", "src/engine"] {
+    for dir in ["src/policy", "src/engine", "src/router", "src/predictor"] {
         for (path, text) in sources(dir) {
             // Module docs may name what the module must not do; check code lines only.
             for (n, line) in text.lines().enumerate() {
@@ -58,6 +58,8 @@ fn every_module_says_what_it_is_for() {
         "src/sim",
         "src/workload",
         "src/trace",
+        "src/router",
+        "src/predictor",
     ] {
         for (path, text) in sources(dir) {
             if path.ends_with("main.rs") || path.ends_with("tests.rs") {
