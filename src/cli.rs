@@ -422,10 +422,7 @@ fn bench_policy(predictor: &Path, router: &Path, text_trace: Option<&Path>, requ
         "requests_per_workflow": per_wf, "workflow_e2e_s_mean": e2e_s, "share_of_workflow_latency": share,
     });
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| Error::other(e.to_string()))?
-        );
+        print_json(&v)?;
     } else {
         println!(
             "chimera decision (router + predictor + balancer + STJF), {} requests: p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
@@ -442,14 +439,19 @@ fn bench_policy(predictor: &Path, router: &Path, text_trace: Option<&Path>, requ
     Ok(0)
 }
 
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| Error::other(e.to_string()))?
+    );
+    Ok(())
+}
+
 fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
     use crate::predictor::{evaluate, qrf::ForestConfig, LengthPredictor, PREDICTOR_FORMAT};
     let print = |r: &crate::predictor::PredictorReport, json: bool| -> Result<()> {
         if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(r).map_err(|e| Error::other(e.to_string()))?
-            );
+            print_json(&r)?;
         } else {
             println!("{} calls, quantile {}", r.rows, r.quantile);
             println!(
@@ -551,10 +553,7 @@ fn router_dataset(t: &crate::trace::Trace) -> Result<crate::router::eval::Datase
 
 fn print_router_report(r: &crate::router::eval::EvalReport, json: bool) -> Result<()> {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(r).map_err(|e| Error::other(e.to_string()))?
-        );
+        print_json(&r)?;
         return Ok(());
     }
     println!("{} items", r.items);
@@ -754,10 +753,7 @@ fn trace_cmd(what: TraceCmd) -> Result<i32> {
             let t = trace::read_trace(&file)?;
             let rows = trace::stats::stats(&t, compare_data.as_deref(), FittedParams::embedded())?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).map_err(|e| Error::other(e.to_string()))?
-                );
+                print_json(&rows)?;
             } else {
                 println!(
                     "{}: {} workflows, models {}",

@@ -263,6 +263,30 @@ impl PolicyCore {
         format!("router {}, priority {}", self.router.name(), self.prioritizer.name())
     }
 
+    /// The replica of `model` with the fewest requests in flight or held, other than `exclude`
+    /// (ties: `prefer`, then the lowest id).
+    fn least_loaded_replica(
+        &self,
+        model: &Arc<str>,
+        exclude: Option<EngineId>,
+        prefer: Option<EngineId>,
+    ) -> Option<EngineId> {
+        let nan = vec![f64::NAN; self.engines.len()];
+        let view = ClusterView {
+            engines: &self.engines,
+            load: &self.load,
+            predicted_remaining: &nan,
+            confidence: &nan,
+        };
+        view.least_loaded(
+            self.engines
+                .iter()
+                .filter(|e| &e.model == model && Some(e.id) != exclude)
+                .map(|e| e.id),
+            prefer,
+        )
+    }
+
     /// Give the core a length model (needed by Chimera routing and STJF/SJF priorities).
     pub fn with_length_model(mut self, m: Box<dyn LengthModel>) -> Self {
         self.length = Some(m);
@@ -330,19 +354,9 @@ impl PolicyCore {
         let (engine, pred) = match self.workflow_engine.get(&req.workflow) {
             // Later stages stay on the workflow's model: the least loaded replica of it.
             Some(&prev) => {
-                let model = &self.engines[prev as usize].model;
-                let nan = vec![f64::NAN; self.engines.len()];
-                let view = ClusterView {
-                    engines: &self.engines,
-                    load: &self.load,
-                    predicted_remaining: &nan,
-                    confidence: &nan,
-                };
-                let engine = view
-                    .least_loaded(
-                        self.engines.iter().filter(|e| &e.model == model).map(|e| e.id),
-                        Some(prev),
-                    )
+                let model = self.engines[prev as usize].model.clone();
+                let engine = self
+                    .least_loaded_replica(&model, None, Some(prev))
                     .expect("the previous engine is a candidate");
                 let (_, _, preds) = self.assess(&req, &[engine], false);
                 (engine, preds[engine as usize])
@@ -475,20 +489,10 @@ impl PolicyCore {
         match kind {
             FailureKind::Transient(why) if t.attempts < self.opts.max_retries => {
                 t.attempts += 1;
-                let nan = vec![f64::NAN; self.engines.len()];
-                let view = ClusterView {
-                    engines: &self.engines,
-                    load: &self.load,
-                    predicted_remaining: &nan,
-                    confidence: &nan,
-                };
-                let model = &self.engines[failed_engine as usize].model;
-                let others = self
-                    .engines
-                    .iter()
-                    .filter(|e| &e.model == model && e.id != failed_engine)
-                    .map(|e| e.id);
-                t.engine = view.least_loaded(others, None).unwrap_or(failed_engine);
+                let model = self.engines[failed_engine as usize].model.clone();
+                t.engine = self
+                    .least_loaded_replica(&model, Some(failed_engine), None)
+                    .unwrap_or(failed_engine);
                 t.dispatched = false;
                 self.workflow_engine.insert(t.workflow, t.engine);
                 let _ = why;

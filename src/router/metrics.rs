@@ -5,22 +5,8 @@ use serde::Serialize;
 
 /// Area under the ROC curve (ties count one half); None when one class is absent.
 pub fn auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].partial_cmp(&scores[b]).unwrap_or(std::cmp::Ordering::Equal));
-    // Average ranks over ties, then the Mann-Whitney statistic.
-    let mut ranks = vec![0.0; scores.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        let r = (i + j) as f64 / 2.0 + 1.0;
-        for k in i..=j {
-            ranks[idx[k]] = r;
-        }
-        i = j + 1;
-    }
+    // Average ranks (1-based) over ties, then the Mann-Whitney statistic.
+    let ranks: Vec<f64> = ranks(scores).iter().map(|r| r + 1.0).collect();
     let pos = labels.iter().filter(|&&l| l).count() as f64;
     let neg = labels.len() as f64 - pos;
     if pos == 0.0 || neg == 0.0 {

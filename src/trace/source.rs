@@ -37,6 +37,15 @@ struct Clock {
 }
 
 impl Clock {
+    fn new(ia: InterArrival, seed: u64) -> Clock {
+        Clock {
+            ia,
+            rng: stream(seed, "arrivals"),
+            now: 0,
+            first: true,
+        }
+    }
+
     fn tick(&mut self) -> Nanos {
         if !self.first {
             self.now += self.ia.gap_ns(&mut self.rng);
@@ -100,12 +109,7 @@ impl TraceWorkload {
             limit: limit.unwrap_or(if cycle { u64::MAX } else { n }),
             cycle,
             models: models.to_vec(),
-            clock: Clock {
-                ia,
-                rng: stream(seed, "arrivals"),
-                now: 0,
-                first: true,
-            },
+            clock: Clock::new(ia, seed),
         })
     }
 }
@@ -164,12 +168,7 @@ impl GeneratedWorkload {
             produced: 0,
             n,
             models: models.to_vec(),
-            clock: Clock {
-                ia,
-                rng: stream(seed, "arrivals"),
-                now: 0,
-                first: true,
-            },
+            clock: Clock::new(ia, seed),
         })
     }
 }
