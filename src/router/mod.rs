@@ -48,42 +48,50 @@ impl Default for TrainConfig {
 /// Sparse feature vector: (bucket, value), buckets sorted and unique.
 pub type Sparse = Vec<(u32, f32)>;
 
-fn tokens(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
+/// Word tokens (runs of alphanumerics and backslashes, lowercased) and single punctuation
+/// marks, as spans of one buffer (no allocation per token).
+fn tokens(text: &str) -> (String, Vec<(usize, usize)>) {
+    let mut buf = String::with_capacity(text.len());
+    let mut spans = Vec::new();
+    let mut start: Option<usize> = None;
     for c in text.chars() {
         if c.is_alphanumeric() || c == '\\' {
-            cur.extend(c.to_lowercase());
+            if start.is_none() {
+                start = Some(buf.len());
+            }
+            buf.extend(c.to_lowercase());
         } else {
-            if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
+            if let Some(s0) = start.take() {
+                spans.push((s0, buf.len()));
             }
             if !c.is_whitespace() {
-                out.push(c.to_string());
+                let s0 = buf.len();
+                buf.push(c);
+                spans.push((s0, buf.len()));
             }
         }
     }
-    if !cur.is_empty() {
-        out.push(cur);
+    if let Some(s0) = start {
+        spans.push((s0, buf.len()));
     }
-    out
+    (buf, spans)
 }
 
 /// Raw term counts of a text, hashed.
 pub fn term_counts(text: &str, cfg: &FeatureConfig) -> Sparse {
     let mask = (1u64 << cfg.buckets_log2) - 1;
     let mut hits: Vec<u32> = Vec::with_capacity(4 * text.len());
-    let toks = tokens(text);
+    let (buf, spans) = tokens(text);
     for n in cfg.word_ngrams.0..=cfg.word_ngrams.1 {
-        for w in toks.windows(n) {
+        for w in spans.windows(n) {
             // FNV-1a of b'w' then the tokens joined by spaces, without building the string.
             let mut h = Fnv::new();
             h.byte(b'w');
-            for (k, t) in w.iter().enumerate() {
+            for (k, &(a, b)) in w.iter().enumerate() {
                 if k > 0 {
                     h.byte(b' ');
                 }
-                h.bytes(t.as_bytes());
+                h.bytes(&buf.as_bytes()[a..b]);
             }
             hits.push((h.0 & mask) as u32);
         }

@@ -23,8 +23,8 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../../scenarios/default.yaml");
 
 /// Mean per-request decision cost of the Chimera policy (router + predictor + balancer + STJF),
 /// microseconds, as measured by `chimera bench policy` on the 2-core development machine
-/// (2026-11-26, shipped predictor, router trained on MATH level 5: p50 8.3, p99 100.1, mean 29.7).
-pub const CHIMERA_DECISION_US: f64 = 29.7;
+/// (2026-11-26, shipped predictor, router trained on MATH level 5: p50 7.9, p99 81.4, mean 25.3).
+pub const CHIMERA_DECISION_US: f64 = 25.3;
 
 fn default_seed() -> u64 {
     1
