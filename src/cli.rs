@@ -135,6 +135,10 @@ pub enum RouterCmd {
         seed: u64,
         #[arg(long)]
         json: bool,
+        /// Use a BERT-family encoder from this folder (config.json, model.safetensors,
+        /// tokenizer.json) for features instead of TF-IDF (needs the `encoder` build feature).
+        #[arg(long)]
+        encoder: Option<PathBuf>,
     },
     /// Per-model AUC, Brier score and calibration of a router on a trace (or its held-out part).
     Eval {
@@ -159,6 +163,9 @@ pub enum RouterCmd {
         seed: u64,
         #[arg(long)]
         json: bool,
+        /// Cross-validate heads on encoder embeddings instead (needs the `encoder` feature).
+        #[arg(long)]
+        encoder: Option<PathBuf>,
     },
 }
 
@@ -534,6 +541,18 @@ fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
     Ok(0)
 }
 
+/// Embeddings of `texts` with the encoder in `dir` (the `encoder` build feature).
+#[cfg(feature = "encoder")]
+fn embed_all(dir: &Path, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    let enc = crate::encoder::TextEncoder::load(dir)?;
+    texts.iter().map(|t| enc.embed(t)).collect()
+}
+
+#[cfg(not(feature = "encoder"))]
+fn embed_all(_dir: &Path, _texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    Err(Error::bad("--encoder: this chimera was built without the `encoder` feature; rebuild with `cargo build --release --features encoder`"))
+}
+
 fn router_dataset(t: &crate::trace::Trace) -> Result<crate::router::eval::Dataset<'_>> {
     let ws: Vec<_> = t.workflows.iter().filter(|w| w.text.is_some()).collect();
     if ws.is_empty() {
@@ -602,6 +621,38 @@ fn router_cmd(what: RouterCmd) -> Result<i32> {
             test_fraction,
             seed,
             json,
+            encoder: Some(dir),
+        } => {
+            frac_ok(test_fraction)?;
+            let t = crate::trace::read_trace(&trace)?;
+            let data = router_dataset(&t)?;
+            let (train_idx, _) = data.split(test_fraction, seed);
+            let embs = embed_all(&dir, &train_idx.iter().map(|&i| data.texts[i]).collect::<Vec<_>>())?;
+            let labels: Vec<Vec<bool>> = train_idx.iter().map(|&i| data.labels[i].clone()).collect();
+            let prov = serde_json::json!({
+                "trained_on": trace.display().to_string(), "encoder": dir.display().to_string(),
+                "items": embs.len(), "held_out_fraction": test_fraction, "split_seed": seed,
+            });
+            let m = router::train_dense(&embs, &labels, &data.models, prov);
+            std::fs::write(
+                &out,
+                serde_json::to_string(&m).map_err(|e| Error::other(e.to_string()))?,
+            )
+            .map_err(|e| Error::io(&out, e))?;
+            let r = router::Router::new(m);
+            let p: Vec<Vec<f64>> = embs.iter().map(|x| r.predict_dense(x)).collect();
+            if !json {
+                println!("wrote {} (encoder heads; figures below are in-sample)", out.display());
+            }
+            print_router_report(&eval::score(&p, &p, &labels, &data.models), json)?;
+        }
+        RouterCmd::Train {
+            trace,
+            out,
+            test_fraction,
+            seed,
+            json,
+            encoder: None,
         } => {
             frac_ok(test_fraction)?;
             let t = crate::trace::read_trace(&trace)?;
@@ -689,13 +740,25 @@ fn router_cmd(what: RouterCmd) -> Result<i32> {
             folds,
             seed,
             json,
+            encoder,
         } => {
             if folds < 2 {
                 return Err(Error::bad("--folds: expected at least 2"));
             }
             let t = crate::trace::read_trace(&trace)?;
             let data = router_dataset(&t)?;
-            let r = eval::cross_validate(&data, folds, seed, &FeatureConfig::default(), &TrainConfig::default());
+            let r = match encoder {
+                None => eval::cross_validate(&data, folds, seed, &FeatureConfig::default(), &TrainConfig::default()),
+                Some(dir) => {
+                    let embs = embed_all(&dir, &data.texts)?;
+                    eval::cross_validate_with(&data, folds, seed, |train, test| {
+                        let e: Vec<Vec<f32>> = train.iter().map(|&i| embs[i].clone()).collect();
+                        let l: Vec<Vec<bool>> = train.iter().map(|&i| data.labels[i].clone()).collect();
+                        let r = router::Router::new(router::train_dense(&e, &l, &data.models, serde_json::Value::Null));
+                        test.iter().map(|&i| r.predict_dense(&embs[i])).collect()
+                    })
+                }
+            };
             print_router_report(&r, json)?;
         }
     }

@@ -2,6 +2,8 @@
 //! GPU clusters. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod cli;
+#[cfg(feature = "encoder")]
+pub mod encoder;
 pub mod engine;
 pub mod error;
 pub mod hw;

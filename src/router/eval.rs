@@ -135,6 +135,16 @@ pub fn fit_predict(
 
 /// K-fold cross-validation (seeded folds): out-of-fold predictions scored together.
 pub fn cross_validate(data: &Dataset, k: usize, seed: u64, fcfg: &FeatureConfig, tcfg: &TrainConfig) -> EvalReport {
+    cross_validate_with(data, k, seed, |train, test| fit_predict(data, train, test, fcfg, tcfg))
+}
+
+/// K-fold cross-validation of any training procedure `fit_predict(train, test)`.
+pub fn cross_validate_with(
+    data: &Dataset,
+    k: usize,
+    seed: u64,
+    fit_predict: impl Fn(&[usize], &[usize]) -> Vec<Vec<f64>>,
+) -> EvalReport {
     let (_, order) = data.split(1.0, seed);
     let n = order.len();
     let mut preds = vec![vec![]; n];
@@ -152,7 +162,7 @@ pub fn cross_validate(data: &Dataset, k: usize, seed: u64, fcfg: &FeatureConfig,
             .filter(|(j, _)| j % k != f)
             .map(|(_, &i)| i)
             .collect();
-        for (t, p) in test.iter().zip(fit_predict(data, &train, &test, fcfg, tcfg)) {
+        for (t, p) in test.iter().zip(fit_predict(&train, &test)) {
             preds[*t] = p;
         }
         for (t, p) in test.iter().zip(length_baseline(data, &train, &test)) {

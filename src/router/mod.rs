@@ -223,6 +223,14 @@ impl Router {
         featurize(text, &self.model.features, &self.idf, self.model.length_norm)
     }
 
+    /// Confidence per model from a dense feature vector (an encoder embedding).
+    pub fn predict_dense(&self, x: &[f32]) -> Vec<f64> {
+        let d: f64 = x.iter().enumerate().map(|(i, v)| (self.shared[i] * v) as f64).sum();
+        (0..self.model.models.len())
+            .map(|m| sigmoid(self.model.bias[m] + self.model.scale[m] * d))
+            .collect()
+    }
+
     /// Confidence per model (in `self.model.models` order).
     pub fn predict(&self, text: &str) -> Vec<f64> {
         let (x, len) = self.featurize(text);
@@ -340,39 +348,20 @@ fn logistic_1d(x: &[f64], y: &[bool]) -> (f64, f64) {
     (a, b)
 }
 
-/// Train a router on texts and per-model labels (`labels[i][m]`).
-///
-/// Outcomes are correlated across models, so the text model predicts one thing all labels
-/// inform: the share of models that solve the item (a difficulty score), by ridge regression on
-/// the features, solved in the dual (kernel) form with the ridge strength chosen by exact
-/// leave-one-out error. Each model then maps the score to its own probability with a logistic
-/// calibration fitted on the leave-one-out scores (so calibration never sees in-sample fits).
-pub fn train(
-    texts: &[&str],
-    labels: &[Vec<bool>],
-    models: &[String],
-    fcfg: &FeatureConfig,
-    tcfg: &TrainConfig,
-    provenance: serde_json::Value,
-) -> RouterModel {
-    let n = texts.len();
-    let nm = models.len();
-    let nb = 1usize << fcfg.buckets_log2;
-    let counts: Vec<Sparse> = texts.iter().map(|t| term_counts(t, fcfg)).collect();
-    let mut df = vec![0u32; nb];
-    for c in &counts {
-        for &(i, _) in c {
-            df[i as usize] += 1;
-        }
-    }
-    let idf_of = |d: u32| ((1.0 + n as f64) / (1.0 + d as f64)).ln() as f32 + 1.0;
-    let idf_dense: Vec<f32> = df.iter().map(|&d| idf_of(d)).collect();
-    let lens: Vec<f64> = texts.iter().map(|t| (t.chars().count().max(1) as f64).ln()).collect();
-    let mu = lens.iter().sum::<f64>() / n.max(1) as f64;
-    let sd = (lens.iter().map(|l| (l - mu).powi(2)).sum::<f64>() / n.max(1) as f64)
-        .sqrt()
-        .max(1e-9);
-    let xs: Vec<(Sparse, f64)> = texts.iter().map(|t| featurize(t, fcfg, &idf_dense, (mu, sd))).collect();
+/// The trained heads: per-model calibration of one shared ridge score.
+struct Heads {
+    bias: Vec<f64>,
+    scale: Vec<f64>,
+    w: Vec<f32>,
+    lw: f64,
+    lam: f64,
+    loo_mse: f64,
+}
+
+/// Kernel ridge on the share of models solving each item (ridge strength by exact leave-one-out
+/// error), then a logistic calibration per model on the leave-one-out scores.
+fn fit_heads(xs: &[(Sparse, f64)], labels: &[Vec<bool>], nm: usize, nb: usize, len_scale: f64) -> Heads {
+    let n = xs.len();
     // Target: share of models that solve the item, centred.
     let y: Vec<f64> = labels
         .iter()
@@ -381,7 +370,6 @@ pub fn train(
     let ybar = y.iter().sum::<f64>() / n.max(1) as f64;
     let yc: Vec<f64> = y.iter().map(|v| v - ybar).collect();
     // Linear kernel over TF-IDF plus the scaled length feature.
-    let len_scale = tcfg.l2_shared.max(0.0);
     let mut k = vec![0.0f64; n * n];
     let mut postings: Vec<Vec<(u32, f32)>> = vec![Vec::new(); nb];
     for (d, (x, _)) in xs.iter().enumerate() {
@@ -444,6 +432,108 @@ pub fn train(
         bias[m] = a;
         scale[m] = b;
     }
+    Heads {
+        bias,
+        scale,
+        w,
+        lw,
+        lam,
+        loo_mse,
+    }
+}
+
+/// Train router heads on dense features (text embeddings from an encoder) instead of TF-IDF;
+/// predict with [`Router::predict_dense`].
+pub fn train_dense(
+    embeddings: &[Vec<f32>],
+    labels: &[Vec<bool>],
+    models: &[String],
+    provenance: serde_json::Value,
+) -> RouterModel {
+    let dims = embeddings.first().map(|e| e.len()).unwrap_or(0);
+    let xs: Vec<(Sparse, f64)> = embeddings
+        .iter()
+        .map(|e| (e.iter().enumerate().map(|(i, v)| (i as u32, *v)).collect(), 0.0))
+        .collect();
+    let nb = dims.max(1).next_power_of_two();
+    let Heads {
+        bias,
+        scale,
+        w,
+        lw,
+        lam,
+        loo_mse,
+    } = fit_heads(&xs, labels, models.len(), nb, 0.0);
+    let mut provenance = provenance;
+    if let serde_json::Value::Object(o) = &mut provenance {
+        o.insert("backend".into(), serde_json::json!("encoder"));
+        o.insert("ridge_lambda".into(), serde_json::json!(lam));
+        o.insert("loo_mse".into(), serde_json::json!(loo_mse));
+    }
+    RouterModel {
+        format: ROUTER_FORMAT.into(),
+        models: models.to_vec(),
+        features: FeatureConfig {
+            buckets_log2: nb.trailing_zeros(),
+            word_ngrams: (0, 0),
+            char_ngrams: (0, 0),
+        },
+        train: TrainConfig { l2_shared: 0.0 },
+        idf: Vec::new(),
+        idf_default: 1.0,
+        length_norm: (0.0, 1.0),
+        bias,
+        scale,
+        length_weight: lw,
+        shared: sparse(&w),
+        per_model: vec![Vec::new(); models.len()],
+        per_model_length: vec![0.0; models.len()],
+        provenance,
+    }
+}
+
+/// Train a router on texts and per-model labels (`labels[i][m]`).
+///
+/// Outcomes are correlated across models, so the text model predicts one thing all labels
+/// inform: the share of models that solve the item (a difficulty score), by ridge regression on
+/// the features, solved in the dual (kernel) form with the ridge strength chosen by exact
+/// leave-one-out error. Each model then maps the score to its own probability with a logistic
+/// calibration fitted on the leave-one-out scores (so calibration never sees in-sample fits).
+pub fn train(
+    texts: &[&str],
+    labels: &[Vec<bool>],
+    models: &[String],
+    fcfg: &FeatureConfig,
+    tcfg: &TrainConfig,
+    provenance: serde_json::Value,
+) -> RouterModel {
+    let n = texts.len();
+    let nm = models.len();
+    let nb = 1usize << fcfg.buckets_log2;
+    let counts: Vec<Sparse> = texts.iter().map(|t| term_counts(t, fcfg)).collect();
+    let mut df = vec![0u32; nb];
+    for c in &counts {
+        for &(i, _) in c {
+            df[i as usize] += 1;
+        }
+    }
+    let idf_of = |d: u32| ((1.0 + n as f64) / (1.0 + d as f64)).ln() as f32 + 1.0;
+    let idf_dense: Vec<f32> = df.iter().map(|&d| idf_of(d)).collect();
+    let lens: Vec<f64> = texts.iter().map(|t| (t.chars().count().max(1) as f64).ln()).collect();
+    let mu = lens.iter().sum::<f64>() / n.max(1) as f64;
+    let sd = (lens.iter().map(|l| (l - mu).powi(2)).sum::<f64>() / n.max(1) as f64)
+        .sqrt()
+        .max(1e-9);
+    let xs: Vec<(Sparse, f64)> = texts.iter().map(|t| featurize(t, fcfg, &idf_dense, (mu, sd))).collect();
+    let len_scale = tcfg.l2_shared.max(0.0);
+    let Heads {
+        bias,
+        scale,
+        w,
+        lw,
+        lam,
+        loo_mse,
+    } = fit_heads(&xs, labels, nm, nb, len_scale);
     let mut provenance = provenance;
     if let serde_json::Value::Object(o) = &mut provenance {
         o.insert("ridge_lambda".into(), serde_json::json!(lam));
