@@ -602,6 +602,16 @@ fn print_router_report(r: &crate::router::eval::EvalReport, json: bool) -> Resul
         f(r.mean_auc_length_only)
     );
     println!("  (mean-accuracy baseline: AUC 0.5 for every model)");
+    println!("  calibration (predicted -> observed solve rate, items):");
+    for m in &r.models {
+        let bins: Vec<String> = m
+            .calibration
+            .iter()
+            .filter(|b| b.count > 0)
+            .map(|b| format!("{:.2}->{:.2} ({})", b.mean_predicted, b.observed_rate, b.count))
+            .collect();
+        println!("  {:<14} {}", m.model, bins.join("  "));
+    }
     Ok(())
 }
 

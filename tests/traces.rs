@@ -448,3 +448,30 @@ fn the_shipped_predictor_is_what_training_on_the_shipped_traces_gives() {
         "models/predictor-qwen2.5-apps-math.json is stale: retrain with the command in models/README.md"
     );
 }
+
+#[test]
+fn the_length_predictor_ranks_held_out_workflows() {
+    // Bar: Spearman at least 0.6 with the true remaining workflow tokens on a generated trace
+    // held out from training (the request-level view ranks them worse).
+    let models: Vec<String> = vec!["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()];
+    let p = FittedParams::embedded();
+    let train = trace::gen::generate(p, Task::Math, &models, 600, 31).unwrap();
+    let held_out = trace::gen::generate(p, Task::Math, &models, 300, 32).unwrap();
+    let cfg = chimera::predictor::qrf::ForestConfig {
+        trees: 15,
+        sample_size: 2048,
+        ..Default::default()
+    };
+    let lp = chimera::predictor::LengthPredictor::train(&train, 0.5, &cfg, serde_json::Value::Null);
+    let r = chimera::predictor::evaluate(&lp, &held_out);
+    let (wf, rq, oracle) = (&r.scores[0], &r.scores[1], &r.scores[2]);
+    assert!(wf.spearman >= 0.6, "workflow QRF Spearman {:.3}", wf.spearman);
+    assert!(
+        wf.spearman > rq.spearman,
+        "STJF view {:.3} vs request-level {:.3}",
+        wf.spearman,
+        rq.spearman
+    );
+    assert!((oracle.spearman - 1.0).abs() < 1e-9 && oracle.mae == 0.0);
+    assert!(wf.pinball_loss < rq.pinball_loss);
+}
