@@ -442,6 +442,17 @@ fn fit_heads(xs: &[(Sparse, f64)], labels: &[Vec<bool>], nm: usize, nb: usize, l
     }
 }
 
+/// Record the backend and the fitted ridge strength and leave-one-out error in a provenance
+/// object (left alone when it is not an object).
+fn with_fit_facts(mut provenance: serde_json::Value, backend: &str, lam: f64, loo_mse: f64) -> serde_json::Value {
+    if let serde_json::Value::Object(o) = &mut provenance {
+        o.insert("backend".into(), serde_json::json!(backend));
+        o.insert("ridge_lambda".into(), serde_json::json!(lam));
+        o.insert("loo_mse".into(), serde_json::json!(loo_mse));
+    }
+    provenance
+}
+
 /// Train router heads on dense features (text embeddings from an encoder) instead of TF-IDF;
 /// predict with [`Router::predict_dense`].
 pub fn train_dense(
@@ -464,12 +475,7 @@ pub fn train_dense(
         lam,
         loo_mse,
     } = fit_heads(&xs, labels, models.len(), nb, 0.0);
-    let mut provenance = provenance;
-    if let serde_json::Value::Object(o) = &mut provenance {
-        o.insert("backend".into(), serde_json::json!("encoder"));
-        o.insert("ridge_lambda".into(), serde_json::json!(lam));
-        o.insert("loo_mse".into(), serde_json::json!(loo_mse));
-    }
+    let provenance = with_fit_facts(provenance, "encoder", lam, loo_mse);
     RouterModel {
         format: ROUTER_FORMAT.into(),
         models: models.to_vec(),
@@ -534,11 +540,7 @@ pub fn train(
         lam,
         loo_mse,
     } = fit_heads(&xs, labels, nm, nb, len_scale);
-    let mut provenance = provenance;
-    if let serde_json::Value::Object(o) = &mut provenance {
-        o.insert("ridge_lambda".into(), serde_json::json!(lam));
-        o.insert("loo_mse".into(), serde_json::json!(loo_mse));
-    }
+    let provenance = with_fit_facts(provenance, "tfidf", lam, loo_mse);
     RouterModel {
         format: ROUTER_FORMAT.into(),
         models: models.to_vec(),
