@@ -10,6 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+mod calibrate;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "chimera",
@@ -65,6 +67,11 @@ pub enum Command {
     Predictor {
         #[command(subcommand)]
         what: PredictorCmd,
+    },
+    /// Step-time calibration: profile operators, fit, derive, check.
+    Calibrate {
+        #[command(subcommand)]
+        what: calibrate::CalibrateCmd,
     },
     /// Benchmarks (not tests).
     Bench {
@@ -272,6 +279,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Trace { what } => trace_cmd(what),
         Command::Router { what } => router_cmd(what),
         Command::Predictor { what } => predictor_cmd(what),
+        Command::Calibrate { what } => calibrate::run(what),
         Command::Bench {
             what:
                 BenchCmd::Policy {

@@ -31,6 +31,15 @@ pub struct Coefficients {
     pub per_request_us: f64,
     /// Latency of one tensor-parallel all-reduce, microseconds.
     pub allreduce_us: f64,
+    /// Bandwidth utilisation of the element-wise kernels (norms, activation, residual adds,
+    /// rotary embedding), which read and write activations once each.
+    pub mbu_elementwise: f64,
+    /// Fixed cost of one matrix-product kernel, microseconds (operator level; fitted).
+    pub matmul_fixed_us: f64,
+    /// Fixed cost of one element-wise kernel, microseconds (operator level; fitted).
+    pub elementwise_fixed_us: f64,
+    /// Fixed cost of one attention call, microseconds (operator level; fitted).
+    pub attention_fixed_us: f64,
 }
 
 impl Default for Coefficients {
@@ -44,6 +53,10 @@ impl Default for Coefficients {
             per_layer_us: 20.0,
             per_request_us: 3.0,
             allreduce_us: 10.0,
+            mbu_elementwise: 0.75,
+            matmul_fixed_us: 4.0,
+            elementwise_fixed_us: 2.0,
+            attention_fixed_us: 4.0,
         }
     }
 }
@@ -55,6 +68,7 @@ impl Coefficients {
             ("mbu", self.mbu),
             ("mfu_attention", self.mfu_attention),
             ("mbu_attention", self.mbu_attention),
+            ("mbu_elementwise", self.mbu_elementwise),
         ];
         for (name, v) in fracs {
             if !(v > 0.0 && v <= 1.0) {
@@ -68,6 +82,9 @@ impl Coefficients {
             ("per_layer_us", self.per_layer_us),
             ("per_request_us", self.per_request_us),
             ("allreduce_us", self.allreduce_us),
+            ("matmul_fixed_us", self.matmul_fixed_us),
+            ("elementwise_fixed_us", self.elementwise_fixed_us),
+            ("attention_fixed_us", self.attention_fixed_us),
         ];
         for (name, v) in times {
             if !(v >= 0.0 && v.is_finite()) {
@@ -111,6 +128,17 @@ pub struct FitQuality {
     pub points: u64,
 }
 
+/// The peak figures a calibration's efficiencies are fractions of.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Datasheet {
+    pub peak_tflops: f64,
+    pub bandwidth_gb_s: f64,
+    /// Where the two figures come from (a vendor datasheet, or a measurement for a CPU).
+    #[serde(default)]
+    pub source: String,
+}
+
 /// A calibration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,6 +152,12 @@ pub struct Calibration {
     #[serde(default)]
     pub engine: Option<String>,
     pub coefficients: Coefficients,
+    /// Which coefficients were fitted to data (the rest keep their defaults, not measured).
+    #[serde(default)]
+    pub fitted: Vec<String>,
+    /// Peak figures the efficiencies are relative to (absent: the catalogue's datasheet).
+    #[serde(default)]
+    pub datasheet: Option<Datasheet>,
     pub provenance: Provenance,
     #[serde(default)]
     pub fit: Option<FitQuality>,

@@ -2,6 +2,7 @@
 //!
 //! `T = max(linear FLOPs / (mfu * peak), weight bytes / (mbu * bw))
 //!    + max(attention FLOPs / (mfu_attention * peak), KV bytes / (mbu_attention * bw))
+//!    + element-wise bytes / (mbu_elementwise * bw)
 //!    + tensor-parallel all-reduces + step overhead + layers * per-layer + requests * per-request`.
 //! Constants are folded once per engine so that the per-step cost is a handful of float
 //! operations. This module knows nothing of queues or requests; it prices a [`StepShape`].
@@ -55,6 +56,8 @@ pub struct StepTimeModel {
     weight_bytes: f64,
     attn_flop_factor: f64,
     kv_bytes_per_token: f64,
+    elementwise_bytes_per_token: f64,
+    bw_elementwise: f64,
     flops_lin: f64,
     flops_attn: f64,
     bw_lin: f64,
@@ -76,6 +79,8 @@ impl StepTimeModel {
             weight_bytes: model.weight_bytes_read_per_step() as f64 / t,
             attn_flop_factor: 4.0 * (model.layers * model.heads * model.head_dim) as f64 / t,
             kv_bytes_per_token: model.kv_bytes_per_token() as f64 / t,
+            elementwise_bytes_per_token: model.layers as f64 * crate::calib::elementwise_bytes_per_token(model, tp),
+            bw_elementwise: coeffs.mbu_elementwise * bw,
             flops_lin: coeffs.mfu * peak,
             flops_attn: coeffs.mfu_attention * peak,
             bw_lin: coeffs.mbu * bw,
@@ -94,7 +99,8 @@ impl StepTimeModel {
         let t_lin = (lin_flops / self.flops_lin).max(self.weight_bytes / self.bw_lin);
         let attn_flops = self.attn_flop_factor * (s.prefill_attn_work + s.decode_context as f64);
         let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens) as f64;
-        let t_attn = (attn_flops / self.flops_attn).max(kv_bytes / self.bw_attn);
+        let t_attn = (attn_flops / self.flops_attn).max(kv_bytes / self.bw_attn)
+            + self.elementwise_bytes_per_token * s.tokens as f64 / self.bw_elementwise;
         let t_comm = if self.tp > 1.0 {
             let ring = 2.0 * (self.tp - 1.0) / self.tp * self.comm_bytes_per_token * s.tokens as f64 / self.link_bw;
             2.0 * self.layers * (self.coeffs.allreduce_us * 1e-6 + ring)
