@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod calibrate;
+mod sweep;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,6 +73,14 @@ pub enum Command {
     Calibrate {
         #[command(subcommand)]
         what: calibrate::CalibrateCmd,
+    },
+    /// Run a parameter sweep (grid x seeds) in parallel into one table; `sweep merge` joins shards.
+    #[command(args_conflicts_with_subcommands = true)]
+    Sweep {
+        #[command(subcommand)]
+        what: Option<sweep::SweepCmd>,
+        #[command(flatten)]
+        args: sweep::SweepArgs,
     },
     /// Benchmarks (not tests).
     Bench {
@@ -280,6 +289,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Router { what } => router_cmd(what),
         Command::Predictor { what } => predictor_cmd(what),
         Command::Calibrate { what } => calibrate::run(what),
+        Command::Sweep { what, args } => sweep::run(what, args),
         Command::Bench {
             what:
                 BenchCmd::Policy {

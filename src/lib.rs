@@ -16,6 +16,7 @@ pub mod router;
 pub mod run;
 pub mod scenario;
 pub mod sim;
+pub mod sweep;
 pub mod time;
 pub mod trace;
 pub mod workload;

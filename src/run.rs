@@ -125,7 +125,7 @@ pub fn run_to_dir(
     }
 }
 
-fn summary_json(rep: &RunReport) -> Value {
+pub fn summary_json(rep: &RunReport) -> Value {
     let mut v = serde_json::to_value(&rep.summary).expect("summary serialises");
     v["event_log_hash"] = json!(format!("{:016x}", rep.event_log_hash));
     v["events"] = json!(rep.events);

@@ -48,6 +48,18 @@ fn gpu_defaults_follow_vllm() {
 }
 
 #[test]
+fn a_star_index_sets_the_field_in_every_list_entry() {
+    let r = resolve(&["cluster.engines[*].gpu=H100"]).unwrap();
+    assert!(
+        r.engines.iter().all(|e| e.gpu == "H100-SXM"),
+        "{:?}",
+        r.engines.iter().map(|e| &e.gpu).collect::<Vec<_>>()
+    );
+    let e = resolve(&["cluster.engines[x].gpu=H100"]).unwrap_err().to_string();
+    assert!(e.contains("`*` for all"), "{e}");
+}
+
+#[test]
 fn bad_fields_name_their_path_and_what_was_expected() {
     let cases: &[(&[&str], &[&str])] = &[
         (

@@ -64,7 +64,8 @@ pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T> {
 
 /// Apply one `path.to.field=value` override. Path segments are map keys or list indices
 /// (`cluster.engines.0.gpu` or `cluster.engines[0].gpu`); the value is read as YAML, so
-/// `0.5` is a number, `A40` a string and `{dist: constant, value: 3}` a map.
+/// `0.5` is a number, `A40` a string and `{dist: constant, value: 3}` a map. A `[*]` index sets
+/// the field in every entry of a list (`cluster.engines[*].gpu=H100`).
 pub fn apply_set(tree: &mut Value, assignment: &str) -> Result<()> {
     let (path, raw) = assignment
         .split_once('=')
@@ -79,50 +80,56 @@ pub fn apply_set(tree: &mut Value, assignment: &str) -> Result<()> {
         parse_tree(raw).map_err(|e| e.context(format!("--set {path}")))?
     };
     let segs = split_path(path).map_err(|m| Error::bad(format!("--set {path}: {m}")))?;
-    let mut cur = tree;
-    let mut walked = String::new();
-    for (i, seg) in segs.iter().enumerate() {
-        let last = i + 1 == segs.len();
-        let here = if walked.is_empty() {
-            seg.clone()
-        } else {
-            format!("{walked}.{seg}")
-        };
-        cur = match cur {
-            Value::Object(map) => {
-                if last {
-                    map.insert(seg.clone(), value);
-                    return Ok(());
+    set_at(tree, &segs, &value, path, "")
+}
+
+/// Set `value` at `segs` under `cur`; `*` as a list index sets every entry of the list.
+fn set_at(cur: &mut Value, segs: &[String], value: &Value, path: &str, walked: &str) -> Result<()> {
+    let Some((seg, rest)) = segs.split_first() else {
+        *cur = value.clone();
+        return Ok(());
+    };
+    let here = if walked.is_empty() {
+        seg.clone()
+    } else {
+        format!("{walked}.{seg}")
+    };
+    match cur {
+        Value::Object(map) => {
+            let slot = map.entry(seg.clone()).or_insert_with(|| {
+                if rest.is_empty() {
+                    Value::Null
+                } else {
+                    Value::Object(Default::default())
                 }
-                map.entry(seg.clone())
-                    .or_insert_with(|| Value::Object(Default::default()))
+            });
+            set_at(slot, rest, value, path, &here)
+        }
+        Value::Array(items) if seg == "*" => {
+            for (k, item) in items.iter_mut().enumerate() {
+                set_at(item, rest, value, path, &format!("{walked}[{k}]"))?;
             }
-            Value::Array(items) => {
-                let idx: usize = seg
-                    .parse()
-                    .map_err(|_| Error::bad(format!("--set {path}: `{walked}` is a list; `{seg}` is not an index")))?;
-                let len = items.len();
-                let slot = items.get_mut(idx).ok_or_else(|| {
-                    Error::bad(format!(
-                        "--set {path}: `{walked}` has {len} entries; index {idx} is out of range"
-                    ))
-                })?;
-                if last {
-                    *slot = value;
-                    return Ok(());
-                }
-                slot
-            }
-            other => {
-                return Err(Error::bad(format!(
-                    "--set {path}: `{walked}` is a {} value, not a map or list, so `{here}` cannot be set",
-                    kind(other)
-                )))
-            }
-        };
-        walked = here;
+            Ok(())
+        }
+        Value::Array(items) => {
+            let idx: usize = seg.parse().map_err(|_| {
+                Error::bad(format!(
+                    "--set {path}: `{walked}` is a list; `{seg}` is not an index (or `*` for all)"
+                ))
+            })?;
+            let len = items.len();
+            let slot = items.get_mut(idx).ok_or_else(|| {
+                Error::bad(format!(
+                    "--set {path}: `{walked}` has {len} entries; index {idx} is out of range"
+                ))
+            })?;
+            set_at(slot, rest, value, path, &here)
+        }
+        other => Err(Error::bad(format!(
+            "--set {path}: `{walked}` is a {} value, not a map or list, so `{here}` cannot be set",
+            kind(other)
+        ))),
     }
-    Ok(())
 }
 
 /// Split `a.b[0]."x.y"[Qwen2.5-7B]` into `a`, `b`, `0`, `x.y`, `Qwen2.5-7B`: dots separate

@@ -315,7 +315,7 @@ pub struct Simulation<'a> {
     pending: HashMap<u64, Pending>,
     next_request: u64,
     finished: Vec<FinishedRequest>,
-    tables: Tables,
+    tables: Option<Tables>,
     agg: Aggregates,
     decision_delay_ns: Nanos,
     log_every: u64,
@@ -348,6 +348,17 @@ fn oracle_of(w: &WorkflowSpec, k: usize) -> Oracle {
 
 impl<'a> Simulation<'a> {
     pub fn new(r: &'a Resolved, out_dir: &Path) -> Result<Self> {
+        let names: Vec<String> = r.engines.iter().map(|e| e.name.clone()).collect();
+        let tables = Tables::create(out_dir, &names, &r.models)?;
+        Self::with_tables(r, Some(tables))
+    }
+
+    /// A simulation that writes no tables: only the summary comes out (sweeps).
+    pub fn summary_only(r: &'a Resolved) -> Result<Self> {
+        Self::with_tables(r, None)
+    }
+
+    fn with_tables(r: &'a Resolved, tables: Option<Tables>) -> Result<Self> {
         let seed = r.scenario.seed;
         let engines: Vec<Engine> = r
             .engines
@@ -362,13 +373,11 @@ impl<'a> Simulation<'a> {
                 )
             })
             .collect();
-        let names: Vec<String> = r.engines.iter().map(|e| e.name.clone()).collect();
         let engine_model = r
             .engines
             .iter()
             .map(|e| r.models.iter().position(|m| *m == e.model).expect("model listed") as u32)
             .collect();
-        let tables = Tables::create(out_dir, &names, &r.models)?;
         let n = engines.len();
         Ok(Simulation {
             r,
@@ -421,7 +430,7 @@ impl<'a> Simulation<'a> {
     pub fn run(mut self, progress: Progress) -> Result<RunReport> {
         let result = self.run_loop(progress);
         // Whatever happened, finish the tables so rows written so far stay readable.
-        let closed = self.tables.finish();
+        let closed = self.tables.as_mut().map_or(Ok(()), |t| t.finish());
         result?;
         closed?;
         let summary = self.summarize();
@@ -670,21 +679,23 @@ impl<'a> Simulation<'a> {
         st.tokens += rep.tokens as u64;
         if self.log_every > 0 && (st.steps - 1) % self.log_every == 0 {
             let usable = eng.kv().usable().max(1);
-            self.tables.engines.push(&[
-                Val::Str(e),
-                Val::U64(st.steps - 1),
-                Val::I64(rep.start_ns),
-                Val::I64(rep.duration_ns),
-                Val::U32(rep.tokens),
-                Val::U32(rep.prefill_tokens),
-                Val::U32(rep.decode_tokens),
-                Val::U32(rep.running),
-                Val::U32(rep.batch),
-                Val::U32(rep.waiting),
-                Val::U32(rep.kv_used_blocks),
-                Val::F64(Some(rep.kv_used_blocks as f64 / usable as f64)),
-                Val::U32(rep.preempted),
-            ])?;
+            if let Some(t) = &mut self.tables {
+                t.engines.push(&[
+                    Val::Str(e),
+                    Val::U64(st.steps - 1),
+                    Val::I64(rep.start_ns),
+                    Val::I64(rep.duration_ns),
+                    Val::U32(rep.tokens),
+                    Val::U32(rep.prefill_tokens),
+                    Val::U32(rep.decode_tokens),
+                    Val::U32(rep.running),
+                    Val::U32(rep.batch),
+                    Val::U32(rep.waiting),
+                    Val::U32(rep.kv_used_blocks),
+                    Val::F64(Some(rep.kv_used_blocks as f64 / usable as f64)),
+                    Val::U32(rep.preempted),
+                ])?;
+            }
         }
         if self.check {
             if let Err(m) = self.engines[e as usize].check_invariants() {
@@ -726,28 +737,30 @@ impl<'a> Simulation<'a> {
         let e2e = f.finish_ns - q.arrival_ns;
         let queue = f.first_scheduled_ns - q.dispatch_ns;
         let tpot = (f.output_tokens > 1).then(|| (e2e - ttft) as f64 / (f.output_tokens - 1) as f64);
-        self.tables.requests.push(&[
-            Val::U64(q.id),
-            Val::U64(q.workflow),
-            Val::U32(q.stage),
-            Val::Str(f.engine),
-            Val::Str(self.engine_model[f.engine as usize]),
-            Val::Str(f.rejected as u32),
-            Val::I64(q.priority),
-            Val::I64(q.arrival_ns),
-            Val::I64(q.dispatch_ns),
-            Val::I64(f.first_scheduled_ns),
-            Val::I64(f.first_token_ns),
-            Val::I64(f.finish_ns),
-            Val::I64(queue),
-            Val::I64(ttft),
-            Val::F64(tpot),
-            Val::I64(e2e),
-            Val::U32(q.prompt_tokens),
-            Val::U32(context_tokens),
-            Val::U32(f.output_tokens),
-            Val::U32(f.preemptions),
-        ])?;
+        if let Some(t) = &mut self.tables {
+            t.requests.push(&[
+                Val::U64(q.id),
+                Val::U64(q.workflow),
+                Val::U32(q.stage),
+                Val::Str(f.engine),
+                Val::Str(self.engine_model[f.engine as usize]),
+                Val::Str(f.rejected as u32),
+                Val::I64(q.priority),
+                Val::I64(q.arrival_ns),
+                Val::I64(q.dispatch_ns),
+                Val::I64(f.first_scheduled_ns),
+                Val::I64(f.first_token_ns),
+                Val::I64(f.finish_ns),
+                Val::I64(queue),
+                Val::I64(ttft),
+                Val::F64(tpot),
+                Val::I64(e2e),
+                Val::U32(q.prompt_tokens),
+                Val::U32(context_tokens),
+                Val::U32(f.output_tokens),
+                Val::U32(f.preemptions),
+            ])?;
+        }
         let a = &mut self.agg;
         a.requests += 1;
         a.preemptions += f.preemptions as u64;
@@ -802,21 +815,23 @@ impl<'a> Simulation<'a> {
             plan.success
         };
         let model_idx = self.engine_model[wf.first_engine as usize];
-        self.tables.workflows.push(&[
-            Val::U64(id),
-            Val::Str(model_idx),
-            Val::Str(wf.first_engine),
-            Val::Str(wf.failed as u32),
-            Val::I64(wf.spec.arrival_ns),
-            Val::I64(self.now),
-            Val::I64(e2e),
-            Val::F64(per_tok),
-            Val::U32(wf.stage),
-            Val::U64(wf.prompt_tokens),
-            Val::U64(wf.output_so_far),
-            Val::Bool(success),
-            Val::U32(wf.preemptions),
-        ])?;
+        if let Some(t) = &mut self.tables {
+            t.workflows.push(&[
+                Val::U64(id),
+                Val::Str(model_idx),
+                Val::Str(wf.first_engine),
+                Val::Str(wf.failed as u32),
+                Val::I64(wf.spec.arrival_ns),
+                Val::I64(self.now),
+                Val::I64(e2e),
+                Val::F64(per_tok),
+                Val::U32(wf.stage),
+                Val::U64(wf.prompt_tokens),
+                Val::U64(wf.output_so_far),
+                Val::Bool(success),
+                Val::U32(wf.preemptions),
+            ])?;
+        }
         let a = &mut self.agg;
         a.workflows += 1;
         if wf.failed {
