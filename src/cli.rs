@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod calibrate;
+mod plot;
+mod report;
 mod sweep;
 
 #[derive(Parser, Debug)]
@@ -82,6 +84,14 @@ pub enum Command {
         #[command(flatten)]
         args: sweep::SweepArgs,
     },
+    /// Figures from sweep results: Pareto frontiers, S x Q heatmaps, sensitivity lines.
+    Plot {
+        #[command(subcommand)]
+        what: plot::PlotCmd,
+    },
+    /// The paper comparisons from sweeps: Chimera against baselines at matched settings
+    /// (feature `analysis`, polars).
+    Report(report::ReportArgs),
     /// Benchmarks (not tests).
     Bench {
         #[command(subcommand)]
@@ -290,6 +300,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Predictor { what } => predictor_cmd(what),
         Command::Calibrate { what } => calibrate::run(what),
         Command::Sweep { what, args } => sweep::run(what, args),
+        Command::Plot { what } => plot::run(what),
+        Command::Report(a) => report::run(a),
         Command::Bench {
             what:
                 BenchCmd::Policy {

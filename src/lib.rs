@@ -1,6 +1,7 @@
 //! chimera: simulate, explore, calibrate and replay multi-agent LLM serving on heterogeneous
 //! GPU clusters. See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod analysis;
 pub mod calib;
 pub mod cli;
 #[cfg(feature = "encoder")]

@@ -1,0 +1,430 @@
+//! Figures with plotters, each written as PNG and SVG: the latency-accuracy Pareto frontiers,
+//! a heatmap of a metric over two grid axes (S x Q), and metric-against-S lines for a few Q.
+//! Text is drawn with the embedded DejaVu Sans, so no system fonts are needed.
+
+use super::{means, Frontier, XMetric};
+use crate::error::{Error, Result};
+use crate::sweep::table::SweepTable;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+
+fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            assert!(
+                plotters::style::register_font("sans-serif", style, FONT).is_ok(),
+                "the embedded font parses"
+            );
+        }
+    });
+}
+
+fn pe(e: impl std::fmt::Display) -> Error {
+    Error::other(format!("plot: {e}"))
+}
+
+/// Colours for series, distinguishable in print and for most colour-blind readers.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(230, 159, 0),
+    RGBColor(120, 120, 120),
+    RGBColor(0, 0, 0),
+];
+
+/// Something that draws itself on any plotters backend.
+trait Figure {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
+}
+
+/// Write `fig` as `<prefix>.png` and `<prefix>.svg`.
+fn save(fig: &impl Figure, prefix: &Path, size: (u32, u32)) -> Result<Vec<PathBuf>> {
+    fonts();
+    if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let png = prefix.with_extension("png");
+    let svg = prefix.with_extension("svg");
+    {
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
+        root.fill(&WHITE).map_err(pe)?;
+        fig.draw(&root)?;
+        root.present().map_err(pe)?;
+    }
+    {
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(pe)?;
+        fig.draw(&root)?;
+        root.present().map_err(pe)?;
+    }
+    Ok(vec![png, svg])
+}
+
+fn padded(lo: f64, hi: f64) -> (f64, f64) {
+    let mag = lo.abs().max(hi.abs()).max(1e-12);
+    let span = hi - lo;
+    if span <= 1e-9 * mag {
+        // A flat series still gets a readable range: 5 % of its magnitude either side.
+        return (lo - 0.05 * mag, hi + 0.05 * mag);
+    }
+    (lo - 0.06 * span, hi + 0.06 * span)
+}
+
+struct FrontierFig<'a> {
+    series: &'a [Frontier],
+    x: XMetric,
+    title: &'a str,
+}
+
+impl Figure for FrontierFig<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let all: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied()).collect();
+        let (x0, x1) = padded(
+            all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
+            all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max),
+        );
+        let (y0, y1) = padded(
+            all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+            all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+        );
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 28))
+            .margin(20)
+            .x_label_area_size(60)
+            .y_label_area_size(80)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(pe)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x.axis())
+            .y_desc("Task accuracy (%)")
+            .axis_desc_style(("sans-serif", 20))
+            .label_style(("sans-serif", 16))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(pe)?;
+        for (i, s) in self.series.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
+            let faint = c.mix(0.28);
+            chart
+                .draw_series(
+                    s.points
+                        .iter()
+                        .zip(&s.on_frontier)
+                        .filter(|(_, f)| !**f)
+                        .map(|(p, _)| Circle::new(*p, 4, faint.filled())),
+                )
+                .map_err(pe)?;
+            let mut front: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .zip(&s.on_frontier)
+                .filter(|(_, f)| **f)
+                .map(|(p, _)| *p)
+                .collect();
+            front.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(front.iter().copied(), c.stroke_width(3)))
+                .map_err(pe)?
+                .label(format!(
+                    "{} ({} points, {} on frontier)",
+                    s.label,
+                    s.points.len(),
+                    front.len()
+                ))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+            chart
+                .draw_series(front.iter().map(|p| Circle::new(*p, 6, c.filled())))
+                .map_err(pe)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(RGBColor(160, 160, 160))
+            .label_font(("sans-serif", 18))
+            .draw()
+            .map_err(pe)?;
+        Ok(())
+    }
+}
+
+/// Draw the latency-accuracy frontiers of every series in `tables`.
+pub fn frontier(tables: &[SweepTable], x: XMetric, title: &str, prefix: &Path) -> Result<Vec<PathBuf>> {
+    let series = super::frontiers(tables, x)?;
+    if series.is_empty() {
+        return Err(Error::bad("plot frontier: the sweep tables hold no finished points"));
+    }
+    save(
+        &FrontierFig {
+            series: &series,
+            x,
+            title,
+        },
+        prefix,
+        (1200, 800),
+    )
+}
+
+/// Numeric order for grid values that are numbers, text order otherwise.
+fn sorted_values(mut v: Vec<String>) -> Vec<String> {
+    v.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y),
+        _ => a.cmp(b),
+    });
+    v.dedup();
+    v
+}
+
+struct HeatmapFig {
+    xs: Vec<String>,
+    ys: Vec<String>,
+    cells: Vec<Vec<Option<f64>>>,
+    x_desc: String,
+    y_desc: String,
+    title: String,
+}
+
+fn heat(t: f64) -> RGBColor {
+    // Pale yellow (low) through orange to dark red (high).
+    let stops = [
+        (255.0, 247.0, 188.0),
+        (254.0, 153.0, 41.0),
+        (204.0, 76.0, 2.0),
+        (102.0, 37.0, 6.0),
+    ];
+    let t = t.clamp(0.0, 1.0) * (stops.len() - 1) as f64;
+    let i = (t.floor() as usize).min(stops.len() - 2);
+    let f = t - i as f64;
+    let (a, b) = (stops[i], stops[i + 1]);
+    let mix = |p: f64, q: f64| (p + (q - p) * f).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+impl Figure for HeatmapFig {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let (nx, ny) = (self.xs.len(), self.ys.len());
+        let vals: Vec<f64> = self.cells.iter().flatten().flatten().copied().collect();
+        let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, ("sans-serif", 26))
+            .margin(20)
+            .x_label_area_size(60)
+            .y_label_area_size(80)
+            .build_cartesian_2d((0..nx).into_segmented(), (0..ny).into_segmented())
+            .map_err(pe)?;
+        let (xs, ys) = (self.xs.clone(), self.ys.clone());
+        let name = |v: &[String], s: &SegmentValue<usize>| match s {
+            SegmentValue::CenterOf(i) => v.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(nx + 1)
+            .y_labels(ny + 1)
+            .x_label_formatter(&|i| name(&xs, i))
+            .y_label_formatter(&|i| name(&ys, i))
+            .x_desc(&self.x_desc)
+            .y_desc(&self.y_desc)
+            .axis_desc_style(("sans-serif", 20))
+            .label_style(("sans-serif", 16))
+            .draw()
+            .map_err(pe)?;
+        for (yi, row) in self.cells.iter().enumerate() {
+            for (xi, v) in row.iter().enumerate() {
+                let (fill, text) = match v {
+                    Some(v) => (heat((v - lo) / (hi - lo).max(1e-12)), format!("{v:.3}")),
+                    None => (RGBColor(230, 230, 230), "n/a".to_string()),
+                };
+                let (a, b) = (
+                    (SegmentValue::Exact(xi), SegmentValue::Exact(yi)),
+                    (SegmentValue::Exact(xi + 1), SegmentValue::Exact(yi + 1)),
+                );
+                chart
+                    .draw_series(std::iter::once(Rectangle::new([a.clone(), b.clone()], fill.filled())))
+                    .map_err(pe)?;
+                let dark = v.is_some_and(|v| (v - lo) / (hi - lo).max(1e-12) > 0.55);
+                let style = TextStyle::from(("sans-serif", 16).into_font())
+                    .color(if dark { &WHITE } else { &BLACK })
+                    .pos(plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Center,
+                    ));
+                let (px, py) = chart.backend_coord(&a);
+                let (qx, qy) = chart.backend_coord(&b);
+                root.draw(&Text::new(text, ((px + qx) / 2, (py + qy) / 2), style))
+                    .map_err(pe)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A heatmap of `metric` (mean over seeds) over grid axes `x_param` x `y_param`.
+pub fn heatmap(t: &SweepTable, x_param: &str, y_param: &str, metric: &str, prefix: &Path) -> Result<Vec<PathBuf>> {
+    let pts = means(t, &[metric])?;
+    let xs = sorted_values(pts.iter().filter_map(|p| p.param(x_param).map(String::from)).collect());
+    let ys = sorted_values(pts.iter().filter_map(|p| p.param(y_param).map(String::from)).collect());
+    if xs.is_empty() || ys.is_empty() {
+        return Err(Error::bad(format!(
+            "plot heatmap: the sweep has no grid axis `{}` (axes: {})",
+            if xs.is_empty() { x_param } else { y_param },
+            t.params().join(", ")
+        )));
+    }
+    let cells = ys
+        .iter()
+        .map(|y| {
+            xs.iter()
+                .map(|x| {
+                    let v: Vec<f64> = pts
+                        .iter()
+                        .filter(|p| p.param(x_param) == Some(x) && p.param(y_param) == Some(y))
+                        .map(|p| p.get(metric))
+                        .filter(|v| v.is_finite())
+                        .collect();
+                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                })
+                .collect()
+        })
+        .collect();
+    let fig = HeatmapFig {
+        xs,
+        ys,
+        cells,
+        x_desc: short(x_param),
+        y_desc: short(y_param),
+        title: format!("{metric} (mean over seeds)"),
+    };
+    save(&fig, prefix, (1000, 800))
+}
+
+/// The last path segment, for axis titles (`...priority_aging.starvation_steps` -> `starvation_steps`).
+fn short(path: &str) -> String {
+    path.rsplit('.').next().unwrap_or(path).to_string()
+}
+
+struct LinesFig {
+    panels: Vec<(String, Vec<(String, Vec<(f64, f64)>)>)>,
+    x_desc: String,
+    title: String,
+}
+
+impl Figure for LinesFig {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let root = root.titled(&self.title, ("sans-serif", 26)).map_err(pe)?;
+        let areas = root.split_evenly((1, self.panels.len()));
+        for (area, (metric, lines)) in areas.iter().zip(&self.panels) {
+            let pts: Vec<(f64, f64)> = lines.iter().flat_map(|(_, l)| l.iter().copied()).collect();
+            let (x0, x1) = padded(
+                pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
+                pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max),
+            );
+            let (y0, y1) = padded(
+                pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+                pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+            );
+            let mut chart = ChartBuilder::on(area)
+                .margin(20)
+                .x_label_area_size(55)
+                .y_label_area_size(80)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(pe)?;
+            chart
+                .configure_mesh()
+                .x_desc(&self.x_desc)
+                .y_desc(metric_desc(metric))
+                .axis_desc_style(("sans-serif", 18))
+                .label_style(("sans-serif", 15))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(pe)?;
+            for (i, (name, l)) in lines.iter().enumerate() {
+                let c = PALETTE[i % PALETTE.len()];
+                chart
+                    .draw_series(LineSeries::new(l.iter().copied(), c.stroke_width(3)))
+                    .map_err(pe)?
+                    .label(name.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+                chart
+                    .draw_series(l.iter().map(|p| Circle::new(*p, 5, c.filled())))
+                    .map_err(pe)?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.9))
+                .border_style(RGBColor(160, 160, 160))
+                .label_font(("sans-serif", 16))
+                .draw()
+                .map_err(pe)?;
+        }
+        Ok(())
+    }
+}
+
+fn metric_desc(m: &str) -> String {
+    match m {
+        "workflows.e2e_s.p99" => "Workflow end-to-end latency, p99 (s)".into(),
+        "workflows.e2e_s.mean" => "Workflow end-to-end latency, mean (s)".into(),
+        "accuracy.accuracy" => "Task accuracy (fraction solved)".into(),
+        "workflows.e2e_per_output_token_ms.mean" => "Latency per output token (ms, mean)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Panels of `metrics` against grid axis `x_param`, one line per value of `series_param`.
+pub fn lines(
+    t: &SweepTable,
+    x_param: &str,
+    series_param: &str,
+    metrics: &[&str],
+    prefix: &Path,
+) -> Result<Vec<PathBuf>> {
+    let pts = means(t, metrics)?;
+    let series = sorted_values(
+        pts.iter()
+            .filter_map(|p| p.param(series_param).map(String::from))
+            .collect(),
+    );
+    if series.is_empty() || pts.iter().all(|p| p.param(x_param).is_none()) {
+        return Err(Error::bad(format!(
+            "plot lines: the sweep needs grid axes `{x_param}` and `{series_param}` (axes: {})",
+            t.params().join(", ")
+        )));
+    }
+    let mut panels = Vec::new();
+    for m in metrics {
+        let mut ls = Vec::new();
+        for s in &series {
+            let mut l: Vec<(f64, f64)> = pts
+                .iter()
+                .filter(|p| p.param(series_param) == Some(s))
+                .filter_map(|p| Some((p.param(x_param)?.parse::<f64>().ok()?, p.get(m))))
+                .filter(|p| p.1.is_finite())
+                .collect();
+            if l.is_empty() {
+                return Err(Error::bad(format!("plot lines: `{x_param}` values are not numbers")));
+            }
+            l.sort_by(|a, b| a.0.total_cmp(&b.0));
+            ls.push((format!("{} = {s}", short(series_param)), l));
+        }
+        panels.push((m.to_string(), ls));
+    }
+    let fig = LinesFig {
+        panels,
+        x_desc: short(x_param),
+        title: format!("Sensitivity to {} for several {}", short(x_param), short(series_param)),
+    };
+    save(&fig, prefix, (1400, 650))
+}
