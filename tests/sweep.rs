@@ -188,3 +188,39 @@ fn the_sweep_cli_runs_a_grid_and_merges_shards() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--shard 2/2"));
 }
+
+#[test]
+fn the_slurm_array_script_runs_shards_that_merge_into_the_unsharded_table() {
+    let d = common::tmpdir("sweep-slurm");
+    let bin = env!("CARGO_BIN_EXE_chimera");
+    let plan = d.join("plan.yaml");
+    std::fs::write(
+        &plan,
+        "seeds: 2\nsets: [workload.workflows=80]\nseries:\n  - label: a\n    grid:\n      policy.priority: [fcfs, workflow_order]\n  - label: b\n    sets: [policy.priority=fcfs]\n    grid:\n      workload.arrivals.rate_per_s: [1, 3]\n",
+    )
+    .unwrap();
+    let script = common::repo().join("scripts/sweep-slurm.sh");
+    for i in 0..3 {
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .env("SLURM_ARRAY_TASK_ID", i.to_string())
+            .env("N", "3")
+            .env("PLAN", &plan)
+            .env("OUT", d.join("arr"))
+            .env("CHIMERA", bin)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "task {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let shards: Vec<_> = (0..3).map(|i| d.join(format!("arr/shard-{i}"))).collect();
+    let merged = sweep::merge(&shards, &d.join("merged")).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["sweep", "-q", "--plan"])
+        .arg(&plan)
+        .arg("--out")
+        .arg(d.join("whole"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(bytes(&merged), bytes(&d.join("whole/sweep.parquet")));
+}

@@ -220,7 +220,7 @@ impl Figure for HeatmapFig {
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(80)
-            .build_cartesian_2d((0..nx).into_segmented(), (0..ny).into_segmented())
+            .build_cartesian_2d((0..nx - 1).into_segmented(), (0..ny - 1).into_segmented())
             .map_err(pe)?;
         let (xs, ys) = (self.xs.clone(), self.ys.clone());
         let name = |v: &[String], s: &SegmentValue<usize>| match s {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Regenerate every figure and number of REPRODUCING.md (about 10 minutes on 2 cores).
+#   scripts/reproduce.sh [JOBS]
+# Results go to runs/ (not committed); figures to plots/; the comparison tables to
+# runs/paper/report.md (pasted into REPRODUCING.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${1:-$(nproc)}
+cargo build --release --quiet --features analysis
+C=target/release/chimera
+mkdir -p runs plots
+sweep() { # plan out [sets...]
+  local plan=$1 out=$2; shift 2
+  if [ -f "$out/sweep.parquet" ]; then return; fi
+  local sets=(); for s in "$@"; do sets+=(--set "$s"); done
+  $C sweep --plan "$plan" --jobs "$JOBS" --resume --out "$out" "${sets[@]}" -q
+}
+
+# 1. The frontier on the default scenario (5 policies x 10 points x 3 seeds).
+sweep scenarios/sweeps/frontier-default.yaml runs/frontier-default
+$C plot frontier runs/frontier-default --out plots/frontier-default \
+  --title "Default scenario (Qwen2.5-1.5B + 7B, RTX A6000, APPS + MATH, 2 workflows/s)"
+$C plot frontier runs/frontier-default --x mean --out plots/frontier-default-mean \
+  --title "Default scenario: mean workflow latency"
+
+# 2. S/Q sensitivity of Chimera.
+S='cluster.engines[*].scheduling.priority_aging.starvation_steps'
+Q='cluster.engines[*].scheduling.priority_aging.quantum_steps'
+sweep scenarios/sweeps/sq-chimera.yaml runs/sq-chimera
+$C plot heatmap runs/sq-chimera --x "$S" --y "$Q" --metric workflows.e2e_s.p99 --out plots/sq-heatmap-p99
+$C plot heatmap runs/sq-chimera --x "$S" --y "$Q" --metric requests.queue_ms.p99 --out plots/sq-heatmap-queue-p99
+$C plot lines runs/sq-chimera --x "$S" --series "$Q" --out plots/sq-lines
+
+# 3. The paper's settings at light, medium and saturated load.
+declare -A LOADS=([apps-1.5b-7b]="1 2 4" [apps-1.5b-14b]="0.5 1 2" [math-1.5b-7b]="1 2 4" [math-3b-7b]="1 2 4")
+DIRS=()
+for s in apps-1.5b-7b apps-1.5b-14b math-1.5b-7b math-3b-7b; do
+  for r in ${LOADS[$s]}; do
+    out=runs/paper/$s-r$r
+    sweep scenarios/paper/$s.plan.yaml "$out" "workload.arrivals.rate_per_s=$r"
+    $C plot frontier "$out" --out "plots/paper-$s-r$r" --title "$s at $r workflows/s"
+    DIRS+=("$out")
+  done
+done
+$C report "${DIRS[@]}" --operating policy.routing.slack.value=0.5 --operating policy.routing.min_confidence_gain=0.1 \
+  --baselines "vLLM,MLFQ,LTR,Ablation: no router (STJF + aging, fixed split)" > runs/paper/report.md
+echo "tables in runs/paper/report.md"
