@@ -12,7 +12,7 @@ mkdir -p runs plots
 sweep() { # plan out [sets...]
   local plan=$1 out=$2; shift 2
   if [ -f "$out/sweep.parquet" ]; then return; fi
-  local sets=(); for s in "$@"; do sets+=(--set "$s"); done
+  local sets=() x; for x in "$@"; do sets+=(--set "$x"); done
   $C sweep --plan "$plan" --jobs "$JOBS" --resume --out "$out" "${sets[@]}" -q
 }
 
@@ -43,5 +43,5 @@ for s in apps-1.5b-7b apps-1.5b-14b math-1.5b-7b math-3b-7b; do
   done
 done
 $C report "${DIRS[@]}" --operating policy.routing.slack.value=0.5 --operating policy.routing.min_confidence_gain=0.1 \
-  --baselines "vLLM,MLFQ,LTR,Ablation: no router (STJF + aging, fixed split)" > runs/paper/report.md
+  --baselines "vLLM,MLFQ,LTR,Ablation: no router (STJF + aging; fixed split)" > runs/paper/report.md
 echo "tables in runs/paper/report.md"

@@ -86,7 +86,14 @@ fn frontier_plots_are_written_from_the_table_with_labels_and_legend() {
         .unwrap()
         .0;
     assert!(v.on_frontier[fastest]);
-    let files = plot::frontier(&tables, XMetric::PerToken, "test frontier", &d.join("fig/frontier")).unwrap();
+    let files = plot::frontier(
+        &tables,
+        XMetric::PerToken,
+        "test frontier",
+        None,
+        &d.join("fig/frontier"),
+    )
+    .unwrap();
     check_png(&files[0]);
     let svg = std::fs::read_to_string(&files[1]).unwrap();
     for text in [
@@ -99,7 +106,7 @@ fn frontier_plots_are_written_from_the_table_with_labels_and_legend() {
         assert!(svg.contains(text), "SVG lacks `{text}`");
     }
     // Mean workflow latency on x instead.
-    let files = plot::frontier(&tables, XMetric::Mean, "t", &d.join("fig/frontier-mean")).unwrap();
+    let files = plot::frontier(&tables, XMetric::Mean, "t", Some(true), &d.join("fig/frontier-mean")).unwrap();
     assert!(std::fs::read_to_string(&files[1])
         .unwrap()
         .contains("Workflow end-to-end latency (s, mean)"));
@@ -157,6 +164,15 @@ fn the_plot_cli_redraws_without_rerunning() {
         text.contains("frontier") && text.contains("wrote") && text.contains("f.svg"),
         "{text}"
     );
+    // Prefixes with dots keep them (the extension is appended).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(["plot", "frontier", "--out"])
+        .arg(d.join("apps-1.5b-r2"))
+        .arg(&sw)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(d.join("apps-1.5b-r2.png").exists() && d.join("apps-1.5b-r2.svg").exists());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
         .args(["plot", "frontier", "--x", "median", "--out"])
         .arg(d.join("g"))
@@ -164,4 +180,45 @@ fn the_plot_cli_redraws_without_rerunning() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[cfg(feature = "analysis")]
+#[test]
+fn polars_group_by_agrees_with_the_plain_means_and_the_report_compares_at_matched_points() {
+    use chimera::analysis::report;
+    let d = common::tmpdir("plots-polars");
+    let sw = small_sweep(&d);
+    let metrics = ["workflows.e2e_per_output_token_ms.mean", "accuracy.accuracy"];
+    let pl = report::means(&sw, &metrics).unwrap();
+    let t = SweepTable::read(&sw.join("sweep.parquet")).unwrap();
+    let plain = analysis::means(&t, &metrics).unwrap();
+    assert_eq!(pl.len(), plain.len());
+    for (a, b) in pl.iter().zip(&plain) {
+        assert_eq!((&a.label, &a.params, a.seeds as usize), (&b.label, &b.params, b.seeds));
+        for (i, m) in metrics.iter().enumerate() {
+            assert!(
+                (a.values[i] - b.get(m)).abs() < 1e-9,
+                "{m}: {} vs {}",
+                a.values[i],
+                b.get(m)
+            );
+        }
+    }
+    let op = vec![
+        (
+            "cluster.engines[*].scheduling.priority_aging.starvation_steps".to_string(),
+            "50".to_string(),
+        ),
+        (
+            "cluster.engines[*].scheduling.priority_aging.quantum_steps".to_string(),
+            "20".to_string(),
+        ),
+    ];
+    let c = report::compare(&sw, XMetric::PerToken, "Chimera", &op, &["vLLM".to_string()]).unwrap();
+    assert_eq!(c.versus.len(), 1);
+    assert!(c.chimera.1 > 0.0 && c.chimera.0 > 0.0);
+    let e = report::compare(&sw, XMetric::PerToken, "Chimera", &op, &["MLFQ".to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no series `MLFQ`"), "{e}");
 }

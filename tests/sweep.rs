@@ -210,7 +210,11 @@ fn the_slurm_array_script_runs_shards_that_merge_into_the_unsharded_table() {
             .env("CHIMERA", bin)
             .output()
             .unwrap();
-        assert!(out.status.success(), "task {i}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "task {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let shards: Vec<_> = (0..3).map(|i| d.join(format!("arr/shard-{i}"))).collect();
     let merged = sweep::merge(&shards, &d.join("merged")).unwrap();

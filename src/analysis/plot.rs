@@ -51,8 +51,13 @@ fn save(fig: &impl Figure, prefix: &Path, size: (u32, u32)) -> Result<Vec<PathBu
     if let Some(dir) = prefix.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let png = prefix.with_extension("png");
-    let svg = prefix.with_extension("svg");
+    // Append (not replace) the extension: prefixes such as `apps-1.5b-r2` contain dots.
+    let with = |ext: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let (png, svg) = (with(".png"), with(".svg"));
     {
         let root = BitMapBackend::new(&png, size).into_drawing_area();
         root.fill(&WHITE).map_err(pe)?;
@@ -82,29 +87,49 @@ struct FrontierFig<'a> {
     series: &'a [Frontier],
     x: XMetric,
     title: &'a str,
+    log_x: bool,
 }
 
 impl Figure for FrontierFig<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
         let all: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied()).collect();
-        let (x0, x1) = padded(
-            all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
-            all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max),
-        );
+        let lo = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+        let hi = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
         let (y0, y1) = padded(
             all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
             all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
         );
+        if self.log_x && lo > 0.0 {
+            self.draw_on(root, (lo / 1.15..hi * 1.15).log_scale(), y0..y1)
+        } else {
+            let (x0, x1) = padded(lo, hi);
+            self.draw_on(root, x0..x1, y0..y1)
+        }
+    }
+}
+
+impl FrontierFig<'_> {
+    fn draw_on<DB: DrawingBackend, X>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        xr: X,
+        yr: std::ops::Range<f64>,
+    ) -> Result<()>
+    where
+        X: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+        X::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+    {
         let mut chart = ChartBuilder::on(root)
             .caption(self.title, ("sans-serif", 28))
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(80)
-            .build_cartesian_2d(x0..x1, y0..y1)
+            .build_cartesian_2d(xr, yr)
             .map_err(pe)?;
+        let log = if self.log_x { " (log scale)" } else { "" };
         chart
             .configure_mesh()
-            .x_desc(self.x.axis())
+            .x_desc(format!("{}{log}", self.x.axis()))
             .y_desc("Task accuracy (%)")
             .axis_desc_style(("sans-serif", 20))
             .label_style(("sans-serif", 16))
@@ -158,16 +183,26 @@ impl Figure for FrontierFig<'_> {
 }
 
 /// Draw the latency-accuracy frontiers of every series in `tables`.
-pub fn frontier(tables: &[SweepTable], x: XMetric, title: &str, prefix: &Path) -> Result<Vec<PathBuf>> {
+/// `log_x`: None picks a log axis when the latencies span more than a factor of 20.
+pub fn frontier(
+    tables: &[SweepTable],
+    x: XMetric,
+    title: &str,
+    log_x: Option<bool>,
+    prefix: &Path,
+) -> Result<Vec<PathBuf>> {
     let series = super::frontiers(tables, x)?;
     if series.is_empty() {
         return Err(Error::bad("plot frontier: the sweep tables hold no finished points"));
     }
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
     save(
         &FrontierFig {
             series: &series,
             x,
             title,
+            log_x: log_x.unwrap_or(lo > 0.0 && hi / lo > 20.0),
         },
         prefix,
         (1200, 800),
@@ -326,49 +361,79 @@ impl Figure for LinesFig {
         let areas = root.split_evenly((1, self.panels.len()));
         for (area, (metric, lines)) in areas.iter().zip(&self.panels) {
             let pts: Vec<(f64, f64)> = lines.iter().flat_map(|(_, l)| l.iter().copied()).collect();
-            let (x0, x1) = padded(
-                pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
-                pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max),
-            );
-            let (y0, y1) = padded(
+            let lo = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+            let hi = pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+            let yr = padded(
                 pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
                 pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
             );
-            let mut chart = ChartBuilder::on(area)
-                .margin(20)
-                .x_label_area_size(55)
-                .y_label_area_size(80)
-                .build_cartesian_2d(x0..x1, y0..y1)
-                .map_err(pe)?;
-            chart
-                .configure_mesh()
-                .x_desc(&self.x_desc)
-                .y_desc(metric_desc(metric))
-                .axis_desc_style(("sans-serif", 18))
-                .label_style(("sans-serif", 15))
-                .light_line_style(RGBColor(235, 235, 235))
-                .draw()
-                .map_err(pe)?;
-            for (i, (name, l)) in lines.iter().enumerate() {
-                let c = PALETTE[i % PALETTE.len()];
-                chart
-                    .draw_series(LineSeries::new(l.iter().copied(), c.stroke_width(3)))
-                    .map_err(pe)?
-                    .label(name.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
-                chart
-                    .draw_series(l.iter().map(|p| Circle::new(*p, 5, c.filled())))
-                    .map_err(pe)?;
+            if lo > 0.0 && hi / lo > 20.0 {
+                self.panel(
+                    area,
+                    (lo / 1.3..hi * 1.3).log_scale(),
+                    yr.0..yr.1,
+                    metric,
+                    lines,
+                    " (log scale)",
+                )?;
+            } else {
+                let xr = padded(lo, hi);
+                self.panel(area, xr.0..xr.1, yr.0..yr.1, metric, lines, "")?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl LinesFig {
+    #[allow(clippy::too_many_arguments)]
+    fn panel<DB: DrawingBackend, X>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        xr: X,
+        yr: std::ops::Range<f64>,
+        metric: &str,
+        lines: &[(String, Vec<(f64, f64)>)],
+        scale: &str,
+    ) -> Result<()>
+    where
+        X: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+        X::CoordDescType: plotters::coord::ranged1d::ValueFormatter<f64>,
+    {
+        let mut chart = ChartBuilder::on(area)
+            .margin(20)
+            .x_label_area_size(55)
+            .y_label_area_size(80)
+            .build_cartesian_2d(xr, yr)
+            .map_err(pe)?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("{}{scale}", self.x_desc))
+            .y_desc(metric_desc(metric))
+            .axis_desc_style(("sans-serif", 18))
+            .label_style(("sans-serif", 15))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(pe)?;
+        for (i, (name, l)) in lines.iter().enumerate() {
+            let c = PALETTE[i % PALETTE.len()];
             chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.9))
-                .border_style(RGBColor(160, 160, 160))
-                .label_font(("sans-serif", 16))
-                .draw()
+                .draw_series(LineSeries::new(l.iter().copied(), c.stroke_width(3)))
+                .map_err(pe)?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+            chart
+                .draw_series(l.iter().map(|p| Circle::new(*p, 5, c.filled())))
                 .map_err(pe)?;
         }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(RGBColor(160, 160, 160))
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(pe)?;
         Ok(())
     }
 }

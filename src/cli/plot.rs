@@ -23,6 +23,9 @@ pub enum PlotCmd {
         /// Also print the points (label, x, accuracy, on frontier, parameters).
         #[arg(long)]
         print: bool,
+        /// x axis scale: log, linear, or auto (log when latencies span more than 20x).
+        #[arg(long, default_value = "auto")]
+        scale: String,
     },
     /// A heatmap of one metric over two grid axes (e.g. S x Q).
     Heatmap {
@@ -61,8 +64,19 @@ pub fn run(cmd: PlotCmd) -> Result<i32> {
             x,
             title,
             print,
+            scale,
         } => {
             let x = XMetric::parse(&x)?;
+            let log_x = match scale.as_str() {
+                "auto" => None,
+                "log" => Some(true),
+                "linear" => Some(false),
+                other => {
+                    return Err(crate::Error::bad(format!(
+                        "--scale: expected auto, log or linear, got `{other}`"
+                    )))
+                }
+            };
             let tables = analysis::read_tables(&sweeps)?;
             if print {
                 for f in analysis::frontiers(&tables, x)? {
@@ -79,7 +93,7 @@ pub fn run(cmd: PlotCmd) -> Result<i32> {
                     }
                 }
             }
-            plot::frontier(&tables, x, &title, &out)?
+            plot::frontier(&tables, x, &title, log_x, &out)?
         }
         PlotCmd::Heatmap {
             sweep,

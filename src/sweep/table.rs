@@ -17,6 +17,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Column names of the table itself; a summary metric of the same name is left out.
+const RESERVED: [&str; 3] = ["point", "label", "seed"];
+
 /// Write `recs` (in point order) to `path`.
 pub fn write(path: &Path, param_paths: &[String], recs: &[Record]) -> Result<()> {
     let mut fields = vec![
@@ -41,6 +44,10 @@ pub fn write(path: &Path, param_paths: &[String], recs: &[Record]) -> Result<()>
         .iter()
         .map(|r| {
             for (k, _) in &r.metrics {
+                // The summary repeats the seed; the table's own columns come first.
+                if RESERVED.contains(&k.as_str()) || k.starts_with("param.") {
+                    continue;
+                }
                 if !index.contains_key(k) {
                     index.insert(k.clone(), keys.len());
                     keys.push(k.clone());
