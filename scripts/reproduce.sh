@@ -22,6 +22,9 @@ $C plot frontier runs/frontier-default --out plots/frontier-default \
   --title "Default scenario (Qwen2.5-1.5B + 7B, RTX A6000, APPS + MATH, 2 workflows/s)"
 $C plot frontier runs/frontier-default --x mean --out plots/frontier-default-mean \
   --title "Default scenario: mean workflow latency"
+mkdir -p runs/paper
+$C report runs/frontier-default --operating policy.routing.slack.value=1.0 --operating policy.routing.min_confidence_gain=0.1 \
+  --baselines "vLLM (FCFS),MLFQ,LTR (SJF + aging),vLLM (STJF; oracle lengths)" > runs/frontier-default/report.md
 
 # 2. S/Q sensitivity of Chimera.
 S='cluster.engines[*].scheduling.priority_aging.starvation_steps'
@@ -42,6 +45,6 @@ for s in apps-1.5b-7b apps-1.5b-14b math-1.5b-7b math-3b-7b; do
     DIRS+=("$out")
   done
 done
-$C report "${DIRS[@]}" --operating policy.routing.slack.value=0.5 --operating policy.routing.min_confidence_gain=0.1 \
+$C report "${DIRS[@]}" --operating policy.routing.slack.value=1.0 --operating policy.routing.min_confidence_gain=0.1 \
   --baselines "vLLM,MLFQ,LTR,Ablation: no router (STJF + aging; fixed split)" > runs/paper/report.md
 echo "tables in runs/paper/report.md"

@@ -122,7 +122,10 @@ pub struct Versus {
     pub latency_ratio: Option<f64>,
     /// Chimera's accuracy - the baseline's at Chimera's latency, points (None: never that fast).
     pub accuracy_gain: Option<f64>,
-    /// The baseline's best latency ratio and accuracy over its whole frontier, for context.
+    /// The largest latency ratio and accuracy gain over all of the reference's frontier
+    /// points (each against the baseline at its own matched accuracy or latency).
+    pub best_latency_ratio: Option<f64>,
+    pub best_accuracy_gain: Option<f64>,
     pub baseline_points: usize,
 }
 
@@ -166,6 +169,8 @@ pub fn compare(
                     .join(", ")
             ))
         })?;
+    let reference_front =
+        frontier_of(&ms.iter().filter(|m| m.label == reference).map(point).collect::<Vec<_>>());
     let mut versus = Vec::new();
     for b in baselines {
         let pts: Vec<(f64, f64)> = ms.iter().filter(|m| &m.label == b).map(point).collect();
@@ -173,10 +178,15 @@ pub fn compare(
             return Err(Error::bad(format!("{}: no series `{b}`", path.display())));
         }
         let front = frontier_of(&pts);
+        let best = |f: &dyn Fn(&(f64, f64)) -> Option<f64>| {
+            reference_front.iter().filter_map(f).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+        };
         versus.push(Versus {
             baseline: b.clone(),
             latency_ratio: latency_at_accuracy(&front, chimera.1).map(|l| l / chimera.0),
             accuracy_gain: accuracy_at_latency(&front, chimera.0).map(|a| chimera.1 - a),
+            best_latency_ratio: best(&|p| latency_at_accuracy(&front, p.1).map(|l| l / p.0)),
+            best_accuracy_gain: best(&|p| accuracy_at_latency(&front, p.0).map(|a| p.1 - a)),
             baseline_points: pts.len(),
         });
     }

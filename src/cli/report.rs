@@ -44,19 +44,21 @@ pub fn run(a: ReportArgs) -> Result<i32> {
                 .ok_or_else(|| Error::bad(format!("--operating {s}: expected path=value")))
         })
         .collect::<Result<_>>()?;
-    println!("| sweep | {} point: latency, accuracy | baseline | latency ratio at matched accuracy | accuracy gain at matched latency (points) |", a.reference);
-    println!("|---|---|---|---|---|");
+    println!("| sweep | {} point: latency, accuracy | baseline | latency ratio at matched accuracy | accuracy gain at matched latency (points) | best ratio over the frontier | best gain over the frontier |", a.reference);
+    println!("|---|---|---|---|---|---|---|");
     for s in &a.sweeps {
         let c = report::compare(s, x, &a.reference, &operating, &a.baselines)?;
         for v in &c.versus {
             println!(
-                "| {} | {:.1}, {:.1} % | {} | {} | {} |",
+                "| {} | {:.1}, {:.1} % | {} | {} | {} | {} | {} |",
                 s.display(),
                 c.chimera.0,
                 c.chimera.1,
                 v.baseline,
                 opt(v.latency_ratio, |r| format!("{r:.2}x")),
-                opt(v.accuracy_gain, |g| format!("{g:+.1}"))
+                opt(v.accuracy_gain, |g| format!("{g:+.1}")),
+                opt(v.best_latency_ratio, |r| format!("{r:.2}x")),
+                opt(v.best_accuracy_gain, |g| format!("{g:+.1}"))
             );
         }
     }

@@ -236,12 +236,19 @@ impl ConfidenceModel for OracleConfidence {
     }
 }
 
-/// The true outcome plus Gaussian noise, scaled so the confidence's AUC is `auc` (simulation
-/// only): with labels 0/1 and noise N(0, s^2), AUC = Phi(1 / (s sqrt 2)).
+/// A calibrated stand-in for a trained router at a given AUC (simulation only): a score
+/// `s = y + N(0, sd^2)` with `sd` set so that AUC = Phi(1 / (sd sqrt 2)), turned into the
+/// posterior P(solved | s) under the model's base rate for the task, the way a trained router's
+/// per-model logistic calibration would. The base rate is learned as workflows arrive (a Beta(1,
+/// 1) prior plus the outcomes of first-stage requests seen so far), standing in for the offline
+/// evaluation a deployment has of each model. Within one model the confidence is monotone in
+/// the score, so the AUC is the target; across models it carries the difference in base rates.
 pub struct NoisyOracle {
     noise: Normal<f64>,
     sd: f64,
     rng: StreamRng,
+    /// (task, model) -> (solved, seen) over first-stage requests.
+    base: Vec<((Option<Arc<str>>, Arc<str>), (u64, u64))>,
 }
 
 impl NoisyOracle {
@@ -252,7 +259,25 @@ impl NoisyOracle {
             noise: Normal::new(0.0, sd).expect("positive sd"),
             sd,
             rng,
+            base: Vec::new(),
         }
+    }
+
+    /// The base rate of `model` on `task` so far, updated with `solved` for a first stage.
+    fn base_rate(&mut self, task: &Option<Arc<str>>, model: &str, first_stage: bool, solved: bool) -> f64 {
+        let i = match self.base.iter().position(|((t, m), _)| t == task && &**m == model) {
+            Some(i) => i,
+            None => {
+                self.base.push(((task.clone(), Arc::from(model)), (0, 0)));
+                self.base.len() - 1
+            }
+        };
+        let c = &mut self.base[i].1;
+        if first_stage {
+            c.0 += solved as u64;
+            c.1 += 1;
+        }
+        (c.0 as f64 + 1.0) / (c.1 as f64 + 2.0)
     }
 }
 
@@ -263,7 +288,13 @@ impl ConfidenceModel for NoisyOracle {
     fn confidence(&mut self, req: &RequestInfo, model: &str) -> f64 {
         let y = OracleConfidence.confidence(req, model);
         let s = y + self.noise.sample(&mut self.rng);
-        1.0 / (1.0 + (-(s - 0.5) / self.sd.max(1e-9)).exp())
+        // Learn the base rate from this outcome only after scoring it, so that the request's
+        // own label never enters its prior.
+        let p = self.base_rate(&req.task, model, false, false);
+        self.base_rate(&req.task, model, req.stage == 0, y > 0.5);
+        let l1 = (-(s - 1.0).powi(2) / (2.0 * self.sd * self.sd)).exp();
+        let l0 = (-(s * s) / (2.0 * self.sd * self.sd)).exp();
+        p * l1 / (p * l1 + (1.0 - p) * l0).max(f64::MIN_POSITIVE)
     }
     fn needs_oracle(&self) -> bool {
         true
