@@ -1017,6 +1017,9 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
     if s.engines.iter().any(|e| e.step_time_source == "roofline-default") {
         println!("  step times: roofline defaults from datasheets (not measured); give engines a calibration file to change that");
     }
+    if s.engines.iter().any(|e| e.step_time_source == "calibration (derived)") {
+        println!("  step times: a calibration derived from another GPU's measurements and the datasheets (not measured on this GPU; see manifest.json)");
+    }
     println!(
         "  results: {}/{{requests,workflows,engines}}.parquet, summary.json, manifest.json",
         out.display()

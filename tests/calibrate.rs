@@ -126,10 +126,8 @@ fn a_scenario_engine_uses_a_calibration_and_the_manifest_says_so() {
     let dir = common::tmpdir("calibrated-run");
     let scen = dir.join("s.yaml");
     let cal = common::repo().join("calibration/rtx-a6000-from-a40.yaml");
-    let text = chimera::scenario::DEFAULT_SCENARIO.replace(
-        "      gpu: RTX-A6000",
-        &format!("      gpu: RTX-A6000\n      calibration: {}", cal.display()),
-    );
+    let text =
+        chimera::scenario::DEFAULT_SCENARIO.replace("calibration: auto", &format!("calibration: {}", cal.display()));
     assert_ne!(
         text,
         chimera::scenario::DEFAULT_SCENARIO,
@@ -148,6 +146,51 @@ fn a_scenario_engine_uses_a_calibration_and_the_manifest_says_so() {
     assert!(
         manifest.contains("rtx-a6000-from-a40.yaml") && manifest.contains("derived"),
         "{manifest}"
+    );
+    // The embedded default uses the same calibration, built in, and gives the same results.
+    let out2 = bin()
+        .args(["run", "-q", "--set", "workload.workflows=50", "--out"])
+        .arg(dir.join("builtin"))
+        .output()
+        .unwrap();
+    assert!(out2.status.success(), "{}", String::from_utf8_lossy(&out2.stderr));
+    let m2 = std::fs::read_to_string(dir.join("builtin/manifest.json")).unwrap();
+    assert!(
+        m2.contains("builtin:rtx-a6000-from-a40") && m2.contains("derived"),
+        "{m2}"
+    );
+    // On a GPU with no shipped calibration, `auto` falls back to the roofline defaults and says so.
+    let r = chimera::scenario::load_str(
+        chimera::scenario::DEFAULT_SCENARIO,
+        &["cluster.engines[*].gpu=A100".to_string()],
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(r.engines[0].step_time_source["kind"], "roofline-default");
+    let (a, b) = (
+        std::fs::read(dir.join("out/requests.parquet")).unwrap(),
+        std::fs::read(dir.join("builtin/requests.parquet")).unwrap(),
+    );
+    assert_eq!(a, b, "file and built-in calibrations disagree");
+    let summary = std::fs::read_to_string(dir.join("builtin/summary.json")).unwrap();
+    assert!(summary.contains("calibration (derived)"), "{summary}");
+    // An unknown built-in lists the known ones.
+    let out3 = bin()
+        .args([
+            "run",
+            "-q",
+            "--set",
+            "cluster.engines[0].calibration=builtin:nope",
+            "--out",
+        ])
+        .arg(dir.join("bad"))
+        .output()
+        .unwrap();
+    assert_eq!(out3.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out3.stderr);
+    assert!(
+        e.contains("cluster.engines[0].calibration") && e.contains("builtin:rtx-a6000-from-a40"),
+        "{e}"
     );
 }
 

@@ -51,7 +51,8 @@ fn run_default_prints_a_table_and_writes_every_file() {
         .as_str()
         .unwrap()
         .contains("datasheet"));
-    assert_eq!(m["inputs"]["engines"][1]["step_time"]["kind"], "roofline-default");
+    assert_eq!(m["inputs"]["engines"][1]["step_time"]["kind"], "calibration");
+    assert_eq!(m["inputs"]["engines"][1]["step_time"]["provenance"]["kind"], "derived");
 }
 
 #[test]

@@ -196,7 +196,7 @@ fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
     )
     .unwrap();
     let text = chimera::scenario::DEFAULT_SCENARIO.replacen(
-        "      model: Qwen2.5-7B\n      gpu: RTX-A6000\n",
+        "      model: Qwen2.5-7B\n      gpu: RTX-A6000\n      calibration: auto\n",
         "      model: Qwen2.5-7B\n      gpu: RTX-A6000\n      calibration: a6000-fast.yaml\n",
         1,
     );
@@ -212,15 +212,18 @@ fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
     );
     let (a, b) = (tmpdir("calib-a"), tmpdir("calib-b"));
     let fast = run(&calibrated, &a);
+    let mut plain_sets = sets.clone();
+    plain_sets.push("cluster.engines[*].calibration=null".into());
     let plain = run(
-        &chimera::scenario::load_str(chimera::scenario::DEFAULT_SCENARIO, &sets, &dir).unwrap(),
+        &chimera::scenario::load_str(chimera::scenario::DEFAULT_SCENARIO, &plain_sets, &dir).unwrap(),
         &b,
     );
+    assert_eq!(plain.summary.engines[1].step_time_source, "roofline-default");
     assert!(fast.summary.requests.tpot_ms.mean.unwrap() < plain.summary.requests.tpot_ms.mean.unwrap());
     let m = json(&a.join("manifest.json"));
     assert_eq!(m["inputs"]["engines"][1]["step_time"]["kind"], "calibration");
     assert_eq!(m["inputs"]["engines"][1]["step_time"]["provenance"]["kind"], "derived");
-    assert_eq!(fast.summary.engines[1].step_time_source, "calibration");
+    assert_eq!(fast.summary.engines[1].step_time_source, "calibration (derived)");
     // A calibration for another GPU is refused with both names.
     let e = chimera::scenario::load_str(
         &text
@@ -229,7 +232,11 @@ fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
                 "      calibration: a6000-fast.yaml\n      ",
                 1,
             )
-            .replacen("gpu: RTX-A6000\n      calibration", "gpu: A40\n      calibration", 1),
+            .replacen(
+                "gpu: RTX-A6000\n      calibration: a6000-fast",
+                "gpu: A40\n      calibration: a6000-fast",
+                1,
+            ),
         &sets,
         &dir,
     )

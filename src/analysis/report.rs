@@ -169,8 +169,12 @@ pub fn compare(
                     .join(", ")
             ))
         })?;
-    let reference_front =
-        frontier_of(&ms.iter().filter(|m| m.label == reference).map(point).collect::<Vec<_>>());
+    let reference_front = frontier_of(
+        &ms.iter()
+            .filter(|m| m.label == reference)
+            .map(point)
+            .collect::<Vec<_>>(),
+    );
     let mut versus = Vec::new();
     for b in baselines {
         let pts: Vec<(f64, f64)> = ms.iter().filter(|m| &m.label == b).map(point).collect();
@@ -179,7 +183,10 @@ pub fn compare(
         }
         let front = frontier_of(&pts);
         let best = |f: &dyn Fn(&(f64, f64)) -> Option<f64>| {
-            reference_front.iter().filter_map(f).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+            reference_front
+                .iter()
+                .filter_map(f)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
         };
         versus.push(Versus {
             baseline: b.clone(),

@@ -165,46 +165,91 @@ pub struct Calibration {
 
 pub const CALIBRATION_FORMAT: &str = "chimera-calibration/v1";
 
+/// Calibrations shipped inside the binary, usable as `calibration: builtin:<name>` (so that the
+/// embedded default scenario can use one wherever it runs).
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "rtx-a6000-from-a40",
+        include_str!("../../calibration/rtx-a6000-from-a40.yaml"),
+    ),
+    ("a40-vidur", include_str!("../../calibration/a40-vidur.yaml")),
+    ("h100-measured", include_str!("../../calibration/h100-measured.yaml")),
+];
+
 impl Calibration {
     pub fn load(path: &Path) -> Result<Calibration> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cal: Calibration = crate::scenario::yaml::from_yaml_str(&text)
-            .map_err(|e| e.context(format!("calibration {}", path.display())))?;
+        Calibration::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse a calibration's text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Calibration> {
+        let cal: Calibration =
+            crate::scenario::yaml::from_yaml_str(text).map_err(|e| e.context(format!("calibration {origin}")))?;
         if cal.format != CALIBRATION_FORMAT {
             return Err(Error::bad(format!(
-                "calibration {}: format: expected `{CALIBRATION_FORMAT}`, got `{}`",
-                path.display(),
+                "calibration {origin}: format: expected `{CALIBRATION_FORMAT}`, got `{}`",
                 cal.format
             )));
         }
         cal.coefficients
             .validate()
-            .map_err(|e| e.context(format!("calibration {}", path.display())))?;
+            .map_err(|e| e.context(format!("calibration {origin}")))?;
         Ok(cal)
     }
 
+    /// The built-in calibration `calibration: auto` picks for `gpu` (catalogue name), if any.
+    /// Calibrations of our own profiling backend (`h100-measured`: unfused attention) describe
+    /// that backend, not vLLM, and are never picked automatically.
+    pub fn auto_for(gpu: &str) -> Option<&'static str> {
+        match gpu {
+            "RTX-A6000" => Some("rtx-a6000-from-a40"),
+            "A40" => Some("a40-vidur"),
+            _ => None,
+        }
+    }
+
+    /// A scenario's `calibration:` value: `builtin:<name>` or a path relative to `base_dir`.
+    /// Returns the calibration and where it came from.
+    pub fn resolve(spec: &str, base_dir: &Path) -> Result<(Calibration, String)> {
+        if let Some(name) = spec.strip_prefix("builtin:") {
+            let (n, text) = BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+                Error::bad(format!(
+                    "unknown built-in calibration `{name}` (expected one of {})",
+                    BUILTIN
+                        .iter()
+                        .map(|(n, _)| format!("builtin:{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            let origin = format!("builtin:{n} (calibration/{n}.yaml)");
+            return Ok((Calibration::parse(text, &origin)?, origin));
+        }
+        let p = base_dir.join(spec);
+        Ok((Calibration::load(&p)?, p.display().to_string()))
+    }
+
     /// Check that this calibration applies to an engine of `model` on `gpu` at degree `tp`.
-    pub fn check_applies(&self, path: &Path, gpu: &str, model: &str, tp: u32) -> Result<()> {
+    pub fn check_applies(&self, origin: &str, gpu: &str, model: &str, tp: u32) -> Result<()> {
         let cat = crate::hw::Catalog::builtin();
         let my_gpu = cat
             .gpu(&self.gpu)
-            .map_err(|e| e.context(format!("calibration {}: gpu", path.display())))?;
+            .map_err(|e| e.context(format!("calibration {origin}: gpu")))?;
         if my_gpu.name != gpu {
             return Err(Error::bad(format!(
                 "calibration {} is for GPU {}, but the engine runs on {gpu}",
-                path.display(),
-                my_gpu.name
+                origin, my_gpu.name
             )));
         }
         if let Some(m) = &self.model {
             let mine = cat
                 .model(m)
-                .map_err(|e| e.context(format!("calibration {}: model", path.display())))?;
+                .map_err(|e| e.context(format!("calibration {origin}: model")))?;
             if mine.name != model {
                 return Err(Error::bad(format!(
                     "calibration {} is for model {}, but the engine serves {model}",
-                    path.display(),
-                    mine.name
+                    origin, mine.name
                 )));
             }
         }
@@ -212,7 +257,7 @@ impl Calibration {
             if t != tp {
                 return Err(Error::bad(format!(
                     "calibration {} is for tensor_parallel {t}, but the engine uses {tp}",
-                    path.display()
+                    origin
                 )));
             }
         }

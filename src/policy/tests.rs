@@ -350,7 +350,10 @@ mod chimera_parts {
             let a = auc(&s, &y).unwrap();
             // Calibrated: the mean confidence is the base rate (a third solved).
             let mean = s.iter().sum::<f64>() / s.len() as f64;
-            assert!((mean - 1.0 / 3.0).abs() < 0.03, "target {target}: mean confidence {mean}");
+            assert!(
+                (mean - 1.0 / 3.0).abs() < 0.03,
+                "target {target}: mean confidence {mean}"
+            );
             assert!((a - target).abs() < 0.015, "target {target}, got {a}");
         }
     }

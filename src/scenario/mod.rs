@@ -98,7 +98,9 @@ pub struct EngineSpec {
     /// CUDA context, NCCL and other memory outside PyTorch's allocator, GiB per GPU.
     #[serde(default = "default_non_torch")]
     pub non_torch_gib: f64,
-    /// A calibration file (path relative to the scenario file); default: roofline defaults.
+    /// A calibration file (path relative to the scenario file), `builtin:<name>`, or `auto` (the
+    /// calibration shipped for the engine's GPU, else the roofline defaults); default: roofline
+    /// defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<String>,
 }
@@ -541,19 +543,23 @@ impl Scenario {
                 non_torch_gib: e.non_torch_gib,
             })
             .map_err(|x| x.context(&p))?;
-            let (coeffs, source) = match &e.calibration {
+            let spec = match e.calibration.as_deref() {
+                Some("auto") => Calibration::auto_for(&gpu.name).map(|n| format!("builtin:{n}")),
+                other => other.map(String::from),
+            };
+            let (coeffs, source) = match &spec {
                 None => (
                     Coefficients::default(),
-                    serde_json::json!({"kind": "roofline-default", "note": "datasheet figures and published default efficiencies; not measured"}),
+                    serde_json::json!({"kind": "roofline-default", "note": if e.calibration.is_some() { "no calibration ships for this GPU (calibration: auto); datasheet figures and published default efficiencies; not measured" } else { "datasheet figures and published default efficiencies; not measured" }}),
                 ),
                 Some(c) => {
-                    let cp = base_dir.join(c);
-                    let cal = Calibration::load(&cp).map_err(|x| x.context(format!("{p}.calibration")))?;
-                    cal.check_applies(&cp, &gpu.name, &model.name, e.tensor_parallel)
+                    let (cal, origin) =
+                        Calibration::resolve(c, base_dir).map_err(|x| x.context(format!("{p}.calibration")))?;
+                    cal.check_applies(&origin, &gpu.name, &model.name, e.tensor_parallel)
                         .map_err(|x| x.context(format!("{p}.calibration")))?;
                     (
                         cal.coefficients,
-                        serde_json::json!({"kind": "calibration", "path": cp.display().to_string(), "provenance": cal.provenance, "fit": cal.fit}),
+                        serde_json::json!({"kind": "calibration", "path": origin, "provenance": cal.provenance, "fit": cal.fit}),
                     )
                 }
             };
