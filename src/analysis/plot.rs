@@ -40,6 +40,22 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(0, 0, 0),
 ];
 
+/// The series legend, boxed, at `pos`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    pos: SeriesLabelPosition,
+    size: u32,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(160, 160, 160))
+        .label_font(("sans-serif", size))
+        .draw()
+        .map_err(pe)
+}
+
 /// Something that draws itself on any plotters backend.
 trait Figure {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>;
@@ -170,14 +186,7 @@ impl FrontierFig<'_> {
                 .draw_series(front.iter().map(|p| Circle::new(*p, 6, c.filled())))
                 .map_err(pe)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(160, 160, 160))
-            .label_font(("sans-serif", 18))
-            .draw()
-            .map_err(pe)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight, 18)?;
         Ok(())
     }
 }
@@ -426,14 +435,7 @@ impl LinesFig {
                 .draw_series(l.iter().map(|p| Circle::new(*p, 5, c.filled())))
                 .map_err(pe)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(160, 160, 160))
-            .label_font(("sans-serif", 16))
-            .draw()
-            .map_err(pe)?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight, 16)?;
         Ok(())
     }
 }

@@ -200,8 +200,9 @@ impl Profile {
     }
 }
 
-/// The Vidur operator names this reader takes from an `*.mlp.csv` file.
-const VIDUR_OPS: &[&str] = &[
+/// The per-layer operators (Vidur's names, in its order); this reader takes them from an
+/// `*.mlp.csv` file and the profiler times them at every token count.
+pub const LAYER_OPS: &[&str] = &[
     "emb",
     "input_layernorm",
     "attn_pre_proj",
@@ -243,7 +244,7 @@ pub fn load_vidur_csv(path: &Path) -> Result<Profile> {
         col("num_tensor_parallel_workers")?,
     ];
     let mut op_cols = Vec::new();
-    for op in VIDUR_OPS {
+    for op in LAYER_OPS {
         let stats = ["median", "mean", "min", "max", "std"].map(|s| col(&format!("time_stats.{op}.{s}")));
         if stats.iter().all(|s| s.is_ok()) {
             op_cols.push((*op, stats.map(|s| s.unwrap())));

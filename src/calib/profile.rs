@@ -117,18 +117,7 @@ impl Grid {
                 continue;
             }
             for &n in &self.tokens {
-                for op in [
-                    "emb",
-                    "input_layernorm",
-                    "attn_pre_proj",
-                    "attn_rope",
-                    "attn_post_proj",
-                    "post_attention_layernorm",
-                    "mlp_up_proj",
-                    "mlp_act",
-                    "mlp_down_proj",
-                    "add",
-                ] {
+                for op in super::format::LAYER_OPS {
                     out.push(OpPoint::new(op, n, 1, 0, tp));
                 }
             }
