@@ -228,3 +228,26 @@ fn the_slurm_array_script_runs_shards_that_merge_into_the_unsharded_table() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(bytes(&merged), bytes(&d.join("whole/sweep.parquet")));
 }
+
+#[test]
+fn every_shipped_sweep_plan_resolves_at_every_point() {
+    let mut plans: Vec<std::path::PathBuf> = Vec::new();
+    for dir in ["scenarios/sweeps", "scenarios/paper"] {
+        for e in std::fs::read_dir(common::repo().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if dir.ends_with("sweeps") || name.ends_with(".plan.yaml") {
+                plans.push(p);
+            }
+        }
+    }
+    plans.sort();
+    assert!(plans.len() >= 6, "{plans:?}");
+    for p in plans {
+        let spec = SweepSpec::load_plan(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let pts = spec.points().unwrap();
+        assert!(!pts.is_empty());
+        spec.check_points(&pts)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+}
