@@ -29,6 +29,9 @@ pub struct FitOptions {
     pub engine: Option<String>,
     /// Only these operator classes (default: every class with points).
     pub classes: Option<Vec<OpClass>>,
+    /// Start from this calibration (same GPU) and refit only the classes with points: e.g.
+    /// attention from a fused-kernel profile on top of matrix products from another.
+    pub base: Option<(Calibration, String)>,
 }
 
 /// The peaks a profile's efficiencies refer to.
@@ -279,6 +282,20 @@ pub fn fit(profiles: &[Profile], opts: &FitOptions) -> Result<Calibration> {
     let pts = points_of(profiles);
     let mut c = Coefficients::default();
     let mut fitted: Vec<String> = Vec::new();
+    if let Some((b, path)) = &opts.base {
+        if Catalog::builtin()
+            .gpu(&b.gpu)
+            .map(|g| g.name.clone())
+            .unwrap_or_else(|_| b.gpu.clone())
+            != gpu
+        {
+            return Err(Error::bad(format!(
+                "--base {path} is for {}, the profiles are from {gpu}",
+                b.gpu
+            )));
+        }
+        c = b.coefficients;
+    }
     for class in [OpClass::Matmul, OpClass::Elementwise, OpClass::Attention] {
         if opts.classes.as_ref().is_some_and(|cs| !cs.contains(&class)) {
             continue;
@@ -299,13 +316,24 @@ pub fn fit(profiles: &[Profile], opts: &FitOptions) -> Result<Calibration> {
             "calibrate fit: the profiles hold no operator points this model prices",
         ));
     }
+    let refit = fitted.clone();
+    if let Some((b, _)) = &opts.base {
+        let mut kept: Vec<String> = b
+            .fitted
+            .iter()
+            .filter(|f| *f != "per_layer_us" && !refit.contains(f))
+            .cloned()
+            .collect();
+        kept.append(&mut fitted);
+        fitted = kept;
+    }
     if fitted.iter().any(|f| f.ends_with("_fixed_us")) {
         c.per_layer_us = super::per_layer_us(&c);
         fitted.push("per_layer_us".into());
     }
     let ratios: Vec<f64> = pts
         .iter()
-        .filter(|(_, w, _)| fitted.iter().any(|f| fitted_names(w.class).contains(&f.as_str())))
+        .filter(|(_, w, _)| refit.iter().any(|f| fitted_names(w.class).contains(&f.as_str())))
         .map(|(_, w, t)| predict(&c, peaks, w) / t)
         .collect();
     let q = ErrStats::of(&ratios);
@@ -349,6 +377,33 @@ pub fn fit(profiles: &[Profile], opts: &FitOptions) -> Result<Calibration> {
         first.meta.backend,
         first.meta.date
     );
+    let (source, details) = match &opts.base {
+        None => (source, details),
+        Some((b, path)) => {
+            let mut d = b.provenance.details.clone();
+            for (k, v) in details {
+                d.insert(format!("refit.{k}"), v);
+            }
+            d.insert("base_calibration".into(), path.clone());
+            if let Some(f) = &b.fit {
+                d.insert(
+                    "base_fit".into(),
+                    format!(
+                        "median {:.1} %, p90 {:.1} % over {} points",
+                        100.0 * f.median_rel_err,
+                        100.0 * f.p90_rel_err,
+                        f.points
+                    ),
+                );
+            }
+            let note = format!(
+                "{}; then {} refitted to {source}",
+                b.provenance.source,
+                refit.join(", ")
+            );
+            (note, d)
+        }
+    };
     c.validate()?;
     Ok(Calibration {
         format: CALIBRATION_FORMAT.into(),
@@ -364,6 +419,7 @@ pub fn fit(profiles: &[Profile], opts: &FitOptions) -> Result<Calibration> {
             source,
             details,
         },
+        // With a base: the quality of the refit on its own points (the base's is in details).
         fit: Some(FitQuality {
             median_rel_err: q.median_rel_err,
             p90_rel_err: q.p90_rel_err,
@@ -570,6 +626,51 @@ mod tests {
             predict(&d.coefficients, peaks_of(&calibration_datasheet(&d).unwrap()), &w),
         );
         assert!(b < a, "{a} {b}");
+    }
+
+    #[test]
+    fn a_base_keeps_its_coefficients_and_only_the_refit_class_changes() {
+        let base_truth = Coefficients {
+            mfu: 0.7,
+            mbu: 0.8,
+            ..Coefficients::default()
+        };
+        let mut p = synthetic_profile(&base_truth, "A40");
+        p.points
+            .retain(|x| !x.op.starts_with("attn_d") && x.op != "attn_prefill");
+        let base = fit(std::slice::from_ref(&p), &FitOptions::default()).unwrap();
+        let attn_truth = Coefficients {
+            mfu_attention: 0.6,
+            mbu_attention: 0.9,
+            attention_fixed_us: 12.0,
+            ..base.coefficients
+        };
+        let mut a = synthetic_profile(&attn_truth, "A40");
+        a.points.retain(|x| x.op == "attn_decode" || x.op == "attn_prefill");
+        let merged = fit(
+            &[a],
+            &FitOptions {
+                base: Some((base.clone(), "base.yaml".into())),
+                ..FitOptions::default()
+            },
+        )
+        .unwrap();
+        let c = merged.coefficients;
+        assert_eq!(
+            (c.mfu, c.mbu, c.mbu_elementwise),
+            (
+                base.coefficients.mfu,
+                base.coefficients.mbu,
+                base.coefficients.mbu_elementwise
+            )
+        );
+        assert!(
+            (c.mfu_attention - 0.6).abs() < 0.02 && (c.attention_fixed_us - 12.0).abs() < 0.5,
+            "{c:?}"
+        );
+        assert!(merged.fitted.contains(&"mfu".to_string()) && merged.fitted.contains(&"mfu_attention".to_string()));
+        assert_eq!(merged.provenance.details["base_calibration"], "base.yaml");
+        assert!((c.per_layer_us - crate::calib::per_layer_us(&c)).abs() < 1e-9);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub enum CalibrateCmd {
         /// Operator classes to fit: matmul, elementwise, attention (default: all with points).
         #[arg(long, value_delimiter = ',')]
         ops: Vec<String>,
+        /// Start from this calibration (same GPU) and refit only the classes in the profiles.
+        #[arg(long)]
+        base: Option<PathBuf>,
     },
     /// Derive a calibration for a GPU without measurements from another GPU's calibration.
     Derive {
@@ -120,6 +123,7 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
             model,
             engine,
             ops,
+            base,
         } => {
             let cat = crate::hw::Catalog::builtin();
             let model = match model {
@@ -131,6 +135,10 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
                 model,
                 engine,
                 classes: parse_classes(&ops)?,
+                base: match base {
+                    Some(b) => Some((Calibration::load(&b)?, b.display().to_string())),
+                    None => None,
+                },
             };
             let ps = load_profiles(&profiles)?;
             let cal = calib::fit(&ps, &opts)?;
