@@ -12,7 +12,14 @@ args() { for f in "$@"; do printf -- '--profile %s ' "$f"; done; }
 $C calibrate fit $(args $A40) --out calibration/a40-vidur.yaml
 # 2. The RTX A6000 (same GA102 die) from it and the datasheets.
 $C calibrate derive --from calibration/a40-vidur.yaml --gpu RTX-A6000 --out calibration/rtx-a6000-from-a40.yaml
-# 3. H100 profiles measured with scripts/profile-gpu.sh, if present.
-if ls calibration/profiles/h100-*.json >/dev/null 2>&1; then
-  $C calibrate fit $(args calibration/profiles/h100-*.json) --engine "chimera cudarc operator backend (not vLLM)" --out calibration/h100-measured.yaml
-fi
+# 3. The H100: matrix products and element-wise kernels from our cudarc profiles
+#    (scripts/profile-gpu.sh), then attention refitted on PyTorch's fused SDPA kernels timed on
+#    the same GPU (scripts/torch-profile.py), since our own backend's attention is unfused.
+H100=$(LC_ALL=C ls calibration/profiles/h100-*.json | grep -v torch)
+$C calibrate fit $(args $H100) --ops matmul,elementwise \
+  --engine "kernels: cuBLAS 13.1 GEMM via cudarc, NVRTC element-wise; not a vLLM engine" \
+  --out calibration/h100-cudarc-kernels.yaml
+$C calibrate fit $(args calibration/profiles/h100-torch-attn-*.json) --ops attention \
+  --base calibration/h100-cudarc-kernels.yaml \
+  --engine "kernels: cuBLAS 13.1 GEMM via cudarc, NVRTC element-wise, PyTorch 2.11 SDPA attention; not a vLLM engine" \
+  --out calibration/h100-measured.yaml

@@ -122,6 +122,80 @@ fn shipped_calibrations_load_say_where_they_came_from_and_match_a_refit() {
 }
 
 #[test]
+fn the_h100_calibrations_are_what_refitting_the_committed_profiles_gives() {
+    let dir = common::repo().join("calibration");
+    let measured = Calibration::load(&dir.join("h100-measured.yaml")).unwrap();
+    let kernels = Calibration::load(&dir.join("h100-cudarc-kernels.yaml")).unwrap();
+    assert_eq!((measured.gpu.as_str(), kernels.gpu.as_str()), ("H100-SXM", "H100-SXM"));
+    assert!(measured.provenance.source.contains("PyTorch") && measured.provenance.source.contains("cudarc"));
+    assert!(measured.fitted.contains(&"mfu_attention".to_string()));
+    assert!(!kernels.fitted.contains(&"mfu_attention".to_string()));
+    assert!(measured.provenance.details["nvidia_driver"].contains("580.159.04"));
+    let load = |pred: &dyn Fn(&str) -> bool| -> Vec<Profile> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("profiles"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().to_string();
+                n.ends_with(".json") && pred(&n)
+            })
+            .collect();
+        files.sort();
+        files.iter().map(|f| Profile::load(f).unwrap()).collect()
+    };
+    let ours = load(&|n| !n.contains("torch"));
+    let attn = load(&|n| n.contains("torch-attn"));
+    assert_eq!((ours.len(), attn.len()), (4, 4));
+    let k = calib::fit(
+        &ours,
+        &FitOptions {
+            classes: Some(vec![calib::OpClass::Matmul, calib::OpClass::Elementwise]),
+            ..FitOptions::default()
+        },
+    )
+    .unwrap();
+    let m = calib::fit(
+        &attn,
+        &FitOptions {
+            classes: Some(vec![calib::OpClass::Attention]),
+            base: Some((k.clone(), "calibration/h100-cudarc-kernels.yaml".into())),
+            ..FitOptions::default()
+        },
+    )
+    .unwrap();
+    for (name, a, b) in [
+        ("mfu", k.coefficients.mfu, kernels.coefficients.mfu),
+        ("mbu", k.coefficients.mbu, kernels.coefficients.mbu),
+        (
+            "mfu_attention",
+            m.coefficients.mfu_attention,
+            measured.coefficients.mfu_attention,
+        ),
+        (
+            "mbu_attention",
+            m.coefficients.mbu_attention,
+            measured.coefficients.mbu_attention,
+        ),
+    ] {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "shipped H100 calibration is stale: {name} {b} vs refit {a}"
+        );
+    }
+    // `calibration: auto` picks it for H100 engines.
+    let r = chimera::scenario::load_str(
+        chimera::scenario::DEFAULT_SCENARIO,
+        &["cluster.engines[*].gpu=H100".to_string()],
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    assert!(r.engines[0].step_time_source["path"]
+        .as_str()
+        .unwrap()
+        .contains("h100-measured"));
+}
+
+#[test]
 fn a_scenario_engine_uses_a_calibration_and_the_manifest_says_so() {
     let dir = common::tmpdir("calibrated-run");
     let scen = dir.join("s.yaml");

@@ -174,6 +174,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ),
     ("a40-vidur", include_str!("../../calibration/a40-vidur.yaml")),
     ("h100-measured", include_str!("../../calibration/h100-measured.yaml")),
+    (
+        "h100-cudarc-kernels",
+        include_str!("../../calibration/h100-cudarc-kernels.yaml"),
+    ),
 ];
 
 impl Calibration {
@@ -199,12 +203,12 @@ impl Calibration {
     }
 
     /// The built-in calibration `calibration: auto` picks for `gpu` (catalogue name), if any.
-    /// Calibrations of our own profiling backend (`h100-measured`: unfused attention) describe
-    /// that backend, not vLLM, and are never picked automatically.
+    /// (`h100-cudarc-kernels` is not a candidate: its attention is not fitted.)
     pub fn auto_for(gpu: &str) -> Option<&'static str> {
         match gpu {
             "RTX-A6000" => Some("rtx-a6000-from-a40"),
             "A40" => Some("a40-vidur"),
+            "H100-SXM" => Some("h100-measured"),
             _ => None,
         }
     }
