@@ -35,9 +35,9 @@ $C plot heatmap runs/sq-chimera --x "$S" --y "$Q" --metric requests.queue_ms.p99
 $C plot lines runs/sq-chimera --x "$S" --series "$Q" --out plots/sq-lines
 
 # 3. The paper's settings at light, medium and saturated load.
-declare -A LOADS=([apps-1.5b-7b]="1 2 4" [apps-1.5b-14b]="0.5 1 2" [math-1.5b-7b]="1 2 4" [math-3b-7b]="1 2 4")
+declare -A LOADS=([apps-1.5b-7b]="1 2 4" [apps-1.5b-14b]="0.5 1 2" [math-1.5b-7b]="1 2 4" [math-1.5b-14b]="0.5 1 2" [math-3b-7b]="1 2 4")
 DIRS=()
-for s in apps-1.5b-7b apps-1.5b-14b math-1.5b-7b math-3b-7b; do
+for s in apps-1.5b-7b apps-1.5b-14b math-1.5b-7b math-1.5b-14b math-3b-7b; do
   for r in ${LOADS[$s]}; do
     out=runs/paper/$s-r$r
     sweep scenarios/paper/$s.plan.yaml "$out" "workload.arrivals.rate_per_s=$r"
