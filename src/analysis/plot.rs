@@ -358,8 +358,12 @@ fn short(path: &str) -> String {
     path.rsplit('.').next().unwrap_or(path).to_string()
 }
 
+/// A named line of (x, y) points.
+type Line = (String, Vec<(f64, f64)>);
+
 struct LinesFig {
-    panels: Vec<(String, Vec<(String, Vec<(f64, f64)>)>)>,
+    /// (metric, its lines) per panel.
+    panels: Vec<(String, Vec<Line>)>,
     x_desc: String,
     title: String,
 }
@@ -402,7 +406,7 @@ impl LinesFig {
         xr: X,
         yr: std::ops::Range<f64>,
         metric: &str,
-        lines: &[(String, Vec<(f64, f64)>)],
+        lines: &[Line],
         scale: &str,
     ) -> Result<()>
     where
