@@ -89,6 +89,8 @@ pub enum Command {
         #[command(subcommand)]
         what: plot::PlotCmd,
     },
+    /// Simulated against measured: TTFT, TPOT and E2E per request and workflow of two results folders.
+    Compare(plot::CompareArgs),
     /// The paper comparisons from sweeps: Chimera against baselines at matched settings
     /// (feature `analysis`, polars).
     Report(report::ReportArgs),
@@ -302,6 +304,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Sweep { what, args } => sweep::run(what, args),
         Command::Plot { what } => plot::run(what),
         Command::Report(a) => report::run(a),
+        Command::Compare(a) => plot::compare(a),
         Command::Bench {
             what:
                 BenchCmd::Policy {

@@ -2,6 +2,7 @@
 //! and the plots drawn from them (`plot`). Reads `sweep.parquet` files; never runs a
 //! simulation, so a figure is redrawn from results without rerunning them.
 
+pub mod compare;
 pub mod plot;
 #[cfg(feature = "analysis")]
 pub mod report;

@@ -499,3 +499,69 @@ pub fn lines(
     };
     save(&fig, prefix, (1400, 650))
 }
+
+struct ScatterFig<'a> {
+    metrics: &'a [super::compare::MetricComparison],
+}
+
+impl Figure for ScatterFig<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()> {
+        let root = root
+            .titled(
+                "Simulated against measured (log axes; the diagonal is agreement)",
+                ("sans-serif", 24),
+            )
+            .map_err(pe)?;
+        let areas = root.split_evenly((1, self.metrics.len()));
+        for (area, m) in areas.iter().zip(self.metrics) {
+            let vals = m.pairs.iter().flat_map(|(s, r)| [*s, *r]).filter(|v| *v > 0.0);
+            let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+            if !lo.is_finite() {
+                continue;
+            }
+            let (lo, hi) = (lo / 1.2, hi * 1.2);
+            let mut chart = ChartBuilder::on(area)
+                .caption(
+                    format!(
+                        "{}: median {:.1} %, p90 {:.1} %",
+                        m.name,
+                        100.0 * m.error.median_rel_err,
+                        100.0 * m.error.p90_rel_err
+                    ),
+                    ("sans-serif", 16),
+                )
+                .margin(15)
+                .x_label_area_size(50)
+                .y_label_area_size(70)
+                .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
+                .map_err(pe)?;
+            chart
+                .configure_mesh()
+                .x_desc(format!("measured ({})", m.unit))
+                .y_desc(format!("simulated ({})", m.unit))
+                .axis_desc_style(("sans-serif", 16))
+                .label_style(("sans-serif", 13))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(pe)?;
+            chart
+                .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.5).stroke_width(1)))
+                .map_err(pe)?;
+            let c = PALETTE[0].mix(0.35);
+            chart
+                .draw_series(
+                    m.pairs
+                        .iter()
+                        .filter(|(s, r)| *s > 0.0 && *r > 0.0)
+                        .map(|(s, r)| Circle::new((*r, *s), 3, c.filled())),
+                )
+                .map_err(pe)?;
+        }
+        Ok(())
+    }
+}
+
+/// Scatter plots of simulated against measured latencies (one panel per metric).
+pub fn scatter(c: &super::compare::Comparison, prefix: &Path) -> Result<Vec<PathBuf>> {
+    save(&ScatterFig { metrics: &c.metrics }, prefix, (1800, 520))
+}

@@ -5,6 +5,56 @@ use crate::error::Result;
 use clap::Subcommand;
 use std::path::PathBuf;
 
+/// `chimera compare SIM_DIR MEASURED_DIR`.
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Results folder of the simulation (`chimera run`).
+    pub simulated: PathBuf,
+    /// Results folder of the measurement (a replay, or another run).
+    pub measured: PathBuf,
+    /// Also draw scatter plots: writes PREFIX.png and PREFIX.svg.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn compare(a: CompareArgs) -> Result<i32> {
+    let c = crate::analysis::compare::compare_dirs(&a.simulated, &a.measured)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&c).map_err(|e| crate::Error::other(e.to_string()))?
+        );
+    } else {
+        println!(
+            "{} requests matched ({} only simulated, {} only measured), {} workflows",
+            c.requests_matched, c.requests_only_simulated, c.requests_only_measured, c.workflows_matched
+        );
+        println!(
+            "{:<14} {:>8} {:>10} {:>10} {:>10}",
+            "metric", "rows", "median", "p90", "bias"
+        );
+        for m in &c.metrics {
+            println!(
+                "{:<14} {:>8} {:>9.1}% {:>9.1}% {:>+9.1}%",
+                m.name,
+                m.error.points,
+                100.0 * m.error.median_rel_err,
+                100.0 * m.error.p90_rel_err,
+                100.0 * m.error.median_bias
+            );
+        }
+    }
+    if let Some(out) = &a.out {
+        for f in plot::scatter(&c, out)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    Ok(0)
+}
+
 #[derive(Subcommand, Debug)]
 pub enum PlotCmd {
     /// Latency-accuracy Pareto frontiers of every series in the given sweeps, on one chart.
