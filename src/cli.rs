@@ -89,6 +89,27 @@ pub enum Command {
         #[command(subcommand)]
         what: plot::PlotCmd,
     },
+    /// Serve one emulated engine: OpenAI completions API and vLLM /metrics, timed by the engine
+    /// model in real time (feature `live`).
+    Emulate {
+        /// Catalogue model.
+        #[arg(long)]
+        model: String,
+        /// Catalogue GPU.
+        #[arg(long)]
+        gpu: String,
+        /// Calibration: a file, builtin:<name>, or auto (default).
+        #[arg(long)]
+        calibration: Option<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0: any free one; the address is printed).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Engine fields: --set max_num_seqs=64 (repeatable).
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        sets: Vec<String>,
+    },
     /// Simulated against measured: TTFT, TPOT and E2E per request and workflow of two results folders.
     Compare(plot::CompareArgs),
     /// The paper comparisons from sweeps: Chimera against baselines at matched settings
@@ -305,6 +326,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plot { what } => plot::run(what),
         Command::Report(a) => report::run(a),
         Command::Compare(a) => plot::compare(a),
+        Command::Emulate {
+            model,
+            gpu,
+            calibration,
+            host,
+            port,
+            sets,
+        } => emulate(&model, &gpu, calibration.as_deref(), &host, port, &sets),
         Command::Bench {
             what:
                 BenchCmd::Policy {
@@ -1027,4 +1056,42 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
         "  results: {}/{{requests,workflows,engines}}.parquet, summary.json, manifest.json",
         out.display()
     );
+}
+
+#[cfg(feature = "live")]
+fn emulate(model: &str, gpu: &str, calibration: Option<&str>, host: &str, port: u16, sets: &[String]) -> Result<i32> {
+    let e = scenario::single_engine(model, gpu, calibration, sets)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|x| Error::other(format!("emulate: {x}")))?;
+    rt.block_on(async {
+        let addr = format!("{host}:{port}");
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|x| Error::other(format!("emulate: cannot listen on {addr}: {x}")))?;
+        let local = listener.local_addr().map_err(|x| Error::other(x.to_string()))?;
+        println!(
+            "emulating {} on {} ({} blocks of KV, max {} sequences; step times: {}) at http://{local}",
+            e.model,
+            e.gpu,
+            e.kv.num_gpu_blocks,
+            e.limits.max_num_seqs,
+            e.step_time_source["kind"].as_str().unwrap_or("?")
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        chimera_emulate(listener, &e).await
+    })?;
+    Ok(0)
+}
+
+#[cfg(feature = "live")]
+async fn chimera_emulate(listener: tokio::net::TcpListener, e: &scenario::ResolvedEngine) -> Result<()> {
+    crate::emulate::serve(listener, e).await
+}
+
+#[cfg(not(feature = "live"))]
+fn emulate(_: &str, _: &str, _: Option<&str>, _: &str, _: u16, _: &[String]) -> Result<i32> {
+    Err(Error::bad("emulate: this binary was built without `--features live`"))
 }

@@ -4,6 +4,8 @@
 pub mod analysis;
 pub mod calib;
 pub mod cli;
+#[cfg(feature = "live")]
+pub mod emulate;
 #[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod engine;

@@ -198,6 +198,15 @@ impl Engine {
     pub fn total_preemptions(&self) -> u64 {
         self.total_preemptions
     }
+    /// (request id, output tokens generated so far) of every running request, for drivers that
+    /// stream tokens as steps end (the emulator).
+    pub fn progress(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.running.iter().map(|&r| {
+            let s = &self.slots[r as usize];
+            (s.req.id, s.generated)
+        })
+    }
+
     /// Requests the engine holds (running or waiting).
     pub fn outstanding(&self) -> usize {
         self.running.len() + self.num_waiting()

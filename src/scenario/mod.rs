@@ -766,3 +766,20 @@ impl Scenario {
 
 #[cfg(test)]
 mod tests;
+
+/// One engine resolved alone (for `chimera emulate`): `model` on `gpu` with `calibration`
+/// (`auto` by default) and extra `--set` overrides on `cluster.engines[0]` fields.
+pub fn single_engine(model: &str, gpu: &str, calibration: Option<&str>, sets: &[String]) -> Result<ResolvedEngine> {
+    let text = format!(
+        "name: emulate\nseed: 1\ncluster:\n  engines:\n    - name: emulated\n      model: \"{model}\"\n      gpu: \"{gpu}\"\n      calibration: \"{}\"\n\
+         workload:\n  kind: synthetic\n  workflows: 1\n  stages: {{dist: constant, value: 1}}\n\
+         \x20 first_prompt_tokens: {{dist: constant, value: 16}}\n  stage_prompt_tokens: {{dist: constant, value: 1}}\n\
+         \x20 output_tokens: {{dist: constant, value: 1}}\n  observation_tokens: {{dist: constant, value: 0}}\n\
+         \x20 tool_delay_ms: {{dist: constant, value: 0}}\n  arrivals: {{process: poisson, rate_per_s: 1.0}}\n\
+         policy:\n  routing: {{kind: round_robin}}\n",
+        calibration.unwrap_or("auto")
+    );
+    let sets: Vec<String> = sets.iter().map(|s| format!("cluster.engines[0].{s}")).collect();
+    let mut r = load_str(&text, &sets, Path::new("."))?;
+    Ok(r.engines.remove(0))
+}
