@@ -58,6 +58,8 @@ struct Shared {
     max_model_len: u32,
     usable_blocks: u32,
     block_size: u32,
+    /// Whether the engine orders by `priority` (any policy but fcfs).
+    priorities: bool,
 }
 
 impl Shared {
@@ -152,6 +154,13 @@ async fn completions(State(sh): State<Arc<Shared>>, Json(body): Json<Value>) -> 
         return error(StatusCode::BAD_REQUEST, "`max_tokens` must be at least 1".into());
     }
     let priority = body.get("priority").and_then(|v| v.as_i64()).unwrap_or(0);
+    if priority != 0 && !sh.priorities {
+        // As vLLM answers when it runs the default fcfs policy.
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("Got priority {priority} but Priority scheduling is not enabled."),
+        );
+    }
     let stream = body.get("stream").and_then(|v| v.as_bool()).unwrap_or(false);
     let usage_in_stream = body
         .pointer("/stream_options/include_usage")
@@ -288,6 +297,7 @@ pub fn app(e: &ResolvedEngine, engine_index: u32) -> Router {
         max_model_len: e.limits.max_model_len,
         usable_blocks: usable,
         block_size: 16,
+        priorities: !matches!(e.limits.policy, crate::engine::EnginePolicy::Fcfs),
     });
     tokio::spawn(engine_loop(sh.clone()));
     let m = e.model.clone();

@@ -162,4 +162,13 @@ fn concurrent_requests_are_batched_and_metrics_use_vllm_names() {
     );
     assert_eq!(status, 400);
     assert!(body.contains("maximum context length"), "{body}");
+    // Like vLLM under its default fcfs policy, a priority is refused.
+    let (status, body) = http(
+        &srv.addr,
+        "POST",
+        "/v1/completions",
+        r#"{"prompt": "x", "max_tokens": 2, "priority": 3}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(body.contains("Priority scheduling is not enabled"), "{body}");
 }
