@@ -281,9 +281,9 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
 }
 
 /// The HTTP app of an emulated engine.
-pub fn app(e: &ResolvedEngine, engine_index: u32) -> Router {
+pub fn app(e: &ResolvedEngine) -> Router {
     let usable = e.kv.num_gpu_blocks.saturating_sub(1);
-    let engine = Engine::new(engine_index, e.limits.clone(), e.steptime.clone(), usable);
+    let engine = Engine::new(0, e.limits.clone(), e.steptime.clone(), usable);
     let sh = Arc::new(Shared {
         inner: Mutex::new(Inner {
             engine,
@@ -317,7 +317,7 @@ pub fn app(e: &ResolvedEngine, engine_index: u32) -> Router {
 
 /// Serve one emulated engine on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, e: &ResolvedEngine) -> Result<()> {
-    let app = app(e, 0);
+    let app = app(e);
     axum::serve(listener, app)
         .await
         .map_err(|x| Error::other(format!("emulate: {x}")))

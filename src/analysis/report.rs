@@ -126,7 +126,6 @@ pub struct Versus {
     /// points (each against the baseline at its own matched accuracy or latency).
     pub best_latency_ratio: Option<f64>,
     pub best_accuracy_gain: Option<f64>,
-    pub baseline_points: usize,
 }
 
 /// Comparisons of one sweep: Chimera's point, and each baseline at matched settings.
@@ -134,8 +133,6 @@ pub struct Versus {
 pub struct SweepComparison {
     pub chimera: (f64, f64),
     pub versus: Vec<Versus>,
-    /// (label, latency, accuracy %) of every ablation series at its own best matched point.
-    pub means: Vec<Mean>,
 }
 
 /// Compare `reference` at the grid point `operating` (path=value pairs) with every series in
@@ -194,14 +191,9 @@ pub fn compare(
             accuracy_gain: accuracy_at_latency(&front, chimera.0).map(|a| chimera.1 - a),
             best_latency_ratio: best(&|p| latency_at_accuracy(&front, p.1).map(|l| l / p.0)),
             best_accuracy_gain: best(&|p| accuracy_at_latency(&front, p.0).map(|a| p.1 - a)),
-            baseline_points: pts.len(),
         });
     }
-    Ok(SweepComparison {
-        chimera,
-        versus,
-        means: ms,
-    })
+    Ok(SweepComparison { chimera, versus })
 }
 
 #[cfg(test)]

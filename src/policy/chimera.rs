@@ -239,8 +239,8 @@ impl ConfidenceModel for OracleConfidence {
 /// A calibrated stand-in for a trained router at a given AUC (simulation only): a score
 /// `s = y + N(0, sd^2)` with `sd` set so that AUC = Phi(1 / (sd sqrt 2)), turned into the
 /// posterior P(solved | s) under the model's base rate for the task, the way a trained router's
-/// per-model logistic calibration would. The base rate is learned as workflows arrive (a Beta(1,
-/// 1) prior plus the outcomes of first-stage requests seen so far), standing in for the offline
+/// per-model logistic calibration would. The base rate is learned as workflows arrive (a
+/// Beta(1, 1) prior plus the outcomes of first-stage requests seen so far), standing in for the offline
 /// evaluation a deployment has of each model. Within one model the confidence is monotone in
 /// the score, so the AUC is the target; across models it carries the difference in base rates.
 pub struct NoisyOracle {
@@ -263,8 +263,9 @@ impl NoisyOracle {
         }
     }
 
-    /// The base rate of `model` on `task` so far, updated with `solved` for a first stage.
-    fn base_rate(&mut self, task: &Option<Arc<str>>, model: &str, first_stage: bool, solved: bool) -> f64 {
+    /// The base rate of `model` on `task` so far; then, for a first stage, learn `solved` (after
+    /// reading the rate, so a request's own label never enters its prior).
+    fn prior_then_learn(&mut self, task: &Option<Arc<str>>, model: &str, first_stage: bool, solved: bool) -> f64 {
         let i = match self.base.iter().position(|((t, m), _)| t == task && &**m == model) {
             Some(i) => i,
             None => {
@@ -273,11 +274,12 @@ impl NoisyOracle {
             }
         };
         let c = &mut self.base[i].1;
+        let prior = (c.0 as f64 + 1.0) / (c.1 as f64 + 2.0);
         if first_stage {
             c.0 += solved as u64;
             c.1 += 1;
         }
-        (c.0 as f64 + 1.0) / (c.1 as f64 + 2.0)
+        prior
     }
 }
 
@@ -288,10 +290,7 @@ impl ConfidenceModel for NoisyOracle {
     fn confidence(&mut self, req: &RequestInfo, model: &str) -> f64 {
         let y = OracleConfidence.confidence(req, model);
         let s = y + self.noise.sample(&mut self.rng);
-        // Learn the base rate from this outcome only after scoring it, so that the request's
-        // own label never enters its prior.
-        let p = self.base_rate(&req.task, model, false, false);
-        self.base_rate(&req.task, model, req.stage == 0, y > 0.5);
+        let p = self.prior_then_learn(&req.task, model, req.stage == 0, y > 0.5);
         let l1 = (-(s - 1.0).powi(2) / (2.0 * self.sd * self.sd)).exp();
         let l0 = (-(s * s) / (2.0 * self.sd * self.sd)).exp();
         p * l1 / (p * l1 + (1.0 - p) * l0).max(f64::MIN_POSITIVE)
