@@ -110,6 +110,30 @@ pub enum Command {
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         sets: Vec<String>,
     },
+    /// Replay a scenario's workflows in real time against live OpenAI-compatible endpoints,
+    /// with the scenario's policy deciding (feature `live`). Results in the run's schemas.
+    Replay {
+        /// Scenario YAML; omit for the embedded default scenario.
+        scenario: Option<PathBuf>,
+        /// ENDPOINTS.yaml: the URLs serving each model of the scenario.
+        #[arg(long)]
+        endpoints: PathBuf,
+        /// Results folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue an interrupted replay in --out, skipping the workflows it finished.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Simulated against measured: TTFT, TPOT and E2E per request and workflow of two results folders.
     Compare(plot::CompareArgs),
     /// The paper comparisons from sweeps: Chimera against baselines at matched settings
@@ -326,6 +350,26 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plot { what } => plot::run(what),
         Command::Report(a) => report::run(a),
         Command::Compare(a) => plot::compare(a),
+        Command::Replay {
+            scenario: path,
+            endpoints,
+            out,
+            resume,
+            seed,
+            mut sets,
+            quiet,
+            json,
+        } => {
+            if let Some(s) = seed {
+                sets.push(format!("seed={s}"));
+            }
+            let resolved = match &path {
+                Some(p) => scenario::load(p, &sets)?,
+                None => scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new("."))
+                    .map_err(|e| e.context("embedded default scenario"))?,
+            };
+            replay_cmd(&resolved, &endpoints, &out, resume, quiet, json)
+        }
         Command::Emulate {
             model,
             gpu,
@@ -1084,6 +1128,37 @@ fn emulate(model: &str, gpu: &str, calibration: Option<&str>, host: &str, port: 
         chimera_emulate(listener, &e).await
     })?;
     Ok(0)
+}
+
+#[cfg(feature = "live")]
+fn replay_cmd(r: &Resolved, endpoints: &Path, out: &Path, resume: bool, quiet: bool, json: bool) -> Result<i32> {
+    let eps = crate::replay::endpoints::Endpoints::load(endpoints)?;
+    let opts = crate::replay::ReplayOptions {
+        resume,
+        quiet: quiet || json,
+    };
+    let rep = crate::replay::replay(r, &eps, out, &opts)?;
+    if json {
+        let p = out.join("summary.json");
+        print!("{}", std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?);
+    } else if !quiet {
+        print_summary(&rep.summary, (rep.wall_s * 1e9) as i64, rep.wall_s, out);
+        println!(
+            "  replay: {} workflows replayed, {} skipped (finished before --resume), {} failed attempts; send lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            rep.replayed,
+            rep.skipped,
+            rep.failed_attempts,
+            rep.send_lag_ns.0 as f64 / 1e6,
+            rep.send_lag_ns.1 as f64 / 1e6,
+            rep.send_lag_ns.2 as f64 / 1e6
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(not(feature = "live"))]
+fn replay_cmd(_: &Resolved, _: &Path, _: &Path, _: bool, _: bool, _: bool) -> Result<i32> {
+    Err(Error::bad("replay: this binary was built without `--features live`"))
 }
 
 #[cfg(feature = "live")]

@@ -21,9 +21,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
@@ -52,7 +52,8 @@ struct Inner {
 
 struct Shared {
     inner: Mutex<Inner>,
-    wake: Notify,
+    /// Signalled (with `inner` locked) when a request arrives.
+    wake: Condvar,
     start: Instant,
     model: String,
     max_model_len: u32,
@@ -68,31 +69,38 @@ impl Shared {
     }
 }
 
-/// The engine loop: schedule a step when there is work, sleep for its modelled duration, end
-/// it at its planned end and hand out the tokens it produced.
-async fn engine_loop(sh: Arc<Shared>) {
+/// The engine loop, on its own OS thread (tokio's timers tick in whole milliseconds, a fifth
+/// of a small model's decode step): schedule a step when there is work, sleep until its
+/// modelled end, end it there and hand out the tokens it produced. A busy engine starts its
+/// next step at the previous step's planned end, as in the simulator, so the lateness of one
+/// wake-up does not accumulate.
+fn engine_loop(sh: Arc<Shared>) {
+    let mut busy_until: Option<Nanos> = None;
     loop {
-        let planned = {
+        let (start, dur) = {
             let mut g = sh.inner.lock().expect("emulator state");
-            if g.engine.has_work() {
-                let start = sh.now();
-                g.engine.begin_step(start).map(|d| (start, d))
-            } else {
-                None
+            loop {
+                if g.engine.has_work() {
+                    let start = busy_until.unwrap_or_else(|| sh.now());
+                    if let Some(d) = g.engine.begin_step(start) {
+                        break (start, d);
+                    }
+                }
+                busy_until = None;
+                g = sh.wake.wait(g).expect("emulator state");
             }
-        };
-        let Some((start, dur)) = planned else {
-            sh.wake.notified().await;
-            continue;
         };
         let end = start + dur;
         let wait = end - sh.now();
         if wait > 0 {
-            tokio::time::sleep(std::time::Duration::from_nanos(wait as u64)).await;
+            std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
         }
         let mut g = sh.inner.lock().expect("emulator state");
         let mut fin = Vec::new();
         let rep = g.engine.end_step(end, &mut fin);
+        // Back to back only while the engine keeps up with the clock; after a long stall
+        // (more than a step behind) it restarts from now.
+        busy_until = (sh.now() - end < dur.max(1_000_000)).then_some(end);
         g.counters.steps += 1;
         g.counters.step_tokens += rep.tokens as u64;
         g.counters.preemptions += rep.preempted as u64;
@@ -291,7 +299,7 @@ pub fn app(e: &ResolvedEngine) -> Router {
             next_id: 0,
             counters: Counters::default(),
         }),
-        wake: Notify::new(),
+        wake: Condvar::new(),
         start: Instant::now(),
         model: e.model.clone(),
         max_model_len: e.limits.max_model_len,
@@ -299,7 +307,11 @@ pub fn app(e: &ResolvedEngine) -> Router {
         block_size: 16,
         priorities: !matches!(e.limits.policy, crate::engine::EnginePolicy::Fcfs),
     });
-    tokio::spawn(engine_loop(sh.clone()));
+    let engine_sh = sh.clone();
+    std::thread::Builder::new()
+        .name("emulated-engine".into())
+        .spawn(move || engine_loop(engine_sh))
+        .expect("spawn the engine thread");
     let m = e.model.clone();
     Router::new()
         .route("/v1/completions", post(completions))

@@ -14,6 +14,8 @@ pub mod hw;
 pub mod output;
 pub mod policy;
 pub mod predictor;
+#[cfg(feature = "live")]
+pub mod replay;
 pub mod rng;
 pub mod router;
 pub mod run;

@@ -22,6 +22,8 @@ const ROW_GROUP_ROWS: usize = 65_536;
 #[derive(Debug, Clone)]
 pub enum ColType {
     I64,
+    /// Nullable integer (a value a run could not observe).
+    OptI64,
     U32,
     U64,
     /// Nullable float.
@@ -35,6 +37,7 @@ pub enum ColType {
 #[derive(Debug, Clone, Copy)]
 pub enum Val {
     I64(i64),
+    OptI64(Option<i64>),
     U32(u32),
     U64(u64),
     F64(Option<f64>),
@@ -44,6 +47,7 @@ pub enum Val {
 
 enum Buf {
     I64(Vec<i64>),
+    OptI64(Vec<Option<i64>>),
     U32(Vec<u32>),
     U64(Vec<u64>),
     F64(Vec<Option<f64>>),
@@ -66,6 +70,7 @@ impl Table {
             .iter()
             .map(|(name, t)| match t {
                 ColType::I64 => Field::new(*name, DataType::Int64, false),
+                ColType::OptI64 => Field::new(*name, DataType::Int64, true),
                 ColType::U32 => Field::new(*name, DataType::UInt32, false),
                 ColType::U64 => Field::new(*name, DataType::UInt64, false),
                 ColType::F64 => Field::new(*name, DataType::Float64, true),
@@ -94,6 +99,7 @@ impl Table {
             .iter()
             .map(|(_, t)| match t {
                 ColType::I64 => Buf::I64(Vec::with_capacity(BATCH_ROWS)),
+                ColType::OptI64 => Buf::OptI64(Vec::with_capacity(BATCH_ROWS)),
                 ColType::U32 => Buf::U32(Vec::with_capacity(BATCH_ROWS)),
                 ColType::U64 => Buf::U64(Vec::with_capacity(BATCH_ROWS)),
                 ColType::F64 => Buf::F64(Vec::with_capacity(BATCH_ROWS)),
@@ -117,6 +123,7 @@ impl Table {
         for (c, v) in self.cols.iter_mut().zip(row) {
             match (c, *v) {
                 (Buf::I64(b), Val::I64(x)) => b.push(x),
+                (Buf::OptI64(b), Val::OptI64(x)) => b.push(x),
                 (Buf::U32(b), Val::U32(x)) => b.push(x),
                 (Buf::U64(b), Val::U64(x)) => b.push(x),
                 (Buf::F64(b), Val::F64(x)) => b.push(x),
@@ -146,6 +153,7 @@ impl Table {
             .map(|c| -> ArrayRef {
                 match c {
                     Buf::I64(b) => Arc::new(Int64Array::from(std::mem::take(b))),
+                    Buf::OptI64(b) => Arc::new(Int64Array::from(std::mem::take(b))),
                     Buf::U32(b) => Arc::new(UInt32Array::from(std::mem::take(b))),
                     Buf::U64(b) => Arc::new(UInt64Array::from(std::mem::take(b))),
                     Buf::F64(b) => Arc::new(Float64Array::from(std::mem::take(b))),

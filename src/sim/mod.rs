@@ -98,55 +98,71 @@ struct Tables {
     engines: Table,
 }
 
+/// The columns of `requests.parquet`, in order (replay appends its measured columns).
+pub fn request_columns(names: &ColType, models: &ColType, status: &[&str]) -> Vec<(&'static str, ColType)> {
+    use ColType::*;
+    vec![
+        ("request_id", U64),
+        ("workflow_id", U64),
+        ("stage", U32),
+        ("engine", names.clone()),
+        ("model", models.clone()),
+        ("status", str_col(status)),
+        ("priority", I64),
+        ("arrival_ns", I64),
+        ("dispatch_ns", I64),
+        ("first_scheduled_ns", I64),
+        ("first_token_ns", I64),
+        ("finish_ns", I64),
+        ("queue_ns", I64),
+        ("ttft_ns", I64),
+        ("tpot_ns", F64),
+        ("e2e_ns", I64),
+        ("prompt_tokens", U32),
+        ("context_tokens", U32),
+        ("output_tokens", U32),
+        ("preemptions", U32),
+    ]
+}
+
+/// The columns of `workflows.parquet`, in order.
+pub fn workflow_columns(names: &ColType, models: &ColType, status: &[&str]) -> Vec<(&'static str, ColType)> {
+    use ColType::*;
+    vec![
+        ("workflow_id", U64),
+        ("model", models.clone()),
+        ("engine", names.clone()),
+        ("status", str_col(status)),
+        ("arrival_ns", I64),
+        ("finish_ns", I64),
+        ("e2e_ns", I64),
+        ("e2e_per_output_token_ns", F64),
+        ("stages", U32),
+        ("prompt_tokens", U64),
+        ("output_tokens", U64),
+        ("success", Bool),
+        ("preemptions", U32),
+    ]
+}
+
+/// A string column over a fixed set of values.
+pub fn str_col(values: &[&str]) -> ColType {
+    ColType::Str(values.iter().map(|x| x.to_string()).collect())
+}
+
 impl Tables {
     fn create(dir: &Path, engine_names: &[String], models: &[String]) -> Result<Tables> {
         let names = ColType::Str(engine_names.to_vec());
         let models = ColType::Str(models.to_vec());
-        let status = |s: &[&str]| ColType::Str(s.iter().map(|x| x.to_string()).collect());
         use ColType::*;
         Ok(Tables {
             requests: Table::create(
                 &dir.join("requests.parquet"),
-                &[
-                    ("request_id", U64),
-                    ("workflow_id", U64),
-                    ("stage", U32),
-                    ("engine", names.clone()),
-                    ("model", models.clone()),
-                    ("status", status(&REQUEST_STATUS)),
-                    ("priority", I64),
-                    ("arrival_ns", I64),
-                    ("dispatch_ns", I64),
-                    ("first_scheduled_ns", I64),
-                    ("first_token_ns", I64),
-                    ("finish_ns", I64),
-                    ("queue_ns", I64),
-                    ("ttft_ns", I64),
-                    ("tpot_ns", F64),
-                    ("e2e_ns", I64),
-                    ("prompt_tokens", U32),
-                    ("context_tokens", U32),
-                    ("output_tokens", U32),
-                    ("preemptions", U32),
-                ],
+                &request_columns(&names, &models, &REQUEST_STATUS),
             )?,
             workflows: Table::create(
                 &dir.join("workflows.parquet"),
-                &[
-                    ("workflow_id", U64),
-                    ("model", models),
-                    ("engine", names.clone()),
-                    ("status", status(&WORKFLOW_STATUS)),
-                    ("arrival_ns", I64),
-                    ("finish_ns", I64),
-                    ("e2e_ns", I64),
-                    ("e2e_per_output_token_ns", F64),
-                    ("stages", U32),
-                    ("prompt_tokens", U64),
-                    ("output_tokens", U64),
-                    ("success", Bool),
-                    ("preemptions", U32),
-                ],
+                &workflow_columns(&names, &models, &WORKFLOW_STATUS),
             )?,
             engines: Table::create(
                 &dir.join("engines.parquet"),
@@ -184,22 +200,34 @@ struct EngineStats {
     tokens: u64,
 }
 
-/// Build the policy core a scenario asks for.
+/// What the policy core knows of a scenario engine.
+pub fn engine_info(id: u32, name: &str, e: &crate::scenario::ResolvedEngine) -> EngineInfo {
+    EngineInfo {
+        id,
+        name: name.to_string(),
+        model: Arc::from(e.model.as_str()),
+        gpu: e.gpu.clone(),
+        decode_tokens_per_s: e
+            .steptime
+            .decode_tokens_per_s(e.limits.max_num_seqs.min(64) as u64, 1024),
+    }
+}
+
+/// Build the policy core a scenario asks for, over the scenario's engines.
 pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
     let infos: Vec<EngineInfo> = r
         .engines
         .iter()
         .enumerate()
-        .map(|(i, e)| EngineInfo {
-            id: i as u32,
-            name: e.name.clone(),
-            model: Arc::from(e.model.as_str()),
-            gpu: e.gpu.clone(),
-            decode_tokens_per_s: e
-                .steptime
-                .decode_tokens_per_s(e.limits.max_num_seqs.min(64) as u64, 1024),
-        })
+        .map(|(i, e)| engine_info(i as u32, &e.name, e))
         .collect();
+    build_policy_for(r, seed, infos, None)
+}
+
+/// Build the policy core a scenario asks for over the given engines (a replay's endpoints),
+/// optionally with other retry settings (retries, first backoff in ns). The simulator and the
+/// replay both build their core here: there is no second construction of any policy.
+pub fn build_policy_for(r: &Resolved, seed: u64, infos: Vec<EngineInfo>, retry: Option<(u32, Nanos)>) -> PolicyCore {
     let p = &r.scenario.policy;
     let router: Box<dyn Router> = match &p.routing {
         RoutingSpec::FixedFraction { fractions } => {
@@ -222,12 +250,16 @@ pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
         PrioritySpec::Stjf => Box::new(Stjf),
         PrioritySpec::Sjf => Box::new(Sjf),
     };
-    let opts = CoreOptions {
+    let mut opts = CoreOptions {
         max_in_flight_per_engine: p.max_in_flight_per_engine,
         max_retries: p.max_retries,
         middleware_starvation: p.middleware_starvation,
         ..CoreOptions::default()
     };
+    if let Some((retries, backoff_ns)) = retry {
+        opts.max_retries = retries;
+        opts.retry_backoff_ns = backoff_ns;
+    }
     let mut core = PolicyCore::new(infos, router, prio, opts);
     match &p.length {
         Some(LengthSpec::Qrf { .. }) => {
@@ -258,7 +290,7 @@ pub fn build_policy(r: &Resolved, seed: u64) -> PolicyCore {
     core
 }
 
-fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
+pub fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
     Ok(match &r.scenario.workload {
         Workload::Synthetic(s) => Box::new(SyntheticWorkload::new(s, &r.models, seed, &r.base_dir)?),
         Workload::AzureTrace(a) => Box::new(AzureWorkload::open(
@@ -328,7 +360,7 @@ pub struct Simulation<'a> {
 }
 
 /// Simulation-only truths about stage `k` of a workflow, per candidate model.
-fn oracle_of(w: &WorkflowSpec, k: usize) -> Oracle {
+pub fn oracle_of(w: &WorkflowSpec, k: usize) -> Oracle {
     let name = |p: &crate::workload::Plan| -> Arc<str> { p.model.clone().unwrap_or_else(|| Arc::from("")) };
     Oracle {
         output_tokens: w

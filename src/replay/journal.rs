@@ -1,0 +1,166 @@
+//! The replay's one way into the policy core: every input is a [`CoreInput`], applied with
+//! [`feed`], which collects the decisions the core makes in answer. Both are written to
+//! `decisions.jsonl`, so a replay's decisions can be checked against a fresh core built the
+//! way the simulator builds it (`tests/replay.rs` does exactly that).
+
+use crate::policy::{Decision, FailureKind, PolicyCore, RequestInfo};
+use crate::time::Nanos;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// One input to the policy core, with its time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum CoreInput {
+    Request {
+        t: Nanos,
+        request: u64,
+        workflow: u64,
+        stage: u32,
+        prompt_tokens: u32,
+        context_tokens: u32,
+        workflow_output_so_far: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
+        /// Whether the trace's per-model truths were attached (oracle policies).
+        #[serde(default)]
+        oracle: bool,
+    },
+    Finished {
+        t: Nanos,
+        request: u64,
+        output_tokens: u32,
+    },
+    Failed {
+        t: Nanos,
+        request: u64,
+        transient: bool,
+        why: String,
+    },
+    Report {
+        t: Nanos,
+        engine: u32,
+        running: u32,
+        waiting: u32,
+        kv_usage: f64,
+    },
+    WorkflowDone {
+        t: Nanos,
+        workflow: u64,
+    },
+    Timeout {
+        t: Nanos,
+    },
+}
+
+/// A decision as written to the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum JournalDecision {
+    Dispatch {
+        request: u64,
+        engine: u32,
+        priority: i64,
+        not_before: Nanos,
+    },
+    Abandon {
+        request: u64,
+        reason: String,
+    },
+}
+
+impl From<&Decision> for JournalDecision {
+    fn from(d: &Decision) -> Self {
+        match d {
+            Decision::Dispatch {
+                request,
+                engine,
+                priority,
+                not_before,
+            } => JournalDecision::Dispatch {
+                request: *request,
+                engine: *engine,
+                priority: *priority,
+                not_before: *not_before,
+            },
+            Decision::Abandon { request, reason } => JournalDecision::Abandon {
+                request: *request,
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+/// One journal line: an input and the decisions the core answered with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    #[serde(flatten)]
+    pub input: CoreInput,
+    pub decisions: Vec<JournalDecision>,
+}
+
+/// Apply one input. `oracle` supplies the simulation truths a Request input says it carried.
+pub fn feed(
+    core: &mut PolicyCore,
+    input: &CoreInput,
+    oracle: impl FnOnce() -> Option<Arc<crate::policy::Oracle>>,
+) -> Vec<Decision> {
+    match input {
+        CoreInput::Request {
+            t,
+            request,
+            workflow,
+            stage,
+            prompt_tokens,
+            context_tokens,
+            workflow_output_so_far,
+            text,
+            task,
+            oracle: with_oracle,
+        } => core.handle_request(
+            *t,
+            RequestInfo {
+                request: *request,
+                workflow: *workflow,
+                stage: *stage,
+                prompt_tokens: *prompt_tokens,
+                context_tokens: *context_tokens,
+                workflow_output_so_far: *workflow_output_so_far,
+                text: text.as_deref().map(Arc::from),
+                task: task.as_deref().map(Arc::from),
+                oracle: if *with_oracle { oracle() } else { None },
+            },
+        ),
+        CoreInput::Finished {
+            t,
+            request,
+            output_tokens,
+        } => core.handle_finished(*t, *request, *output_tokens),
+        CoreInput::Failed {
+            t,
+            request,
+            transient,
+            why,
+        } => core.handle_failed(
+            *t,
+            *request,
+            if *transient {
+                FailureKind::Transient(why.clone())
+            } else {
+                FailureKind::Rejected(why.clone())
+            },
+        ),
+        CoreInput::Report {
+            t,
+            engine,
+            running,
+            waiting,
+            kv_usage,
+        } => core.handle_engine_report(*t, *engine, *running, *waiting, *kv_usage),
+        CoreInput::WorkflowDone { t, workflow } => core.handle_workflow_done(*t, *workflow),
+        CoreInput::Timeout { t } => core.handle_timeout(*t),
+    }
+    std::iter::from_fn(|| core.poll_decision()).collect()
+}

@@ -1,0 +1,915 @@
+//! `chimera replay` (feature `live`): re-issue a scenario's workflows against live
+//! OpenAI-compatible endpoints in real time, with the scenario's own policy core deciding
+//! where and in what order requests go, and record what really happened.
+//!
+//! This is the second driver of [`PolicyCore`]: a tokio loop on one thread owns the core, the
+//! workload source and the timers; HTTP requests and /metrics scrapes run as tasks that report
+//! back over a bounded channel. Time is integer nanoseconds since the replay began (the
+//! simulation's timeline: workflows arrive at their `arrival_ns` as in `chimera run`). Every
+//! input to the core goes through [`journal::feed`] and is journalled with its decisions.
+//!
+//! It deliberately does not contain any policy: routing, priorities, retries and re-routing
+//! after a failure are the core's decisions (built by `sim::build_policy_for`).
+
+pub mod client;
+pub mod endpoints;
+pub mod journal;
+pub mod records;
+
+use crate::error::{Error, Result};
+use crate::output::summary::{Aggregates, EngineSummary, Summary};
+use crate::policy::{Decision, PolicyCore};
+use crate::scenario::Resolved;
+use crate::time::Nanos;
+use crate::workload::{WorkflowSpec, WorkloadSource};
+use client::{CallError, MetricsSample, Streamed};
+use endpoints::{Endpoint, Endpoints, Kind, PromptForm, Timeouts};
+use journal::{feed, CoreInput, JournalDecision, JournalEntry};
+use records::{Appender, MetricsRecord, RequestRecord, WorkflowRecord};
+use serde_json::{json, Value};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
+
+/// Within this many ns of the next event the driver sleeps on its own thread, not on a timer.
+const PRECISE_NS: Nanos = 2_000_000;
+
+/// Files of a replay folder.
+pub const REQUESTS_JSONL: &str = "requests.jsonl";
+pub const WORKFLOWS_JSONL: &str = "workflows.jsonl";
+pub const METRICS_JSONL: &str = "metrics.jsonl";
+pub const JOURNAL_JSONL: &str = "decisions.jsonl";
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Continue the replay in the output folder, skipping workflows it finished.
+    pub resume: bool,
+    /// No progress lines.
+    pub quiet: bool,
+}
+
+/// What a finished replay reports besides its files.
+#[derive(Debug)]
+pub struct ReplayReport {
+    pub summary: Summary,
+    /// Workflows replayed in this invocation, and skipped because an earlier one finished them.
+    pub replayed: u64,
+    pub skipped: u64,
+    /// Attempts that failed (retried or not), in this invocation.
+    pub failed_attempts: u64,
+    /// Send lag (actual minus scheduled send), ns: p50, p99, max over this invocation.
+    pub send_lag_ns: (i64, i64, i64),
+    pub wall_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Arrival,
+    StageReady(u64),
+    Send(u64),
+}
+
+struct Wf {
+    spec: WorkflowSpec,
+    plan: Option<usize>,
+    stage: u32,
+    first_engine: u32,
+    output_so_far: u64,
+    prompt_tokens: u64,
+}
+
+struct Pending {
+    workflow: u64,
+    stage: u32,
+    arrival_ns: Nanos,
+    engine: u32,
+    priority: i64,
+    attempt: u32,
+    scheduled_ns: Nanos,
+}
+
+enum Msg {
+    Done {
+        request: u64,
+        attempt: u32,
+        engine: u32,
+        scheduled_ns: Nanos,
+        send_ns: Nanos,
+        result: std::result::Result<Streamed, CallError>,
+    },
+    Metrics {
+        engine: u32,
+        t_ns: Nanos,
+        result: std::result::Result<MetricsSample, CallError>,
+    },
+}
+
+/// A request's prompt as token ids in [1000, vocab), drawn from (seed, workflow, stage): the
+/// same on every run and every retry, different between requests (the simulator models no
+/// prefix caching, so prompts share no prefix a server could reuse).
+pub fn prompt_ids(seed: u64, workflow: u64, stage: u32, n: u32, vocab: u32) -> Vec<u32> {
+    let mut x = crate::rng::fnv1a64(format!("replay.prompt/{seed}/{workflow}/{stage}").as_bytes());
+    let span = (vocab.max(1001) - 1000) as u64;
+    (0..n)
+        .map(|_| {
+            // splitmix64
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            1000 + (z % span) as u32
+        })
+        .collect()
+}
+
+const WORDS: [&str; 16] = [
+    " time", " water", " light", " house", " river", " stone", " paper", " music", " garden", " window", " market",
+    " winter", " forest", " silver", " engine", " letter",
+];
+
+/// The body of one completion request, by endpoint kind.
+pub fn request_body(ep: &Endpoint, ids: &[u32], max_tokens: u32, priority: Option<i64>) -> Value {
+    let prompt = match ep.prompt {
+        PromptForm::TokenIds => json!(ids),
+        PromptForm::Text => json!(ids.iter().map(|i| WORDS[*i as usize % WORDS.len()]).collect::<String>()),
+    };
+    let mut b = json!({
+        "model": ep.served_model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "ignore_eos": true,
+        "temperature": 0,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    match ep.kind {
+        Kind::Vllm => {
+            b["min_tokens"] = json!(max_tokens);
+            if let Some(p) = priority {
+                b["priority"] = json!(p);
+            }
+        }
+        // llama.cpp has no min_tokens (ignore_eos already forces the length) and no priority;
+        // its prompt cache would reuse a slot's earlier prefix, which vLLM-like engines in the
+        // simulator do not, so it is turned off.
+        Kind::Llamacpp => {
+            b["cache_prompt"] = json!(false);
+        }
+    }
+    b
+}
+
+struct Driver {
+    seed: u64,
+    eps: Vec<Endpoint>,
+    send_priority: Vec<bool>,
+    timeouts: Timeouts,
+    core: PolicyCore,
+    needs_oracle: bool,
+    source: Box<dyn WorkloadSource>,
+    next_wf: Option<WorkflowSpec>,
+    skip: HashSet<u64>,
+    workflows: HashMap<u64, Wf>,
+    pending: HashMap<u64, Pending>,
+    heap: BinaryHeap<Reverse<(Nanos, u64, Ev)>>,
+    seq: u64,
+    start: Instant,
+    offset_ns: Nanos,
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    sems: Vec<Arc<Semaphore>>,
+    requests_out: Appender,
+    workflows_out: Appender,
+    metrics_out: Appender,
+    journal_out: Appender,
+    next_request: u64,
+    segment: u32,
+    replayed: u64,
+    skipped: u64,
+    failed_attempts: u64,
+    lags: Vec<i64>,
+    quiet: bool,
+}
+
+impl Driver {
+    fn now(&self) -> Nanos {
+        self.offset_ns + self.start.elapsed().as_nanos() as Nanos
+    }
+
+    fn at(&self, t: Nanos) -> Instant {
+        self.start + std::time::Duration::from_nanos((t - self.offset_ns).max(0) as u64)
+    }
+
+    fn push(&mut self, t: Nanos, ev: Ev) {
+        self.heap.push(Reverse((t, self.seq, ev)));
+        self.seq += 1;
+    }
+
+    /// The single way into the core: apply, journal, then carry out the decisions.
+    fn input(&mut self, input: CoreInput) -> Result<()> {
+        let oracle = match &input {
+            CoreInput::Request {
+                workflow,
+                stage,
+                oracle: true,
+                ..
+            } => self
+                .workflows
+                .get(workflow)
+                .map(|w| Arc::new(crate::sim::oracle_of(&w.spec, *stage as usize))),
+            _ => None,
+        };
+        let decisions = feed(&mut self.core, &input, || oracle);
+        self.journal_out.append(&JournalEntry {
+            input,
+            decisions: decisions.iter().map(JournalDecision::from).collect(),
+        })?;
+        for d in decisions {
+            self.apply(d)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, d: Decision) -> Result<()> {
+        let now = self.now();
+        match d {
+            Decision::Dispatch {
+                request,
+                engine,
+                priority,
+                not_before,
+            } => {
+                let p = self
+                    .pending
+                    .get_mut(&request)
+                    .ok_or_else(|| Error::other(format!("policy dispatched unknown request {request}")))?;
+                p.engine = engine;
+                p.priority = priority;
+                p.scheduled_ns = now.max(not_before);
+                let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
+                if wf.plan.is_none() {
+                    let model = &self.eps[engine as usize].model;
+                    let idx = wf
+                        .spec
+                        .plans
+                        .iter()
+                        .position(|pl| pl.model.as_deref() == Some(model.as_str()))
+                        .or_else(|| wf.spec.plans.iter().position(|pl| pl.model.is_none()))
+                        .unwrap_or(0);
+                    wf.plan = Some(idx);
+                    wf.first_engine = engine;
+                }
+                let t = p.scheduled_ns;
+                self.push(t, Ev::Send(request));
+            }
+            Decision::Abandon { request, reason } => {
+                let p = self
+                    .pending
+                    .remove(&request)
+                    .ok_or_else(|| Error::other(format!("policy abandoned unknown request {request}")))?;
+                self.finish_workflow(p.workflow, Some(reason))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_arrival(&mut self) -> Result<()> {
+        let spec = self.next_wf.take().expect("an arrival has its workflow");
+        if spec.plans.is_empty() || spec.plans.iter().any(|p| p.stages.is_empty()) {
+            return Err(Error::bad(format!("workflow {} has no stages", spec.id)));
+        }
+        let id = spec.id;
+        self.workflows.insert(
+            id,
+            Wf {
+                spec,
+                plan: None,
+                stage: 0,
+                first_engine: 0,
+                output_so_far: 0,
+                prompt_tokens: 0,
+            },
+        );
+        self.replayed += 1;
+        self.issue(id)?;
+        self.pull_next()
+    }
+
+    /// The next workflow not finished by an earlier segment, with its arrival event.
+    fn pull_next(&mut self) -> Result<()> {
+        while let Some(w) = self.source.next_workflow()? {
+            if self.skip.contains(&w.id) {
+                self.skipped += 1;
+                continue;
+            }
+            let t = w.arrival_ns;
+            self.next_wf = Some(w);
+            self.push(t, Ev::Arrival);
+            break;
+        }
+        Ok(())
+    }
+
+    fn issue(&mut self, wf_id: u64) -> Result<()> {
+        let now = self.now();
+        let wf = &self.workflows[&wf_id];
+        let plan = &wf.spec.plans[wf.plan.unwrap_or(0)];
+        let st = plan.stages[wf.stage as usize];
+        let request = self.next_request;
+        self.next_request += 1;
+        self.pending.insert(
+            request,
+            Pending {
+                workflow: wf_id,
+                stage: wf.stage,
+                arrival_ns: now,
+                engine: 0,
+                priority: 0,
+                attempt: 0,
+                scheduled_ns: now,
+            },
+        );
+        let input = CoreInput::Request {
+            t: now,
+            request,
+            workflow: wf_id,
+            stage: wf.stage,
+            prompt_tokens: st.prompt_tokens,
+            context_tokens: st.context_tokens,
+            workflow_output_so_far: wf.output_so_far,
+            text: wf.spec.text.as_deref().map(str::to_string),
+            task: wf.spec.task.as_deref().map(str::to_string),
+            oracle: self.needs_oracle,
+        };
+        self.input(input)
+    }
+
+    fn send(&mut self, request: u64) {
+        let Some(p) = self.pending.get(&request) else { return };
+        let wf = &self.workflows[&p.workflow];
+        let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
+        let e = p.engine as usize;
+        let ep = &self.eps[e];
+        let ids = prompt_ids(self.seed, p.workflow, p.stage, st.prompt_tokens, ep.vocab);
+        let body = serde_json::to_vec(&request_body(
+            ep,
+            &ids,
+            st.output_tokens,
+            self.send_priority[e].then_some(p.priority),
+        ))
+        .expect("a JSON body");
+        let (base, key, timeouts, sem, tx) = (
+            ep.base.clone(),
+            ep.api_key.clone(),
+            self.timeouts.clone(),
+            self.sems[e].clone(),
+            self.tx.clone(),
+        );
+        let (attempt, scheduled_ns, engine) = (p.attempt, p.scheduled_ns, p.engine);
+        let (start, offset) = (self.start, self.offset_ns);
+        tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let t0 = Instant::now();
+            let send_ns = offset + (t0 - start).as_nanos() as Nanos;
+            let result = client::stream_completion(&base, key.as_deref(), body, &timeouts, t0).await;
+            let _ = tx
+                .send(Msg::Done {
+                    request,
+                    attempt,
+                    engine,
+                    scheduled_ns,
+                    send_ns,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn on_done(
+        &mut self,
+        request: u64,
+        attempt: u32,
+        engine: u32,
+        scheduled_ns: Nanos,
+        send_ns: Nanos,
+        result: std::result::Result<Streamed, CallError>,
+    ) -> Result<()> {
+        let now = self.now();
+        let Some(p) = self.pending.get_mut(&request) else {
+            return Ok(());
+        };
+        if p.attempt != attempt {
+            return Ok(());
+        }
+        let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
+        let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
+        let ep = &self.eps[engine as usize];
+        self.lags.push(send_ns - scheduled_ns);
+        let mut rec = RequestRecord {
+            request_id: request,
+            attempt,
+            workflow_id: p.workflow,
+            stage: p.stage,
+            engine: ep.name.clone(),
+            model: ep.model.clone(),
+            status: "ok".into(),
+            error: None,
+            http_status: None,
+            priority: p.priority,
+            arrival_ns: p.arrival_ns,
+            scheduled_ns,
+            send_ns,
+            first_token_ns: None,
+            finish_ns: None,
+            prompt_tokens: st.prompt_tokens,
+            context_tokens: st.context_tokens,
+            max_tokens: st.output_tokens,
+            output_tokens: 0,
+            server_prompt_tokens: None,
+            chunk_ns: Vec::new(),
+            segment: self.segment,
+            server_timings: None,
+        };
+        match result {
+            Ok(s) => {
+                rec.first_token_ns = s.chunk_ns.first().map(|t| send_ns + t);
+                rec.finish_ns = Some(send_ns + s.end_ns);
+                rec.output_tokens = s.output_tokens;
+                rec.server_prompt_tokens = s.prompt_tokens;
+                rec.chunk_ns = s.chunk_ns;
+                rec.server_timings = s.server_timings;
+                if rec.first_token_ns.is_none() {
+                    rec.first_token_ns = rec.finish_ns;
+                }
+                self.requests_out.append(&rec)?;
+                let wf_id = p.workflow;
+                self.pending.remove(&request);
+                wf.output_so_far += rec.output_tokens as u64;
+                wf.prompt_tokens += st.prompt_tokens as u64;
+                wf.stage += 1;
+                let more = (wf.stage as usize) < wf.spec.plans[wf.plan.expect("routed")].stages.len();
+                self.input(CoreInput::Finished {
+                    t: now,
+                    request,
+                    output_tokens: rec.output_tokens,
+                })?;
+                if more {
+                    self.push(now + st.tool_delay_ns, Ev::StageReady(wf_id));
+                } else {
+                    self.finish_workflow(wf_id, None)?;
+                }
+            }
+            Err(e) => {
+                let kind = e.failure_kind();
+                let transient = matches!(kind, crate::policy::FailureKind::Transient(_));
+                rec.status = if transient { "failed" } else { "rejected" }.into();
+                rec.error = Some(e.to_string());
+                rec.http_status = e.http_status();
+                self.requests_out.append(&rec)?;
+                self.failed_attempts += 1;
+                p.attempt += 1;
+                if !self.quiet {
+                    eprintln!("replay: request {request} attempt {attempt} on {}: {e}", ep.name);
+                }
+                self.input(CoreInput::Failed {
+                    t: now,
+                    request,
+                    transient,
+                    why: e.to_string(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_workflow(&mut self, id: u64, error: Option<String>) -> Result<()> {
+        let now = self.now();
+        let Some(wf) = self.workflows.remove(&id) else {
+            return Ok(());
+        };
+        let plan = &wf.spec.plans[wf.plan.unwrap_or(0)];
+        let success = if error.is_some() {
+            plan.success.map(|_| false)
+        } else {
+            plan.success
+        };
+        let ep = &self.eps[wf.first_engine as usize];
+        self.workflows_out.append(&WorkflowRecord {
+            workflow_id: id,
+            model: ep.model.clone(),
+            engine: ep.name.clone(),
+            status: if error.is_some() { "failed" } else { "ok" }.into(),
+            error,
+            arrival_ns: wf.spec.arrival_ns,
+            finish_ns: now,
+            stages: wf.stage,
+            prompt_tokens: wf.prompt_tokens,
+            output_tokens: wf.output_so_far,
+            success,
+            segment: self.segment,
+        })?;
+        self.input(CoreInput::WorkflowDone { t: now, workflow: id })
+    }
+
+    fn on_metrics(
+        &mut self,
+        engine: u32,
+        t_ns: Nanos,
+        result: std::result::Result<MetricsSample, CallError>,
+    ) -> Result<()> {
+        let name = self.eps[engine as usize].name.clone();
+        let rec = match &result {
+            Ok(s) => MetricsRecord {
+                engine: name,
+                t_ns,
+                running: s.running,
+                waiting: s.waiting,
+                kv_usage: s.kv_usage,
+                prompt_tokens_total: s.prompt_tokens_total,
+                generation_tokens_total: s.generation_tokens_total,
+                preemptions_total: s.preemptions_total,
+                error: None,
+            },
+            Err(e) => MetricsRecord {
+                engine: name,
+                t_ns,
+                running: None,
+                waiting: None,
+                kv_usage: None,
+                prompt_tokens_total: None,
+                generation_tokens_total: None,
+                preemptions_total: None,
+                error: Some(e.to_string()),
+            },
+        };
+        self.metrics_out.append(&rec)?;
+        if let Ok(s) = result {
+            let now = self.now();
+            self.input(CoreInput::Report {
+                t: now,
+                engine,
+                running: s.running.unwrap_or(0.0).max(0.0) as u32,
+                waiting: s.waiting.unwrap_or(0.0).max(0.0) as u32,
+                kv_usage: s.kv_usage.unwrap_or(0.0),
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, metrics_interval_ms: u64) -> Result<()> {
+        let mut samplers = Vec::new();
+        if metrics_interval_ms > 0 {
+            for (i, ep) in self.eps.iter().enumerate() {
+                let (base, key, kind, tx, timeouts) = (
+                    ep.base.clone(),
+                    ep.api_key.clone(),
+                    ep.kind,
+                    self.tx.clone(),
+                    self.timeouts.clone(),
+                );
+                let (start, offset) = (self.start, self.offset_ns);
+                let period = std::time::Duration::from_millis(metrics_interval_ms);
+                samplers.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        let t_ns = offset + start.elapsed().as_nanos() as Nanos;
+                        let result = client::get_text(&base, "/metrics", key.as_deref(), &timeouts)
+                            .await
+                            .map(|text| client::parse_metrics(kind, &text));
+                        if tx
+                            .send(Msg::Metrics {
+                                engine: i as u32,
+                                t_ns,
+                                result,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }));
+            }
+        }
+        let result = self.event_loop().await;
+        for s in samplers {
+            s.abort();
+        }
+        result
+    }
+
+    async fn event_loop(&mut self) -> Result<()> {
+        let mut last_progress = std::time::Instant::now();
+        loop {
+            let now = self.now();
+            while let Some(&Reverse((t, _, ev))) = self.heap.peek() {
+                if t > now {
+                    break;
+                }
+                self.heap.pop();
+                match ev {
+                    Ev::Arrival => self.on_arrival()?,
+                    Ev::StageReady(w) => self.issue(w)?,
+                    Ev::Send(r) => self.send(r),
+                }
+            }
+            if self.next_wf.is_none() && self.workflows.is_empty() {
+                break;
+            }
+            if !self.quiet && last_progress.elapsed().as_secs() >= 5 {
+                last_progress = std::time::Instant::now();
+                eprintln!(
+                    "replay: {} workflows started, {} in flight, {} failed attempts",
+                    self.replayed,
+                    self.workflows.len(),
+                    self.failed_attempts
+                );
+            }
+            // tokio's timers tick in whole milliseconds: wait on them until close to the next
+            // event, then sleep the rest precisely on this thread (the HTTP tasks, which take
+            // the timestamps, run on the runtime's worker threads meanwhile).
+            let msg = match self.heap.peek().map(|Reverse((t, _, _))| *t) {
+                Some(t) => {
+                    let wait = t - self.now();
+                    if wait <= 0 {
+                        self.rx.try_recv().ok()
+                    } else if wait <= PRECISE_NS {
+                        std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
+                        self.rx.try_recv().ok()
+                    } else {
+                        let d = self.at(t - PRECISE_NS / 2);
+                        tokio::select! {
+                            m = self.rx.recv() => m,
+                            _ = tokio::time::sleep_until(d) => None,
+                        }
+                    }
+                }
+                None => self.rx.recv().await,
+            };
+            match msg {
+                Some(Msg::Done {
+                    request,
+                    attempt,
+                    engine,
+                    scheduled_ns,
+                    send_ns,
+                    result,
+                }) => self.on_done(request, attempt, engine, scheduled_ns, send_ns, result)?,
+                Some(Msg::Metrics { engine, t_ns, result }) => self.on_metrics(engine, t_ns, result)?,
+                None => {}
+            }
+        }
+        if !self.pending.is_empty() || self.core.tracked() != 0 {
+            return Err(Error::other(format!(
+                "replay ended with {} requests pending and {} tracked by the policy",
+                self.pending.len(),
+                self.core.tracked()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let mut s = serde_json::to_string_pretty(v).map_err(|e| Error::other(format!("{}: {e}", path.display())))?;
+    s.push('\n');
+    std::fs::write(path, s).map_err(|e| Error::io(path, e))
+}
+
+fn pct(v: &mut [i64], q: f64) -> i64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Replay `r` against `eps`, writing into `out`.
+pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -> Result<ReplayReport> {
+    let endpoints = eps.engines(&r.models)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mpath = out.join("manifest.json");
+    let scenario_json = serde_json::to_value(&r.scenario).expect("scenario serialises");
+    let paths = [REQUESTS_JSONL, WORKFLOWS_JSONL, METRICS_JSONL, JOURNAL_JSONL].map(|f| out.join(f));
+    let started_before = paths[0].exists() || paths[1].exists();
+    if started_before && !opts.resume {
+        return Err(Error::bad(format!(
+            "{}: already holds a replay; pass --resume to continue it, or choose another --out",
+            out.display()
+        )));
+    }
+    let mut skip = HashSet::new();
+    let (mut next_request, mut segment) = (0, 0);
+    if opts.resume && started_before {
+        let old: Value = std::fs::read_to_string(&mpath)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        if old["scenario"] != scenario_json {
+            return Err(Error::bad(format!(
+                "{}: --resume needs the same scenario (and overrides) as the interrupted replay; its manifest.json differs",
+                out.display()
+            )));
+        }
+        for p in &paths {
+            records::repair_tail(p)?;
+        }
+        let wfs: Vec<WorkflowRecord> = records::read_lines(&paths[1])?;
+        let reqs: Vec<RequestRecord> = records::read_lines(&paths[0])?;
+        skip = wfs.iter().map(|w| w.workflow_id).collect();
+        next_request = reqs.iter().map(|q| q.request_id + 1).max().unwrap_or(0);
+        segment = reqs
+            .iter()
+            .map(|q| q.segment + 1)
+            .chain(wfs.iter().map(|w| w.segment + 1))
+            .max()
+            .unwrap_or(0);
+    }
+    let manifest = |state: Value| -> Value {
+        json!({
+            "chimera_version": crate::run::VERSION,
+            "git_commit": crate::run::GIT_COMMIT,
+            "kind": "replay",
+            "scenario": scenario_json,
+            "endpoints": endpoints.iter().map(|e| json!({"engine": e.name, "model": e.model, "url": e.base.url, "kind": e.kind.as_str(), "served_model": e.served_model, "max_concurrency": e.max_concurrency})).collect::<Vec<_>>(),
+            "timeouts": eps.timeouts,
+            "retries": eps.retries,
+            "metrics_interval_ms": eps.metrics_interval_ms,
+            "outputs": ["requests.parquet", "workflows.parquet", "itl.parquet", "metrics.parquet", "summary.json", REQUESTS_JSONL, WORKFLOWS_JSONL, METRICS_JSONL, JOURNAL_JSONL],
+            "status": state,
+        })
+    };
+    write_json(&mpath, &manifest(json!({"state": "running", "segment": segment})))?;
+
+    let seed = r.scenario.seed;
+    let infos = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            let se = r
+                .engines
+                .iter()
+                .find(|e| e.model == ep.model)
+                .expect("every scenario model has an engine");
+            crate::sim::engine_info(i as u32, &ep.name, se)
+        })
+        .collect();
+    let retry = (
+        eps.retries.max.unwrap_or(r.scenario.policy.max_retries),
+        (eps.retries.backoff_ms as Nanos) * 1_000_000,
+    );
+    let core = crate::sim::build_policy_for(r, seed, infos, Some(retry));
+    let send_priority = endpoints
+        .iter()
+        .map(|ep| {
+            let se = r.engines.iter().find(|e| e.model == ep.model).expect("engine");
+            ep.send_priority
+                .unwrap_or(ep.kind == Kind::Vllm && se.limits.policy != crate::engine::EnginePolicy::Fcfs)
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::other(format!("replay: {e}")))?;
+    let wall = std::time::Instant::now();
+    let (tx, rx) = mpsc::channel(1024);
+    let result: Result<(u64, u64, u64, Vec<i64>)> = rt.block_on(async {
+        let mut d = Driver {
+            seed,
+            sems: endpoints
+                .iter()
+                .map(|e| Arc::new(Semaphore::new(e.max_concurrency as usize)))
+                .collect(),
+            eps: endpoints.clone(),
+            send_priority,
+            timeouts: eps.timeouts.clone(),
+            needs_oracle: core.needs_oracle(),
+            core,
+            source: crate::sim::open_source(r, seed)?,
+            next_wf: None,
+            skip,
+            workflows: HashMap::new(),
+            pending: HashMap::new(),
+            heap: BinaryHeap::new(),
+            seq: 0,
+            start: Instant::now(),
+            offset_ns: 0,
+            tx,
+            rx,
+            requests_out: Appender::open(&paths[0])?,
+            workflows_out: Appender::open(&paths[1])?,
+            metrics_out: Appender::open(&paths[2])?,
+            journal_out: Appender::open(&paths[3])?,
+            next_request,
+            segment,
+            replayed: 0,
+            skipped: 0,
+            failed_attempts: 0,
+            lags: Vec::new(),
+            quiet: opts.quiet,
+        };
+        d.pull_next()?;
+        // A resumed replay starts its clock at the first workflow it still has to run.
+        if segment > 0 {
+            if let Some(w) = &d.next_wf {
+                d.offset_ns = w.arrival_ns;
+            }
+        }
+        d.start = Instant::now();
+        d.run(eps.metrics_interval_ms).await?;
+        Ok((d.replayed, d.skipped, d.failed_attempts, std::mem::take(&mut d.lags)))
+    });
+    let (replayed, skipped, failed_attempts, mut lags) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = write_json(
+                &mpath,
+                &manifest(json!({"state": "failed", "error": e.to_string(), "segment": segment})),
+            );
+            return Err(e);
+        }
+    };
+    let wall_s = wall.elapsed().as_secs_f64();
+    let summary = build_tables(r, &endpoints, out)?;
+    let send_lag_ns = (
+        pct(&mut lags, 0.5),
+        pct(&mut lags, 0.99),
+        lags.iter().copied().max().unwrap_or(0),
+    );
+    let mut sj = serde_json::to_value(&summary).expect("summary serialises");
+    sj["replay"] = json!({
+        "wall_s": wall_s,
+        "send_lag_ns_p50": send_lag_ns.0,
+        "send_lag_ns_p99": send_lag_ns.1,
+        "send_lag_ns_max": send_lag_ns.2,
+        "failed_attempts": failed_attempts,
+        "segments": segment + 1,
+    });
+    write_json(&out.join("summary.json"), &sj)?;
+    write_json(
+        &mpath,
+        &manifest(json!({"state": "complete", "segment": segment, "wall_s": wall_s})),
+    )?;
+    Ok(ReplayReport {
+        summary,
+        replayed,
+        skipped,
+        failed_attempts,
+        send_lag_ns,
+        wall_s,
+    })
+}
+
+/// Build the Parquet tables and the summary of a replay folder from its JSON lines.
+pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path) -> Result<Summary> {
+    let reqs: Vec<RequestRecord> = records::read_lines(&out.join(REQUESTS_JSONL))?;
+    let wfs: Vec<WorkflowRecord> = records::read_lines(&out.join(WORKFLOWS_JSONL))?;
+    let mets: Vec<MetricsRecord> = records::read_lines(&out.join(METRICS_JSONL))?;
+    let reqs = records::final_requests(reqs, &wfs);
+    let names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
+    let mut agg = Aggregates::new(&r.models);
+    records::write_tables(out, &names, &r.models, &reqs, &wfs, &mets, &mut agg)?;
+    let engines = endpoints
+        .iter()
+        .map(|ep| {
+            let se = r.engines.iter().find(|e| e.model == ep.model).expect("engine");
+            EngineSummary {
+                name: ep.name.clone(),
+                model: ep.model.clone(),
+                gpu: se.gpu.clone(),
+                tensor_parallel: se.tensor_parallel,
+                steps: 0,
+                busy_fraction: 0.0,
+                mean_step_tokens: 0.0,
+                preemptions: 0,
+                kv_capacity_tokens: 0,
+                decode_tokens_per_s_nominal: 0.0,
+                step_time_source: format!("measured ({} at {})", ep.kind.as_str(), ep.base.url),
+            }
+        })
+        .collect();
+    let describe = crate::sim::build_policy(r, r.scenario.seed).describe();
+    Ok(agg.summarize(&r.scenario.name, r.scenario.seed, describe, engines))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_stable_distinct_and_in_range() {
+        let a = prompt_ids(7, 3, 1, 500, 32_000);
+        assert_eq!(a, prompt_ids(7, 3, 1, 500, 32_000));
+        assert_ne!(a[..8], prompt_ids(7, 3, 2, 500, 32_000)[..8]);
+        assert_ne!(a[..8], prompt_ids(8, 3, 1, 500, 32_000)[..8]);
+        assert!(a.iter().all(|&t| (1000..32_000).contains(&t)));
+        assert_eq!(prompt_ids(1, 1, 1, 0, 5000).len(), 0);
+    }
+}

@@ -1,0 +1,440 @@
+//! What a replay writes as it goes (JSON lines, one `write` per record, so a killed process
+//! loses nothing it finished) and the Parquet tables built from those lines at the end.
+//!
+//! `requests.parquet` and `workflows.parquet` have the simulator's columns first, in its
+//! order, then the measured extras; `itl.parquet` holds every inter-chunk gap; `metrics.parquet`
+//! the /metrics samples. A value a client cannot observe (when the engine first scheduled a
+//! request) is null.
+
+use crate::error::{Error, Result};
+use crate::output::summary::Aggregates;
+use crate::output::{ColType, Table, Val};
+use crate::sim::{request_columns, str_col, workflow_columns};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const REQUEST_STATUS: [&str; 3] = ["ok", "rejected", "failed"];
+pub const WORKFLOW_STATUS: [&str; 2] = ["ok", "failed"];
+
+/// One attempt of one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub request_id: u64,
+    /// 0 for the first try; retries count up.
+    pub attempt: u32,
+    pub workflow_id: u64,
+    pub stage: u32,
+    pub engine: String,
+    pub model: String,
+    /// ok | rejected (4xx) | failed (anything else).
+    pub status: String,
+    pub error: Option<String>,
+    pub http_status: Option<u16>,
+    pub priority: i64,
+    /// When the stage was ready (the request's arrival at the policy core), run timeline.
+    pub arrival_ns: i64,
+    /// When the driver meant to send it (decision time, or the retry backoff's end).
+    pub scheduled_ns: i64,
+    /// When it was sent (after the client-side concurrency limit let it through).
+    pub send_ns: i64,
+    pub first_token_ns: Option<i64>,
+    pub finish_ns: Option<i64>,
+    pub prompt_tokens: u32,
+    pub context_tokens: u32,
+    /// Tokens asked for (the trace's output length).
+    pub max_tokens: u32,
+    pub output_tokens: u32,
+    /// Prompt tokens as the server counted them.
+    pub server_prompt_tokens: Option<u32>,
+    /// Time from sending to each content chunk.
+    pub chunk_ns: Vec<i64>,
+    /// The replay segment (0, then +1 per `--resume`).
+    pub segment: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_timings: Option<serde_json::Value>,
+}
+
+impl RequestRecord {
+    pub fn ttft_ns(&self) -> Option<i64> {
+        self.first_token_ns.map(|f| f - self.arrival_ns)
+    }
+    pub fn e2e_ns(&self) -> Option<i64> {
+        self.finish_ns.map(|f| f - self.arrival_ns)
+    }
+    /// As `vllm bench serve`: (E2E - TTFT) / (output tokens - 1), both from sending.
+    pub fn tpot_ns(&self) -> Option<f64> {
+        match (self.first_token_ns, self.finish_ns) {
+            (Some(a), Some(b)) if self.output_tokens > 1 => Some((b - a) as f64 / (self.output_tokens - 1) as f64),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowRecord {
+    pub workflow_id: u64,
+    pub model: String,
+    pub engine: String,
+    pub status: String,
+    pub error: Option<String>,
+    pub arrival_ns: i64,
+    pub finish_ns: i64,
+    pub stages: u32,
+    pub prompt_tokens: u64,
+    pub output_tokens: u64,
+    pub success: Option<bool>,
+    pub segment: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRecord {
+    pub engine: String,
+    pub t_ns: i64,
+    pub running: Option<f64>,
+    pub waiting: Option<f64>,
+    pub kv_usage: Option<f64>,
+    pub prompt_tokens_total: Option<f64>,
+    pub generation_tokens_total: Option<f64>,
+    pub preemptions_total: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// An append-only JSON-lines file: each record is one `write` of one line.
+pub struct Appender {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Appender {
+    pub fn open(path: &Path) -> Result<Appender> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Appender {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn append(&mut self, v: &impl Serialize) -> Result<()> {
+        let mut line = serde_json::to_vec(v).map_err(|e| Error::other(format!("{}: {e}", self.path.display())))?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Read a JSON-lines file. A last line cut short by a kill is dropped; a bad line elsewhere is
+/// an error naming the file and line.
+pub fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(v) => out.push(v),
+            Err(_) if i + 1 == lines.len() && !complete => break,
+            Err(e) => return Err(Error::bad(format!("{}: line {}: {e}", path.display(), i + 1))),
+        }
+    }
+    Ok(out)
+}
+
+/// Cut a torn last line off a JSON-lines file, so that appending starts on a fresh line.
+pub fn repair_tail(path: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read(path) else { return Ok(()) };
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(());
+    }
+    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    std::fs::write(path, &text[..keep]).map_err(|e| Error::io(path, e))
+}
+
+fn index_of(values: &[String], v: &str) -> u32 {
+    values.iter().position(|x| x == v).expect("value collected first") as u32
+}
+
+fn distinct<'a>(it: impl Iterator<Item = &'a str>, first: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    let rest: BTreeSet<&str> = it.filter(|s| !first.contains(s)).collect();
+    v.extend(rest.into_iter().map(str::to_string));
+    v
+}
+
+/// The records that belong to the final result: a workflow restarted by `--resume` keeps only
+/// the attempts of the segment it finished in.
+pub fn final_requests(requests: Vec<RequestRecord>, workflows: &[WorkflowRecord]) -> Vec<RequestRecord> {
+    let seg: HashMap<u64, u32> = workflows.iter().map(|w| (w.workflow_id, w.segment)).collect();
+    requests
+        .into_iter()
+        .filter(|r| seg.get(&r.workflow_id) == Some(&r.segment))
+        .collect()
+}
+
+/// Write the Parquet tables of a replay and fill `agg` for its summary.
+pub fn write_tables(
+    dir: &Path,
+    engine_names: &[String],
+    models: &[String],
+    requests: &[RequestRecord],
+    workflows: &[WorkflowRecord],
+    metrics: &[MetricsRecord],
+    agg: &mut Aggregates,
+) -> Result<()> {
+    let names = ColType::Str(engine_names.to_vec());
+    let model_col = ColType::Str(models.to_vec());
+    let errors = distinct(
+        requests
+            .iter()
+            .filter_map(|r| r.error.as_deref())
+            .chain(workflows.iter().filter_map(|w| w.error.as_deref())),
+        &[""],
+    );
+    // requests.parquet: the simulator's columns, then what only a replay measures.
+    let mut cols = request_columns(&names, &model_col, &REQUEST_STATUS);
+    let nullable = [
+        "first_scheduled_ns",
+        "first_token_ns",
+        "finish_ns",
+        "queue_ns",
+        "ttft_ns",
+        "e2e_ns",
+    ];
+    for c in &mut cols {
+        if nullable.contains(&c.0) {
+            c.1 = ColType::OptI64;
+        }
+    }
+    use ColType::*;
+    cols.extend([
+        ("attempt", U32),
+        ("scheduled_ns", I64),
+        ("send_ns", I64),
+        ("send_lag_ns", I64),
+        ("client_ttft_ns", OptI64),
+        ("client_e2e_ns", OptI64),
+        ("max_tokens", U32),
+        ("server_prompt_tokens", OptI64),
+        ("chunks", U32),
+        ("http_status", OptI64),
+        ("error", ColType::Str(errors.clone())),
+        ("segment", U32),
+    ]);
+    let mut t = Table::create(&dir.join("requests.parquet"), &cols)?;
+    let eng = |n: &str| -> Result<u32> {
+        engine_names
+            .iter()
+            .position(|x| x == n)
+            .map(|i| i as u32)
+            .ok_or_else(|| Error::bad(format!("record names engine `{n}`, which is not in ENDPOINTS.yaml")))
+    };
+    let model = |n: &str| -> Result<u32> {
+        models
+            .iter()
+            .position(|x| x == n)
+            .map(|i| i as u32)
+            .ok_or_else(|| Error::bad(format!("record names model `{n}`, which is not in the scenario")))
+    };
+    for r in requests {
+        let status = REQUEST_STATUS
+            .iter()
+            .position(|s| *s == r.status)
+            .ok_or_else(|| Error::bad(format!("request {}: unknown status `{}`", r.request_id, r.status)))?;
+        let ttft = r.ttft_ns();
+        let e2e = r.e2e_ns();
+        t.push(&[
+            Val::U64(r.request_id),
+            Val::U64(r.workflow_id),
+            Val::U32(r.stage),
+            Val::Str(eng(&r.engine)?),
+            Val::Str(model(&r.model)?),
+            Val::Str(status as u32),
+            Val::I64(r.priority),
+            Val::I64(r.arrival_ns),
+            Val::I64(r.send_ns),
+            Val::OptI64(None),
+            Val::OptI64(r.first_token_ns),
+            Val::OptI64(r.finish_ns),
+            Val::OptI64(None),
+            Val::OptI64(ttft),
+            Val::F64(r.tpot_ns()),
+            Val::OptI64(e2e),
+            Val::U32(r.prompt_tokens),
+            Val::U32(r.context_tokens),
+            Val::U32(r.output_tokens),
+            Val::U32(0),
+            Val::U32(r.attempt),
+            Val::I64(r.scheduled_ns),
+            Val::I64(r.send_ns),
+            Val::I64(r.send_ns - r.scheduled_ns),
+            Val::OptI64(r.first_token_ns.map(|f| f - r.send_ns)),
+            Val::OptI64(r.finish_ns.map(|f| f - r.send_ns)),
+            Val::U32(r.max_tokens),
+            Val::OptI64(r.server_prompt_tokens.map(i64::from)),
+            Val::U32(r.chunk_ns.len() as u32),
+            Val::OptI64(r.http_status.map(i64::from)),
+            Val::Str(index_of(&errors, r.error.as_deref().unwrap_or(""))),
+            Val::U32(r.segment),
+        ])?;
+        agg.requests += 1;
+        if r.status == "ok" {
+            if let (Some(a), Some(b)) = (ttft, e2e) {
+                agg.ttft.add(a as f64);
+                agg.e2e.add(b as f64);
+            }
+            if let Some(x) = r.tpot_ns() {
+                agg.tpot.add(x);
+            }
+            agg.queue.add((r.send_ns - r.arrival_ns) as f64);
+            agg.prompt_tokens += r.prompt_tokens as u64;
+            agg.output_tokens += r.output_tokens as u64;
+        } else if r.status == "rejected" {
+            agg.rejected += 1;
+        }
+        agg.first_arrival_ns = Some(agg.first_arrival_ns.map_or(r.arrival_ns, |a| a.min(r.arrival_ns)));
+        agg.last_finish_ns = agg.last_finish_ns.max(r.finish_ns.unwrap_or(r.send_ns));
+    }
+    t.finish()?;
+
+    let mut cols = workflow_columns(&names, &model_col, &WORKFLOW_STATUS);
+    cols.extend([("error", ColType::Str(errors.clone())), ("segment", U32)]);
+    let mut t = Table::create(&dir.join("workflows.parquet"), &cols)?;
+    for w in workflows {
+        let failed = w.status != "ok";
+        let e2e = w.finish_ns - w.arrival_ns;
+        let per_tok = (w.output_tokens > 0).then(|| e2e as f64 / w.output_tokens as f64);
+        let m = model(&w.model)?;
+        t.push(&[
+            Val::U64(w.workflow_id),
+            Val::Str(m),
+            Val::Str(eng(&w.engine)?),
+            Val::Str(failed as u32),
+            Val::I64(w.arrival_ns),
+            Val::I64(w.finish_ns),
+            Val::I64(e2e),
+            Val::F64(per_tok),
+            Val::U32(w.stages),
+            Val::U64(w.prompt_tokens),
+            Val::U64(w.output_tokens),
+            Val::Bool(w.success),
+            Val::U32(0),
+            Val::Str(index_of(&errors, w.error.as_deref().unwrap_or(""))),
+            Val::U32(w.segment),
+        ])?;
+        agg.workflows += 1;
+        let ma = &mut agg.by_model[m as usize].1;
+        ma.workflows += 1;
+        ma.output_tokens += w.output_tokens;
+        if let Some(s) = w.success {
+            ma.known += 1;
+            ma.solved += s as u64;
+        }
+        if failed {
+            agg.workflows_failed += 1;
+        } else {
+            ma.e2e.add(e2e as f64);
+            agg.wf_e2e.add(e2e as f64);
+            if let Some(x) = per_tok {
+                agg.wf_e2e_per_token.add(x);
+            }
+        }
+        agg.last_finish_ns = agg.last_finish_ns.max(w.finish_ns);
+    }
+    t.finish()?;
+
+    let mut t = Table::create(
+        &dir.join("itl.parquet"),
+        &[
+            ("request_id", U64),
+            ("attempt", U32),
+            ("chunk", U32),
+            ("since_send_ns", I64),
+            ("gap_ns", OptI64),
+        ],
+    )?;
+    for r in requests.iter().filter(|r| r.status == "ok") {
+        let mut prev = None;
+        for (k, &at) in r.chunk_ns.iter().enumerate() {
+            t.push(&[
+                Val::U64(r.request_id),
+                Val::U32(r.attempt),
+                Val::U32(k as u32),
+                Val::I64(at),
+                Val::OptI64(prev.map(|p| at - p)),
+            ])?;
+            prev = Some(at);
+        }
+    }
+    t.finish()?;
+
+    let merrors = distinct(metrics.iter().filter_map(|m| m.error.as_deref()), &[""]);
+    let mut t = Table::create(
+        &dir.join("metrics.parquet"),
+        &[
+            ("engine", names),
+            ("t_ns", I64),
+            ("running", F64),
+            ("waiting", F64),
+            ("kv_usage", F64),
+            ("prompt_tokens_total", F64),
+            ("generation_tokens_total", F64),
+            ("preemptions_total", F64),
+            (
+                "error",
+                str_col(&merrors.iter().map(String::as_str).collect::<Vec<_>>()),
+            ),
+        ],
+    )?;
+    for m in metrics {
+        t.push(&[
+            Val::Str(eng(&m.engine)?),
+            Val::I64(m.t_ns),
+            Val::F64(m.running),
+            Val::F64(m.waiting),
+            Val::F64(m.kv_usage),
+            Val::F64(m.prompt_tokens_total),
+            Val::F64(m.generation_tokens_total),
+            Val::F64(m.preemptions_total),
+            Val::Str(index_of(&merrors, m.error.as_deref().unwrap_or(""))),
+        ])?;
+    }
+    t.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_a_bad_middle_line_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("chimera-records-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.jsonl");
+        std::fs::write(&p, "{\"t_ns\":1}\n{\"t_ns\":2}\n{\"t_n").unwrap();
+        #[derive(Deserialize)]
+        struct R {
+            t_ns: i64,
+        }
+        let v: Vec<R> = read_lines(&p).unwrap();
+        assert_eq!(v.iter().map(|r| r.t_ns).collect::<Vec<_>>(), [1, 2]);
+        repair_tail(&p).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"t_ns\":1}\n{\"t_ns\":2}\n");
+        std::fs::write(&p, "{\"t_ns\":1}\nnot json\n{\"t_ns\":2}\n").unwrap();
+        let e = read_lines::<R>(&p).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("a.jsonl: line 2"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
