@@ -1133,6 +1133,7 @@ fn emulate(model: &str, gpu: &str, calibration: Option<&str>, host: &str, port: 
 #[cfg(feature = "live")]
 fn replay_cmd(r: &Resolved, endpoints: &Path, out: &Path, resume: bool, quiet: bool, json: bool) -> Result<i32> {
     let eps = crate::replay::endpoints::Endpoints::load(endpoints)?;
+    eps.engines(&r.models).map_err(|e| e.context(endpoints.display()))?;
     let opts = crate::replay::ReplayOptions {
         resume,
         quiet: quiet || json,

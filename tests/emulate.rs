@@ -6,45 +6,18 @@
 mod common;
 
 use chimera::hw::StepShape;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 struct Server {
-    child: Child,
+    _child: common::Child,
     addr: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chimera"))
-        .args([
-            "emulate",
-            "--model",
-            "Qwen2.5-1.5B",
-            "--gpu",
-            "RTX-A6000",
-            "--port",
-            "0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.rsplit("http://").next().unwrap().trim().to_string();
-    assert!(addr.starts_with("127.0.0.1:"), "{line}");
-    Server { child, addr }
+    let (c, addr) = common::emulator("Qwen2.5-1.5B", "RTX-A6000", &[]);
+    Server { _child: c, addr }
 }
 
 /// One HTTP/1.1 request; returns (status, body).

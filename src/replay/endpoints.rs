@@ -378,7 +378,7 @@ mod tests {
             ("models:\n  Llama-2-7B: {urls: ['http://a:1']}\n", "models.Llama-2-7B: not a model of the scenario; allowed: Qwen2.5-1.5B, Qwen2.5-7B"),
             ("models:\n  Qwen2.5-7B: {urls: ['http://a:1']}\n", "no endpoints for scenario model Qwen2.5-1.5B"),
             ("models:\n  Qwen2.5-7B: {urls: ['http://a:1'], kind: sglang}\n", "models.Qwen2.5-7B.kind: unknown variant `sglang`, expected `vllm` or `llamacpp`"),
-            ("models:\n  Qwen2.5-7B: {urls: ['http://a:1'], batch: 3}\n", "models.Qwen2.5-7B: unknown field `batch`"),
+            ("models:\n  Qwen2.5-7B: {urls: ['http://a:1'], batch: 3}\n", "models.Qwen2.5-7B.batch: unknown field `batch`, expected one of `urls`"),
             ("models:\n  Qwen2.5-1.5B: {urls: ['http://a:1']}\n  Qwen2.5-7B: {urls: ['https://b:2']}\n", "models.Qwen2.5-7B.urls[0]: `https://b:2`: https is not supported"),
             ("models:\n  Qwen2.5-1.5B: {urls: []}\n  Qwen2.5-7B: {urls: ['http://b:2']}\n", "models.Qwen2.5-1.5B.urls: at least one URL"),
             ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2']}\n  Qwen2.5-7B: {urls: ['http://b:2']}\ntimeouts: {idle_s: 0}\n", "timeouts.idle_s: must be a positive"),

@@ -83,3 +83,46 @@ pub fn strings(file: &Path, name: &str) -> Vec<String> {
 pub fn json(file: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
 }
+
+/// A child process killed when dropped (servers started by tests).
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `chimera emulate` on a free port of 127.0.0.1; returns the process and `host:port`.
+pub fn emulator(model: &str, gpu: &str, sets: &[&str]) -> (Child, String) {
+    use std::io::BufRead;
+    let mut args: Vec<String> = ["emulate", "--model", model, "--gpu", gpu, "--port", "0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.rsplit("http://").next().unwrap().trim().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "emulator said: {line}");
+    (Child(child), addr)
+}
+
+/// Column names of a Parquet file.
+pub fn schema_names(file: &Path) -> Vec<String> {
+    let f = std::fs::File::open(file).unwrap();
+    let b = ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+    b.schema().fields().iter().map(|f| f.name().clone()).collect()
+}

@@ -1,0 +1,540 @@
+//! `chimera replay` (feature `live`) against real HTTP servers on 127.0.0.1: `chimera emulate`
+//! engines and a scripted fault server. Conformance with `chimera run`, the policy core's
+//! decisions against a fresh core built as the simulator builds it, every fault kind, an
+//! endpoint that dies mid-run, and kill + `--resume`.
+#![cfg(feature = "live")]
+
+mod common;
+
+use chimera::replay::endpoints::Endpoints;
+use chimera::replay::journal::{feed, CoreInput, JournalDecision, JournalEntry};
+use chimera::replay::records::{read_lines, RequestRecord, WorkflowRecord};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn chimera(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_chimera")).args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A small synthetic scenario on one model, quick in real time.
+fn small_scenario(dir: &Path, workflows: u32, output_tokens: u32, rate: f64) -> PathBuf {
+    write(
+        dir,
+        "small.yaml",
+        &format!(
+            "name: small\nseed: 3\ncluster:\n  engines:\n    - {{model: Qwen2.5-1.5B, gpu: H100-SXM, calibration: auto}}\n\
+             workload:\n  kind: synthetic\n  workflows: {workflows}\n  stages: {{dist: constant, value: 2}}\n\
+             \x20 first_prompt_tokens: {{dist: constant, value: 24}}\n  stage_prompt_tokens: {{dist: constant, value: 8}}\n\
+             \x20 output_tokens: {{dist: constant, value: {output_tokens}}}\n  observation_tokens: {{dist: constant, value: 8}}\n\
+             \x20 tool_delay_ms: {{dist: constant, value: 20}}\n  max_prompt_tokens: 4000\n\
+             \x20 arrivals: {{process: poisson, rate_per_s: {rate}}}\n\
+             policy:\n  routing: {{kind: round_robin}}\n  priority: fcfs\n"
+        ),
+    )
+}
+
+fn endpoints(dir: &Path, model_urls: &[(&str, Vec<String>)], extra: &str) -> PathBuf {
+    let mut y = String::from("models:\n");
+    for (m, urls) in model_urls {
+        let urls: Vec<String> = urls.iter().map(|u| format!("'http://{u}'")).collect();
+        y.push_str(&format!("  {m}: {{urls: [{}]}}\n", urls.join(", ")));
+    }
+    y.push_str(extra);
+    write(dir, "endpoints.yaml", &y)
+}
+
+#[test]
+fn replay_against_emulators_agrees_with_the_simulation() {
+    let dir = common::tmpdir("replay-conformance");
+    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &["scheduling=priority"]);
+    let (_b, b) = common::emulator("Qwen2.5-7B", "H100-SXM", &["scheduling=priority"]);
+    let eps = endpoints(
+        &dir,
+        &[("Qwen2.5-1.5B", vec![a]), ("Qwen2.5-7B", vec![b])],
+        "metrics_interval_ms: 500\n",
+    );
+    let scen = common::repo().join("scenarios/replay/conformance.yaml");
+    let (sim, rep) = (dir.join("sim"), dir.join("replay"));
+    let (ok, _, err) = chimera(&["run", "-q", s(&scen), "--out", s(&sim)]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&rep)]);
+    assert!(ok, "{err}");
+    // The same Parquet schemas: every simulated column is in the replay's tables.
+    for t in ["requests", "workflows"] {
+        let cols = |d: &Path| common::schema_names(&d.join(format!("{t}.parquet")));
+        let (sc, rc) = (cols(&sim), cols(&rep));
+        for c in &sc {
+            assert!(rc.contains(c), "{t}.parquet of the replay lacks `{c}`");
+        }
+    }
+    let st = common::strings(&rep.join("workflows.parquet"), "status");
+    assert_eq!(st.len(), 24);
+    assert!(st.iter().all(|x| x == "ok"));
+    // Every chunk gap is recorded, and the send lag is small.
+    let gaps = common::column(&rep.join("itl.parquet"), "gap_ns");
+    let out_tokens: f64 = common::column(&rep.join("requests.parquet"), "output_tokens")
+        .iter()
+        .sum();
+    assert!(
+        gaps.len() as f64 >= 0.5 * out_tokens,
+        "{} gaps for {out_tokens} tokens",
+        gaps.len()
+    );
+    let lag = common::column(&rep.join("requests.parquet"), "send_lag_ns");
+    let mut lag_sorted = lag.clone();
+    lag_sorted.sort_by(f64::total_cmp);
+    assert!(
+        lag_sorted[lag.len() / 2] < 5e6,
+        "median send lag {} ns",
+        lag_sorted[lag.len() / 2]
+    );
+    // /metrics were sampled through the run, from both servers.
+    let eng = common::strings(&rep.join("metrics.parquet"), "engine");
+    assert!(
+        eng.iter().filter(|e| e.starts_with("Qwen2.5-7B@")).count() >= 10,
+        "{}",
+        eng.len()
+    );
+    let running = common::column(&rep.join("metrics.parquet"), "running");
+    assert!(running.iter().any(|&r| r > 0.0));
+    // Stated tolerance: median request and workflow E2E within 10 % (measured here: < 1 %).
+    let (ok, out, err) = chimera(&["compare", s(&sim), s(&rep), "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let find = |name: &str| {
+        v["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+            .clone()
+    };
+    assert_eq!(v["requests_matched"], 83, "{out}");
+    for m in ["request E2E", "workflow E2E"] {
+        let med = find(m)["error"]["median_rel_err"].as_f64().unwrap();
+        assert!(med < 0.10, "{m}: median relative error {med}\n{out}");
+    }
+    let tpot = find("request TPOT")["error"]["median_rel_err"].as_f64().unwrap();
+    assert!(tpot < 0.10, "TPOT median relative error {tpot}");
+}
+
+#[test]
+fn the_replay_makes_the_decisions_a_fresh_core_makes_on_the_same_inputs() {
+    let dir = common::tmpdir("replay-decisions");
+    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &["scheduling=priority"]);
+    let (_b, b) = common::emulator("Qwen2.5-7B", "H100-SXM", &["scheduling=priority"]);
+    let eps = endpoints(
+        &dir,
+        &[("Qwen2.5-1.5B", vec![a]), ("Qwen2.5-7B", vec![b])],
+        "metrics_interval_ms: 200\n",
+    );
+    // The Chimera policy: load-aware routing, QRF lengths, a confidence model with its own
+    // random stream, STJF priorities.
+    let sets = [
+        "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 0.5}, min_confidence_gain: 0.1}",
+        "policy.confidence={kind: noisy_oracle, auc: 0.68}",
+        "workload.workflows=10",
+        "workload.arrivals.rate_per_s=4",
+    ];
+    let scen = common::repo().join("scenarios/replay/conformance.yaml");
+    let rep = dir.join("replay");
+    let mut args = vec!["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&rep)];
+    for x in &sets {
+        args.extend(["--set", x]);
+    }
+    let (ok, _, err) = chimera(&args);
+    assert!(ok, "{err}");
+
+    let sets: Vec<String> = sets.iter().map(|x| x.to_string()).collect();
+    let r = chimera::scenario::load(&scen, &sets).unwrap();
+    let endpoints = Endpoints::load(&eps).unwrap().engines(&r.models).unwrap();
+    let infos = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            let se = r.engines.iter().find(|e| e.model == ep.model).unwrap();
+            chimera::sim::engine_info(i as u32, &ep.name, se)
+        })
+        .collect();
+    let mut core = chimera::sim::build_policy_for(&r, r.scenario.seed, infos, Some((2, 200_000_000)));
+    let mut src = chimera::sim::open_source(&r, r.scenario.seed).unwrap();
+    let mut specs = HashMap::new();
+    while let Some(w) = src.next_workflow().unwrap() {
+        specs.insert(w.id, w);
+    }
+    let journal: Vec<JournalEntry> = read_lines(&rep.join("decisions.jsonl")).unwrap();
+    let (mut dispatches, mut reports, mut engines_used) = (0, 0, std::collections::BTreeSet::new());
+    for (k, e) in journal.iter().enumerate() {
+        let oracle = || match &e.input {
+            CoreInput::Request { workflow, stage, .. } => {
+                Some(Arc::new(chimera::sim::oracle_of(&specs[workflow], *stage as usize)))
+            }
+            _ => None,
+        };
+        let got: Vec<JournalDecision> = feed(&mut core, &e.input, oracle)
+            .iter()
+            .map(JournalDecision::from)
+            .collect();
+        assert_eq!(got, e.decisions, "journal entry {k}: {:?}", e.input);
+        for d in &got {
+            if let JournalDecision::Dispatch { engine, .. } = d {
+                dispatches += 1;
+                engines_used.insert(*engine);
+            }
+        }
+        reports += matches!(e.input, CoreInput::Report { .. }) as u32;
+    }
+    assert!(dispatches >= 10, "{dispatches} dispatches");
+    assert!(reports >= 5, "{reports} engine reports from /metrics");
+    assert_eq!(core.tracked(), 0);
+    let _ = engines_used;
+}
+
+/// What the fault server does with one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Act {
+    Ok,
+    Status(u16),
+    /// Stream two chunks, then close without `data: [DONE]`.
+    NoDone,
+    /// Send the headers and one chunk, then stall.
+    Stall,
+    /// Send nothing for a while (no first token).
+    Silent,
+    /// Close the connection without answering.
+    Drop,
+}
+
+/// A scripted OpenAI-completions server: each new /v1/completions request takes the next act
+/// of the script (`Ok` once it is empty). HTTP/1.1, one request per connection.
+struct FaultServer {
+    addr: String,
+    script: Arc<Mutex<VecDeque<Act>>>,
+    served: Arc<Mutex<Vec<Act>>>,
+}
+
+fn read_request(s: &mut TcpStream) -> Option<(String, serde_json::Value)> {
+    let mut r = BufReader::new(s.try_clone().ok()?);
+    let mut first = String::new();
+    r.read_line(&mut first).ok()?;
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((first, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+}
+
+fn serve(mut s: TcpStream, script: Arc<Mutex<VecDeque<Act>>>, served: Arc<Mutex<Vec<Act>>>) {
+    let Some((line, body)) = read_request(&mut s) else {
+        return;
+    };
+    if !line.contains("/v1/completions") {
+        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    let act = script.lock().unwrap().pop_front().unwrap_or(Act::Ok);
+    served.lock().unwrap().push(act);
+    let n = body["max_tokens"].as_u64().unwrap_or(1);
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+    let chunk = |i: u64| format!("data: {{\"choices\":[{{\"index\":0,\"text\":\" t{i}\"}}]}}\n\n");
+    match act {
+        Act::Ok => {
+            let mut out = head.to_string();
+            for i in 0..n {
+                out.push_str(&chunk(i));
+            }
+            out.push_str(&format!(
+                "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
+                n + 1
+            ));
+            let _ = s.write_all(out.as_bytes());
+        }
+        Act::Status(code) => {
+            let body = format!("{{\"object\":\"error\",\"message\":\"scripted {code}\"}}");
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 {code} Scripted\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+        Act::NoDone => {
+            let _ = s.write_all(format!("{head}{}{}", chunk(0), chunk(1)).as_bytes());
+        }
+        Act::Stall => {
+            let _ = s.write_all(format!("{head}{}", chunk(0)).as_bytes());
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        Act::Silent => std::thread::sleep(Duration::from_secs(3)),
+        Act::Drop => {}
+    }
+}
+
+impl FaultServer {
+    fn start(script: &[Act]) -> FaultServer {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (sc, sv) = (script.clone(), served.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let (sc, sv) = (sc.clone(), sv.clone());
+                std::thread::spawn(move || serve(c, sc, sv));
+            }
+        });
+        FaultServer { addr, script, served }
+    }
+}
+
+const FAST: &str = "timeouts: {connect_s: 1, first_token_s: 0.5, idle_s: 0.5, total_s: 10}\nretries: {max: 2, backoff_ms: 20}\nmetrics_interval_ms: 0\n";
+
+fn records(dir: &Path) -> (Vec<RequestRecord>, Vec<WorkflowRecord>) {
+    (
+        read_lines(&dir.join("requests.jsonl")).unwrap(),
+        read_lines(&dir.join("workflows.jsonl")).unwrap(),
+    )
+}
+
+#[test]
+fn each_fault_is_recorded_retried_where_safe_and_the_run_goes_on() {
+    // (fault, text the recorded error must contain, whether a retry saves the workflow)
+    let cases: [(Act, &str, bool); 8] = [
+        (Act::Status(500), "HTTP 500: scripted 500", true),
+        (Act::Status(503), "HTTP 503", true),
+        (Act::Status(429), "HTTP 429", true),
+        (Act::NoDone, "stream ended without [DONE] after 2 chunks", true),
+        (Act::Stall, "timeout: http://", true),
+        (Act::Silent, "no response headers within 0.5 s", true),
+        (Act::Drop, "stream: http://", true),
+        (Act::Status(400), "HTTP 400: scripted 400", false),
+    ];
+    let dir = common::tmpdir("replay-faults");
+    let scen = small_scenario(&dir, 4, 5, 50.0);
+    for (k, (act, want, recovers)) in cases.iter().enumerate() {
+        let srv = FaultServer::start(&[*act]);
+        let d = dir.join(format!("case{k}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let eps = endpoints(&d, &[("Qwen2.5-1.5B", vec![srv.addr.clone()])], FAST);
+        let out = d.join("out");
+        let (ok, _, err) = chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)]);
+        assert!(ok, "{act:?}: the run must go on: {err}");
+        let (reqs, wfs) = records(&out);
+        let failed: Vec<&RequestRecord> = reqs.iter().filter(|r| r.status != "ok").collect();
+        assert_eq!(failed.len(), 1, "{act:?}: {failed:?}");
+        let e = failed[0].error.as_deref().unwrap();
+        assert!(e.contains(want), "{act:?}: error `{e}` lacks `{want}`");
+        assert_eq!(failed[0].status, if *recovers { "failed" } else { "rejected" });
+        assert_eq!(wfs.len(), 4, "{act:?}: every workflow has its record");
+        let bad: Vec<&WorkflowRecord> = wfs.iter().filter(|w| w.status != "ok").collect();
+        if *recovers {
+            assert!(bad.is_empty(), "{act:?}: {bad:?}");
+            // The retry of that request succeeded as attempt 1.
+            assert!(reqs
+                .iter()
+                .any(|r| r.request_id == failed[0].request_id && r.attempt == 1 && r.status == "ok"));
+        } else {
+            assert_eq!(bad.len(), 1, "{act:?}");
+            assert!(
+                bad[0].error.as_deref().unwrap().contains("rejected: HTTP 400"),
+                "{bad:?}"
+            );
+        }
+        assert!(srv.script.lock().unwrap().is_empty());
+        assert_eq!(srv.served.lock().unwrap()[0], *act);
+        // The tables are there and carry the failure.
+        let st = common::strings(&out.join("requests.parquet"), "status");
+        assert_eq!(st.iter().filter(|x| *x != "ok").count(), 1);
+    }
+}
+
+#[test]
+fn refused_connections_exhaust_bounded_retries_and_name_the_url() {
+    let dir = common::tmpdir("replay-refused");
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let scen = small_scenario(&dir, 3, 5, 50.0);
+    let url = format!("127.0.0.1:{port}");
+    let eps = endpoints(&dir, &[("Qwen2.5-1.5B", vec![url.clone()])], FAST);
+    let out = dir.join("out");
+    let (ok, _, err) = chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)]);
+    assert!(ok, "{err}");
+    let (reqs, wfs) = records(&out);
+    // 3 workflows, first stage each, 1 try + 2 retries.
+    assert_eq!(reqs.len(), 9, "{reqs:?}");
+    assert!(reqs
+        .iter()
+        .all(|r| r.status == "failed" && r.error.as_deref().unwrap().contains(&format!("connect: http://{url}"))));
+    assert_eq!(wfs.len(), 3);
+    assert!(wfs
+        .iter()
+        .all(|w| w.status == "failed" && w.error.as_deref().unwrap().contains("gave up after 2 retries")));
+    // Retries wait: the backoff doubles (20 ms, then 40 ms).
+    let mut by_req: HashMap<u64, Vec<&RequestRecord>> = HashMap::new();
+    for r in &reqs {
+        by_req.entry(r.request_id).or_default().push(r);
+    }
+    for v in by_req.values() {
+        assert!(v[1].scheduled_ns - v[0].send_ns >= 20_000_000);
+        assert!(v[2].scheduled_ns - v[1].send_ns >= 40_000_000);
+    }
+}
+
+#[test]
+fn an_endpoint_that_dies_mid_run_loses_nothing() {
+    let dir = common::tmpdir("replay-dies");
+    let (a_child, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
+    let (b_child, b) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
+    let scen = small_scenario(&dir, 12, 300, 6.0);
+    let eps = endpoints(
+        &dir,
+        &[("Qwen2.5-1.5B", vec![a.clone(), b.clone()])],
+        "timeouts: {connect_s: 1, first_token_s: 5, idle_s: 2, total_s: 30}\nretries: {max: 3, backoff_ms: 20}\nmetrics_interval_ms: 100\n",
+    );
+    let out = dir.join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)])
+        .spawn()
+        .unwrap();
+    let mut child = common::Child(child);
+    std::thread::sleep(Duration::from_millis(1200));
+    drop(b_child);
+    let status = child.0.wait().unwrap();
+    assert!(status.success());
+    drop(a_child);
+    let (reqs, wfs) = records(&out);
+    assert_eq!(wfs.len(), 12);
+    assert!(wfs.iter().all(|w| w.status == "ok"), "{wfs:?}");
+    let failed: Vec<&RequestRecord> = reqs.iter().filter(|r| r.status == "failed").collect();
+    assert!(
+        !failed.is_empty(),
+        "the dead replica's requests failed and were retried"
+    );
+    for f in &failed {
+        assert!(f.engine.ends_with(&b), "{f:?}");
+        assert!(reqs
+            .iter()
+            .any(|r| r.request_id == f.request_id && r.status == "ok" && r.engine.ends_with(&a)));
+    }
+    // Its /metrics scrapes fail from then on, and say so.
+    let mets: Vec<chimera::replay::records::MetricsRecord> = read_lines(&out.join("metrics.jsonl")).unwrap();
+    assert!(mets.iter().any(|m| m.engine.ends_with(&b) && m.error.is_some()));
+    assert!(mets.iter().any(|m| m.engine.ends_with(&a) && m.running.is_some()));
+}
+
+#[test]
+fn a_killed_replay_resumes_without_redoing_finished_workflows() {
+    let dir = common::tmpdir("replay-resume");
+    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
+    let scen = small_scenario(&dir, 12, 200, 4.0);
+    let eps = endpoints(&dir, &[("Qwen2.5-1.5B", vec![a])], "metrics_interval_ms: 0\n");
+    let out = dir.join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)])
+        .spawn()
+        .unwrap();
+    let mut child = common::Child(child);
+    let t0 = Instant::now();
+    loop {
+        let n = std::fs::read_to_string(out.join("workflows.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if n >= 3 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no workflow finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let (_, before) = records(&out);
+    assert!(
+        before.len() >= 3 && before.len() < 12,
+        "{} finished before the kill",
+        before.len()
+    );
+    // Without --resume the folder is refused, so nothing is overwritten.
+    let (ok, _, err) = chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)]);
+    assert!(!ok && err.contains("already holds a replay; pass --resume"), "{err}");
+    let (ok, _, err) = chimera(&[
+        "replay",
+        "-q",
+        s(&scen),
+        "--endpoints",
+        s(&eps),
+        "--out",
+        s(&out),
+        "--resume",
+    ]);
+    assert!(ok, "{err}");
+    let (reqs, wfs) = records(&out);
+    assert_eq!(wfs.len(), 12);
+    let mut ids: Vec<u64> = wfs.iter().map(|w| w.workflow_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 12, "no workflow twice");
+    for w in &before {
+        let again = wfs.iter().filter(|x| x.workflow_id == w.workflow_id).count();
+        assert_eq!(again, 1);
+        assert!(reqs.iter().all(|r| r.workflow_id != w.workflow_id || r.segment == 0));
+    }
+    assert!(wfs.iter().all(|w| w.status == "ok"));
+    // The final tables: each workflow once, each of its two stages once (restarted workflows
+    // keep only their second run's requests).
+    let wf_ids = common::column(&out.join("workflows.parquet"), "workflow_id");
+    assert_eq!(wf_ids.len(), 12);
+    let req_wf = common::column(&out.join("requests.parquet"), "workflow_id");
+    assert_eq!(req_wf.len(), 24);
+    // Request ids stay unique across the two segments.
+    let mut rid = common::column(&out.join("requests.parquet"), "request_id");
+    rid.sort_by(f64::total_cmp);
+    rid.dedup();
+    assert_eq!(rid.len(), 24);
+}
+
+#[test]
+fn bad_endpoints_files_name_the_field() {
+    let dir = common::tmpdir("replay-bad-endpoints");
+    let scen = small_scenario(&dir, 1, 5, 1.0);
+    let eps = write(
+        &dir,
+        "e.yaml",
+        "models:\n  Qwen2.5-7B: {urls: ['http://127.0.0.1:1']}\n",
+    );
+    let (ok, _, err) = chimera(&["replay", s(&scen), "--endpoints", s(&eps), "--out", s(&dir.join("o"))]);
+    assert!(!ok);
+    assert!(
+        err.contains("e.yaml: models.Qwen2.5-7B: not a model of the scenario; allowed: Qwen2.5-1.5B"),
+        "{err}"
+    );
+}
