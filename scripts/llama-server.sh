@@ -24,7 +24,17 @@ die() { echo "llama-server.sh: $*" >&2; exit 1; }
 
 fetch() { # url sha256 dest
     local tmp="$3.part"
-    curl -fsSL --retry 3 -o "$tmp" "$1" || die "download of $1 failed"
+    python3 - "$1" "$tmp" <<'PY' || die "download of $1 failed"
+import sys, time, urllib.request
+for attempt in range(3):
+    try:
+        urllib.request.urlretrieve(sys.argv[1], sys.argv[2])
+        break
+    except Exception as e:
+        if attempt == 2:
+            sys.exit(f"{e}")
+        time.sleep(2)
+PY
     echo "$2  $tmp" | sha256sum -c --quiet - || die "sha256 of $1 does not match $2"
     mv "$tmp" "$3"
 }
@@ -61,12 +71,12 @@ build) build ;;
 start)
     port=${2:?usage: llama-server.sh start PORT}
     [ -x "$SERVER" ] || die "$SERVER is not built (run: scripts/llama-server.sh build)"
-    # 4 parallel slots sharing a 4096-token context, Prometheus metrics on /metrics.
-    nohup "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" -np 4 -c 4096 -t 2 --metrics \
+    # 4 parallel slots sharing an 8192-token context (2048 each), 512-token batches, Prometheus metrics on /metrics.
+    nohup "$SERVER" -m "$MODEL" --host 127.0.0.1 --port "$port" -np 4 -c 8192 -b 512 -ub 512 -t 2 --metrics \
         >"$CACHE/server-$port.log" 2>&1 &
     echo $! >"$CACHE/server-$port.pid"
     for _ in $(seq 1 120); do
-        if curl -fs "http://127.0.0.1:$port/health" >/dev/null; then exit 0; fi
+        if python3 -c "import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "http://127.0.0.1:$port/health" 2>/dev/null; then exit 0; fi
         kill -0 "$(cat "$CACHE/server-$port.pid")" 2>/dev/null || die "llama-server exited: $(tail -5 "$CACHE/server-$port.log")"
         sleep 0.5
     done

@@ -538,3 +538,16 @@ fn bad_endpoints_files_name_the_field() {
         "{err}"
     );
 }
+
+#[test]
+fn shipped_endpoint_files_fit_their_scenarios() {
+    let root = common::repo().join("scenarios");
+    for (scen, eps) in [
+        ("replay/conformance.yaml", "endpoints/emulators-local.yaml"),
+        ("replay/llamacpp-smollm2.yaml", "endpoints/llamacpp-local.yaml"),
+    ] {
+        let r = chimera::scenario::load(&root.join(scen), &[]).unwrap();
+        let e = Endpoints::load(&root.join(eps)).unwrap().engines(&r.models).unwrap();
+        assert_eq!(e.len(), r.models.len(), "{eps}");
+    }
+}

@@ -64,6 +64,47 @@ pub enum CalibrateCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Fit step-time coefficients to a live server from client-side timings of probe requests
+    /// (prefill TTFT, decode TPOT at several batch sizes; feature `live`).
+    Server {
+        /// Base URL of the server (http://HOST:PORT).
+        #[arg(long)]
+        url: String,
+        /// vllm or llamacpp.
+        #[arg(long, default_value = "vllm")]
+        kind: String,
+        /// Catalogue model the server runs.
+        #[arg(long)]
+        model: String,
+        /// Catalogue device the server runs on.
+        #[arg(long)]
+        gpu: String,
+        /// The engine's prefill chunk (vLLM max_num_batched_tokens; llama.cpp --ubatch-size).
+        #[arg(long, default_value_t = 512)]
+        max_num_batched_tokens: u32,
+        /// Concurrent sequences the server runs (vLLM max_num_seqs; llama.cpp --parallel).
+        #[arg(long, default_value_t = 4)]
+        slots: u32,
+        /// Prompt lengths of the prefill probes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "32,128,256,512,1024,1536")]
+        prefill: Vec<u32>,
+        /// Longest prompt of the long-context decode probe (0: none).
+        #[arg(long, default_value_t = 1536)]
+        long_context: u32,
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// The engine, free text, written into the calibration.
+        #[arg(long)]
+        engine: Option<String>,
+        /// Calibration file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the probe points with their predictions (JSON).
+        #[arg(long)]
+        points: Option<PathBuf>,
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// A calibration's predictions against measured operator points.
     Check {
         #[arg(long)]
@@ -107,6 +148,37 @@ fn parse_classes(ops: &[String]) -> Result<Option<Vec<OpClass>>> {
 
 pub fn run(cmd: CalibrateCmd) -> Result<i32> {
     match cmd {
+        CalibrateCmd::Server {
+            url,
+            kind,
+            model,
+            gpu,
+            max_num_batched_tokens,
+            slots,
+            prefill,
+            long_context,
+            reps,
+            engine,
+            out,
+            points,
+            quiet,
+        } => server(
+            &ServerArgs {
+                url,
+                kind,
+                model,
+                gpu,
+                budget: max_num_batched_tokens,
+                slots,
+                prefill,
+                long_context,
+                reps,
+                engine,
+                points,
+                quiet,
+            },
+            &out,
+        ),
         CalibrateCmd::Profile {
             model,
             device,
@@ -300,5 +372,183 @@ fn cuda_timer(ordinal: usize) -> Result<Box<dyn calib::profile::OpTimer>> {
 fn cuda_timer(_ordinal: usize) -> Result<Box<dyn calib::profile::OpTimer>> {
     Err(Error::bad(
         "--device cuda: this binary was built without GPU profiling; rebuild with `--features cuda`",
+    ))
+}
+
+struct ServerArgs {
+    url: String,
+    kind: String,
+    model: String,
+    gpu: String,
+    budget: u32,
+    slots: u32,
+    prefill: Vec<u32>,
+    long_context: u32,
+    reps: u32,
+    engine: Option<String>,
+    points: Option<PathBuf>,
+    quiet: bool,
+}
+
+#[cfg(feature = "live")]
+fn server(a: &ServerArgs, out: &Path) -> Result<i32> {
+    use crate::hw::calibration::{Datasheet, FitQuality, Provenance, ProvenanceKind, CALIBRATION_FORMAT};
+    use crate::replay::endpoints::{BaseUrl, Endpoint, Kind, PromptForm, Timeouts};
+    use crate::replay::probe;
+    let cat = crate::hw::Catalog::builtin();
+    let model = cat.model(&a.model).map_err(|e| e.context("--model"))?;
+    let gpu = cat.gpu(&a.gpu).map_err(|e| e.context("--gpu"))?;
+    let kind = match a.kind.as_str() {
+        "vllm" => Kind::Vllm,
+        "llamacpp" => Kind::Llamacpp,
+        k => return Err(Error::bad(format!("--kind: unknown `{k}` (expected vllm or llamacpp)"))),
+    };
+    if a.slots == 0 || a.reps == 0 || a.budget == 0 {
+        return Err(Error::bad(
+            "--slots, --reps and --max-num-batched-tokens must be at least 1",
+        ));
+    }
+    let base = BaseUrl::parse(&a.url).map_err(|e| Error::bad(format!("--url: {e}")))?;
+    let ep = Endpoint {
+        name: format!("{}@{}", model.name, base.authority()),
+        model: model.name.clone(),
+        base,
+        kind,
+        served_model: model.name.clone(),
+        api_key: None,
+        max_concurrency: a.slots,
+        prompt: PromptForm::TokenIds,
+        send_priority: Some(false),
+        vocab: model.vocab.min(32_000) as u32,
+    };
+    let plan = probe::ProbePlan {
+        prefill_tokens: a.prefill.clone(),
+        decode_batches: (1..=a.slots).collect(),
+        decode_prompt_tokens: 64,
+        decode_output_tokens: 64,
+        long_prompt_tokens: a.long_context,
+        reps: a.reps,
+    };
+    let t = Timeouts {
+        connect_s: 5.0,
+        first_token_s: 300.0,
+        idle_s: 60.0,
+        total_s: 900.0,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::other(e.to_string()))?;
+    let quiet = a.quiet;
+    let mut pts = rt.block_on(probe::probe(&ep, &t, &plan, &mut |p| {
+        if !quiet {
+            eprintln!(
+                "probe {:<7} prompt {:>5} batch {:>2}: {:.2} ms",
+                p.kind, p.prompt_tokens, p.batch, p.measured_ms
+            );
+        }
+    }))?;
+    let (coeffs, err) = probe::fit(&mut pts, model, gpu, a.budget)?;
+    let mut details = std::collections::BTreeMap::new();
+    details.insert("url".into(), a.url.clone());
+    details.insert("endpoint_kind".into(), kind.as_str().into());
+    details.insert("date".into(), crate::calib::profile::utc_now());
+    details.insert("host_cpu".into(), host_cpu());
+    details.insert(
+        "engine_limits".into(),
+        format!("max_num_batched_tokens {}, max_num_seqs {}", a.budget, a.slots),
+    );
+    details.insert(
+        "fitted_by".into(),
+        format!(
+            "chimera {} ({}) calibrate server",
+            crate::run::VERSION,
+            crate::run::GIT_COMMIT
+        ),
+    );
+    details.insert(
+        "probes".into(),
+        format!(
+            "prefill prompts {:?} (TTFT), decode batches 1..={} at 64-token prompts and batch 1 at {} (TPOT), {} repetitions each",
+            a.prefill, a.slots, a.long_context, a.reps
+        ),
+    );
+    let cal = crate::hw::calibration::Calibration {
+        format: CALIBRATION_FORMAT.into(),
+        gpu: gpu.name.clone(),
+        model: Some(model.name.clone()),
+        tensor_parallel: Some(1),
+        engine: a.engine.clone(),
+        coefficients: coeffs,
+        fitted: probe::FITTED.iter().map(|s| s.to_string()).collect(),
+        datasheet: Some(Datasheet {
+            peak_tflops: gpu.fp16_tflops,
+            bandwidth_gb_s: gpu.bandwidth_gb_s,
+            source: gpu.provenance.clone(),
+        }),
+        provenance: Provenance {
+            kind: ProvenanceKind::Measured,
+            source: format!(
+                "client-side TTFT and TPOT of {} probe points ({} requests each) against {} ({}), fitted by least squares on log time",
+                pts.len(),
+                a.reps,
+                a.url,
+                kind.as_str()
+            ),
+            details,
+        },
+        fit: Some(FitQuality {
+            median_rel_err: err.median_rel_err,
+            p90_rel_err: err.p90_rel_err,
+            points: err.points,
+        }),
+    };
+    save_calibration(&cal, out)?;
+    if let Some(p) = &a.points {
+        let text = serde_json::to_string_pretty(&pts).map_err(|e| Error::other(e.to_string()))?;
+        crate::output::write_atomic(p, text.as_bytes())?;
+    }
+    if !a.quiet {
+        for p in &pts {
+            println!(
+                "{:<7} prompt {:>5} batch {:>2}: measured {:>8.2} ms, model {:>8.2} ms",
+                p.kind,
+                p.prompt_tokens,
+                p.batch,
+                p.measured_ms,
+                p.predicted_ms.unwrap_or(f64::NAN)
+            );
+        }
+        println!(
+            "fit over {} points: median {:.1} %, p90 {:.1} %; wrote {}",
+            err.points,
+            err.median_rel_err * 100.0,
+            err.p90_rel_err * 100.0,
+            out.display()
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(feature = "live")]
+fn host_cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("{name}, {n} logical CPUs")
+}
+
+#[cfg(not(feature = "live"))]
+fn server(_: &ServerArgs, _: &Path) -> Result<i32> {
+    let _ = (save_calibration as fn(&Calibration, &Path) -> Result<()>,);
+    Err(Error::bad(
+        "calibrate server: this binary was built without `--features live`",
     ))
 }

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod endpoints;
 pub mod journal;
+pub mod probe;
 pub mod records;
 
 use crate::error::{Error, Result};
