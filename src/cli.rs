@@ -982,7 +982,7 @@ fn run_cmd(r: &Resolved, out: &Path, sets: &[String], path: Option<&Path>, quiet
             std::fs::read_to_string(out.join("summary.json")).map_err(|e| Error::io(out.join("summary.json"), e))?;
         print!("{s}");
     } else if !quiet {
-        print_summary(&rep.summary, rep.sim_end_ns, wall, out);
+        print_summary(&rep.summary, rep.sim_end_ns, wall, out, false);
     }
     Ok(0)
 }
@@ -1008,7 +1008,8 @@ fn stat_row(label: &str, s: &Stats) -> String {
 }
 
 /// The human-readable summary table.
-pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
+/// `measured`: the summary of a replay (times measured, not simulated; no engine steps).
+pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path, measured: bool) {
     println!(
         "chimera {} · scenario {} · seed {} · {}",
         crate::run::VERSION,
@@ -1016,16 +1017,23 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
         s.seed,
         s.policy
     );
-    println!(
-        "{} workflows ({} failed), {} requests ({} rejected, {} preemptions) · {:.1} s simulated in {:.2} s wall",
-        s.workflows.count,
-        s.workflows.failed,
-        s.requests.count,
-        s.requests.rejected,
-        s.requests.preemptions,
-        sim_end_ns as f64 / 1e9,
-        wall_s
-    );
+    if measured {
+        println!(
+            "{} workflows ({} failed), {} request attempts ({} rejected) · measured over {:.1} s",
+            s.workflows.count, s.workflows.failed, s.requests.count, s.requests.rejected, wall_s
+        );
+    } else {
+        println!(
+            "{} workflows ({} failed), {} requests ({} rejected, {} preemptions) · {:.1} s simulated in {:.2} s wall",
+            s.workflows.count,
+            s.workflows.failed,
+            s.requests.count,
+            s.requests.rejected,
+            s.requests.preemptions,
+            sim_end_ns as f64 / 1e9,
+            wall_s
+        );
+    }
     println!();
     println!(
         "  {:<28} {:>8} {:>10} {:>10} {:>10} {:>10}",
@@ -1034,7 +1042,12 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
     println!("{}", stat_row("request TTFT (ms)", &s.requests.ttft_ms));
     println!("{}", stat_row("request TPOT (ms)", &s.requests.tpot_ms));
     println!("{}", stat_row("request E2E (ms)", &s.requests.e2e_ms));
-    println!("{}", stat_row("request engine queue (ms)", &s.requests.queue_ms));
+    let queue = if measured {
+        "request client queue (ms)"
+    } else {
+        "request engine queue (ms)"
+    };
+    println!("{}", stat_row(queue, &s.requests.queue_ms));
     println!("{}", stat_row("workflow E2E (s)", &s.workflows.e2e_s));
     println!(
         "{}",
@@ -1064,6 +1077,42 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
         println!("  {:<16} {:>10} {:>7} {:>9.1}%", "all", a.known, "", a.accuracy * 100.0);
     }
     println!();
+    if measured {
+        println!("  {:<32} {:<13} timing", "endpoint", "model");
+        for e in &s.engines {
+            println!("  {:<32} {:<13} {}", e.name, e.model, e.step_time_source);
+        }
+    } else {
+        print_engines(s);
+    }
+    println!();
+    println!(
+        "  throughput: {:.2} workflows/s, {:.2} requests/s, {:.0} output tokens/s over {:.1} s",
+        s.throughput.workflows_per_s,
+        s.throughput.requests_per_s,
+        s.throughput.output_tokens_per_s,
+        s.throughput.makespan_s
+    );
+    if measured {
+        println!(
+            "  results: {}/{{requests,workflows,itl,metrics}}.parquet (+ .jsonl as recorded), decisions.jsonl, summary.json, manifest.json",
+            out.display()
+        );
+        return;
+    }
+    if s.engines.iter().any(|e| e.step_time_source == "roofline-default") {
+        println!("  step times: roofline defaults from datasheets (not measured); give engines a calibration file to change that");
+    }
+    if s.engines.iter().any(|e| e.step_time_source == "calibration (derived)") {
+        println!("  step times: a calibration derived from another GPU's measurements and the datasheets (not measured on this GPU; see manifest.json)");
+    }
+    println!(
+        "  results: {}/{{requests,workflows,engines}}.parquet, summary.json, manifest.json",
+        out.display()
+    );
+}
+
+fn print_engines(s: &Summary) {
     println!(
         "  {:<18} {:<13} {:<10} {:>8} {:>6} {:>11} {:>8} {:>10}  {}",
         "engine", "model", "gpu", "steps", "busy", "tok/step", "preempt", "KV tokens", "step time"
@@ -1082,24 +1131,6 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path) {
             e.step_time_source
         );
     }
-    println!();
-    println!(
-        "  throughput: {:.2} workflows/s, {:.2} requests/s, {:.0} output tokens/s over {:.1} s",
-        s.throughput.workflows_per_s,
-        s.throughput.requests_per_s,
-        s.throughput.output_tokens_per_s,
-        s.throughput.makespan_s
-    );
-    if s.engines.iter().any(|e| e.step_time_source == "roofline-default") {
-        println!("  step times: roofline defaults from datasheets (not measured); give engines a calibration file to change that");
-    }
-    if s.engines.iter().any(|e| e.step_time_source == "calibration (derived)") {
-        println!("  step times: a calibration derived from another GPU's measurements and the datasheets (not measured on this GPU; see manifest.json)");
-    }
-    println!(
-        "  results: {}/{{requests,workflows,engines}}.parquet, summary.json, manifest.json",
-        out.display()
-    );
 }
 
 #[cfg(feature = "live")]
@@ -1143,7 +1174,7 @@ fn replay_cmd(r: &Resolved, endpoints: &Path, out: &Path, resume: bool, quiet: b
         let p = out.join("summary.json");
         print!("{}", std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?);
     } else if !quiet {
-        print_summary(&rep.summary, (rep.wall_s * 1e9) as i64, rep.wall_s, out);
+        print_summary(&rep.summary, (rep.wall_s * 1e9) as i64, rep.wall_s, out, true);
         println!(
             "  replay: {} workflows replayed, {} skipped (finished before --resume), {} failed attempts; send lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             rep.replayed,

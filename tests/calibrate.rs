@@ -137,7 +137,7 @@ fn the_h100_calibrations_are_what_refitting_the_committed_profiles_gives() {
             .map(|e| e.unwrap().path())
             .filter(|p| {
                 let n = p.file_name().unwrap().to_string_lossy().to_string();
-                n.ends_with(".json") && pred(&n)
+                n.starts_with("h100-") && n.ends_with(".json") && pred(&n)
             })
             .collect();
         files.sort();

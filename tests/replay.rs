@@ -551,3 +551,40 @@ fn shipped_endpoint_files_fit_their_scenarios() {
         assert_eq!(e.len(), r.models.len(), "{eps}");
     }
 }
+
+#[test]
+fn the_shipped_llamacpp_calibration_is_a_refit_of_its_probe_points() {
+    let dir = common::tmpdir("replay-refit");
+    let repo = common::repo();
+    let out = dir.join("refit.yaml");
+    let (ok, _, err) = chimera(&[
+        "calibrate",
+        "server",
+        "-q",
+        "--from-points",
+        s(&repo.join("calibration/profiles/llamacpp-smollm2-cpu.points.json")),
+        "--model",
+        "SmolLM2-135M",
+        "--gpu",
+        "CPU-2core",
+        "--max-num-batched-tokens",
+        "512",
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{err}");
+    let a = chimera::hw::Calibration::load(&out).unwrap();
+    let b = chimera::hw::Calibration::load(&repo.join("calibration/llamacpp-smollm2-cpu.yaml")).unwrap();
+    let (x, y) = (
+        serde_json::to_value(a.coefficients).unwrap(),
+        serde_json::to_value(b.coefficients).unwrap(),
+    );
+    for (k, v) in x.as_object().unwrap() {
+        let (p, q) = (v.as_f64().unwrap(), y[k].as_f64().unwrap());
+        assert!((p - q).abs() <= 1e-9 * q.abs().max(1.0), "{k}: refit {p}, shipped {q}");
+    }
+    assert_eq!(a.fitted, b.fitted);
+    assert!(
+        b.provenance.source.contains("llama-server") && b.datasheet.unwrap().source.contains("not from a datasheet")
+    );
+}
