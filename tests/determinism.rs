@@ -58,3 +58,72 @@ fn policies_see_the_same_workload_under_one_seed() {
     };
     assert_eq!(key(&wa), key(&wb));
 }
+
+/// The simulator's inputs to the policy core, fed to a fresh core through
+/// `policy::journal::feed` (the replay's only way into the core), give the simulator's own
+/// decisions: the two drivers reach the same object by the same door. (`tests/replay.rs` does
+/// the same with a live replay's journal.)
+#[test]
+fn the_simulators_core_inputs_replayed_into_a_fresh_core_give_its_decisions() {
+    use chimera::policy::journal::{feed, CoreInput, JournalDecision};
+    use std::sync::Arc;
+    let text = std::fs::read_to_string(repo().join("scenarios/chimera-default.yaml")).unwrap();
+    let r = chimera::scenario::load_str(
+        &text,
+        &["workload.workflows=300".to_string()],
+        &repo().join("scenarios"),
+    )
+    .unwrap();
+    let plain = chimera::sim::Simulation::summary_only(&r)
+        .unwrap()
+        .run(&mut |_, _| {})
+        .unwrap();
+    let rep = chimera::sim::Simulation::summary_only(&r)
+        .unwrap()
+        .record_core_io()
+        .run(&mut |_, _| {})
+        .unwrap();
+    assert_eq!(plain.event_log_hash, rep.event_log_hash, "recording changes nothing");
+    let io = rep.core_io.unwrap();
+    let mut src = chimera::sim::open_source(&r, r.scenario.seed).unwrap();
+    let mut specs = std::collections::HashMap::new();
+    while let Some(w) = src.next_workflow().unwrap() {
+        specs.insert(w.id, w);
+    }
+    let mut core = chimera::sim::build_policy(&r, r.scenario.seed);
+    let mut got = Vec::new();
+    for input in &io.inputs {
+        let oracle = || match input {
+            CoreInput::Request { workflow, stage, .. } => {
+                Some(Arc::new(chimera::sim::oracle_of(&specs[workflow], *stage as usize)))
+            }
+            _ => None,
+        };
+        got.extend(feed(&mut core, input, oracle).iter().map(JournalDecision::from));
+    }
+    assert_eq!(got.len(), io.decisions.len());
+    assert_eq!(got, io.decisions);
+    let requests = io
+        .inputs
+        .iter()
+        .filter(|i| matches!(i, CoreInput::Request { .. }))
+        .count();
+    let reports = io
+        .inputs
+        .iter()
+        .filter(|i| matches!(i, CoreInput::Report { .. }))
+        .count();
+    assert!(
+        requests > 300 && reports > 1000,
+        "{requests} requests, {reports} reports"
+    );
+    // Chimera routed to both models.
+    let engines: std::collections::BTreeSet<u32> = got
+        .iter()
+        .filter_map(|d| match d {
+            JournalDecision::Dispatch { engine, .. } => Some(*engine),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(engines.len(), 2);
+}

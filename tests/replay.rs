@@ -6,8 +6,8 @@
 
 mod common;
 
+use chimera::policy::journal::{feed, CoreInput, JournalDecision, JournalEntry};
 use chimera::replay::endpoints::Endpoints;
-use chimera::replay::journal::{feed, CoreInput, JournalDecision, JournalEntry};
 use chimera::replay::records::{read_lines, RequestRecord, WorkflowRecord};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};

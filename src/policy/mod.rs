@@ -10,6 +10,7 @@
 
 pub mod baselines;
 pub mod chimera;
+pub mod journal;
 
 use crate::time::Nanos;
 use std::collections::{HashMap, VecDeque};

@@ -13,19 +13,18 @@
 
 pub mod client;
 pub mod endpoints;
-pub mod journal;
 pub mod probe;
 pub mod records;
 
 use crate::error::{Error, Result};
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
+use crate::policy::journal::{feed, CoreInput, JournalDecision, JournalEntry};
 use crate::policy::{Decision, PolicyCore};
 use crate::scenario::Resolved;
 use crate::time::Nanos;
 use crate::workload::{WorkflowSpec, WorkloadSource};
 use client::{CallError, MetricsSample, Streamed};
 use endpoints::{Endpoint, Endpoints, Kind, PromptForm, Timeouts};
-use journal::{feed, CoreInput, JournalDecision, JournalEntry};
 use records::{Appender, MetricsRecord, RequestRecord, WorkflowRecord};
 use serde_json::{json, Value};
 use std::cmp::Reverse;

@@ -18,6 +18,7 @@ use crate::policy::chimera::{
     ChimeraRouter, NoisyOracle, OracleConfidence, OracleLength, PriorConfidence, QrfLength, SemanticConfidence, Sjf,
     Stjf,
 };
+use crate::policy::journal::{CoreInput, JournalDecision};
 use crate::policy::{
     CoreOptions, Decision, EngineInfo, FailureKind, Oracle, PolicyCore, Prioritizer, RequestInfo, Router,
 };
@@ -87,6 +88,15 @@ pub struct RunReport {
     pub sim_end_ns: Nanos,
     /// FNV-1a hash over every processed event (time, kind, payload): equal logs, equal hash.
     pub event_log_hash: u64,
+    /// Every input the policy core got and every decision it made, when recorded.
+    pub core_io: Option<CoreIo>,
+}
+
+/// The policy core's inputs and decisions over a run, in order (see `policy::journal`).
+#[derive(Debug, Clone, Default)]
+pub struct CoreIo {
+    pub inputs: Vec<CoreInput>,
+    pub decisions: Vec<JournalDecision>,
 }
 
 const REQUEST_STATUS: [&str; 2] = ["ok", "rejected"];
@@ -357,6 +367,7 @@ pub struct Simulation<'a> {
     done_workflows: u64,
     timer_at: Option<Nanos>,
     needs_oracle: bool,
+    core_io: Option<CoreIo>,
 }
 
 /// Simulation-only truths about stage `k` of a workflow, per candidate model.
@@ -438,11 +449,25 @@ impl<'a> Simulation<'a> {
             done_workflows: 0,
             timer_at: None,
             needs_oracle: false,
+            core_io: None,
         })
         .map(|mut s| {
             s.needs_oracle = s.policy.needs_oracle();
             s
         })
+    }
+
+    /// Record every input the policy core gets and every decision it makes (for checking a
+    /// driver against a fresh core; costs memory per request).
+    pub fn record_core_io(mut self) -> Self {
+        self.core_io = Some(CoreIo::default());
+        self
+    }
+
+    fn record(&mut self, input: impl FnOnce() -> CoreInput) {
+        if let Some(io) = &mut self.core_io {
+            io.inputs.push(input());
+        }
     }
 
     fn push(&mut self, t: Nanos, ev: Ev) {
@@ -471,6 +496,7 @@ impl<'a> Simulation<'a> {
             events: self.events,
             sim_end_ns: self.now,
             event_log_hash: self.hash,
+            core_io: self.core_io.take(),
         })
     }
 
@@ -508,6 +534,7 @@ impl<'a> Simulation<'a> {
                 Ev::Timer => {
                     if self.timer_at == Some(t) {
                         self.timer_at = None;
+                        self.record(|| CoreInput::Timeout { t });
                         self.policy.handle_timeout(t);
                     }
                 }
@@ -603,11 +630,27 @@ impl<'a> Simulation<'a> {
                 decided: false,
             },
         );
+        let now = self.now;
+        self.record(|| CoreInput::Request {
+            t: now,
+            request: info.request,
+            workflow: info.workflow,
+            stage: info.stage,
+            prompt_tokens: info.prompt_tokens,
+            context_tokens: info.context_tokens,
+            workflow_output_so_far: info.workflow_output_so_far,
+            text: info.text.as_deref().map(str::to_string),
+            task: info.task.as_deref().map(str::to_string),
+            oracle: info.oracle.is_some(),
+        });
         self.policy.handle_request(self.now, info);
     }
 
     fn apply_decisions(&mut self) -> Result<()> {
         while let Some(d) = self.policy.poll_decision() {
+            if let Some(io) = &mut self.core_io {
+                io.decisions.push(JournalDecision::from(&d));
+            }
             match d {
                 Decision::Dispatch {
                     request,
@@ -678,14 +721,15 @@ impl<'a> Simulation<'a> {
         if let Some(rejected) = self.engines[e as usize].add_request(req) {
             self.record_request(&rejected, st.context_tokens)?;
             let max = self.engines[e as usize].limits.max_model_len;
-            self.policy.handle_failed(
-                self.now,
+            let why = format!("prompt of {} tokens is not below max_model_len {max}", st.prompt_tokens);
+            let now = self.now;
+            self.record(|| CoreInput::Failed {
+                t: now,
                 request,
-                FailureKind::Rejected(format!(
-                    "prompt of {} tokens is not below max_model_len {max}",
-                    st.prompt_tokens
-                )),
-            );
+                transient: false,
+                why: why.clone(),
+            });
+            self.policy.handle_failed(self.now, request, FailureKind::Rejected(why));
             return Ok(());
         }
         if !self.engines[e as usize].in_step() && !self.kick_pending[e as usize] {
@@ -739,13 +783,17 @@ impl<'a> Simulation<'a> {
         }
         self.finished = finished;
         let eng = &self.engines[e as usize];
-        self.policy.handle_engine_report(
-            self.now,
-            e,
-            eng.num_running() as u32,
-            eng.num_waiting() as u32,
-            eng.kv().usage(),
-        );
+        let (running, waiting, kv_usage) = (eng.num_running() as u32, eng.num_waiting() as u32, eng.kv().usage());
+        let now = self.now;
+        self.record(|| CoreInput::Report {
+            t: now,
+            engine: e,
+            running,
+            waiting,
+            kv_usage,
+        });
+        self.policy
+            .handle_engine_report(self.now, e, running, waiting, kv_usage);
         if self.engines[e as usize].has_work() {
             self.start_step(e);
         }
@@ -826,6 +874,12 @@ impl<'a> Simulation<'a> {
         wf.stage += 1;
         let more = (wf.stage as usize) < wf.spec.plans[wf.plan.expect("routed")].stages.len();
         self.record_request(&f, st.context_tokens)?;
+        let now = self.now;
+        self.record(|| CoreInput::Finished {
+            t: now,
+            request: id,
+            output_tokens: f.output_tokens,
+        });
         self.policy.handle_finished(self.now, id, f.output_tokens);
         if more {
             self.push(self.now + st.tool_delay_ns, Ev::StageReady(p.workflow));
@@ -837,6 +891,8 @@ impl<'a> Simulation<'a> {
 
     fn finish_workflow(&mut self, id: u64) -> Result<()> {
         let wf = self.workflows.remove(&id).expect("live workflow");
+        let now = self.now;
+        self.record(|| CoreInput::WorkflowDone { t: now, workflow: id });
         self.policy.handle_workflow_done(self.now, id);
         let plan = &wf.spec.plans[wf.plan.unwrap_or(0)];
         let e2e = self.now - wf.spec.arrival_ns;

@@ -1,7 +1,9 @@
-//! The replay's one way into the policy core: every input is a [`CoreInput`], applied with
-//! [`feed`], which collects the decisions the core makes in answer. Both are written to
-//! `decisions.jsonl`, so a replay's decisions can be checked against a fresh core built the
-//! way the simulator builds it (`tests/replay.rs` does exactly that).
+//! The policy core's inputs as data: a [`CoreInput`] is one `handle_*` call with its time, and
+//! [`feed`] applies one and collects the decisions the core answers with. The replay sends
+//! every input through `feed` and journals it (`decisions.jsonl`); the simulator can record
+//! the inputs it gives and the decisions it gets (`Simulation::record_core_io`). Feeding either
+//! record to a fresh core built by `sim::build_policy*` must give the same decisions
+//! (`tests/replay.rs`, `tests/determinism.rs`). Plain data: no clock, file or socket.
 
 use crate::policy::{Decision, FailureKind, PolicyCore, RequestInfo};
 use crate::time::Nanos;
