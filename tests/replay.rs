@@ -17,6 +17,14 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Tests that time emulators in real time run one at a time, so that they do not share the
+/// cores (the fault-server tests do not time anything and run beside them).
+static REAL_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    REAL_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn chimera(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_chimera")).args(args).output().unwrap();
     (
@@ -65,6 +73,7 @@ fn endpoints(dir: &Path, model_urls: &[(&str, Vec<String>)], extra: &str) -> Pat
 
 #[test]
 fn replay_against_emulators_agrees_with_the_simulation() {
+    let _serial = serial();
     let dir = common::tmpdir("replay-conformance");
     let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &["scheduling=priority"]);
     let (_b, b) = common::emulator("Qwen2.5-7B", "H100-SXM", &["scheduling=priority"]);
@@ -141,6 +150,7 @@ fn replay_against_emulators_agrees_with_the_simulation() {
 
 #[test]
 fn the_replay_makes_the_decisions_a_fresh_core_makes_on_the_same_inputs() {
+    let _serial = serial();
     let dir = common::tmpdir("replay-decisions");
     let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &["scheduling=priority"]);
     let (_b, b) = common::emulator("Qwen2.5-7B", "H100-SXM", &["scheduling=priority"]);
@@ -412,6 +422,7 @@ fn refused_connections_exhaust_bounded_retries_and_name_the_url() {
 
 #[test]
 fn an_endpoint_that_dies_mid_run_loses_nothing() {
+    let _serial = serial();
     let dir = common::tmpdir("replay-dies");
     let (a_child, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
     let (b_child, b) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
@@ -454,6 +465,7 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
 
 #[test]
 fn a_killed_replay_resumes_without_redoing_finished_workflows() {
+    let _serial = serial();
     let dir = common::tmpdir("replay-resume");
     let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
     let scen = small_scenario(&dir, 12, 200, 4.0);

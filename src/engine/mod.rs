@@ -28,8 +28,9 @@ pub enum EnginePolicy {
     /// A modified engine (the learning-to-rank scheduler's rule): every step ranks all requests
     /// by (promoted first, priority, arrival) and fills the batch in that order, preempting the
     /// lowest-ranked requests holding KV when blocks run short. A request that waits
-    /// `starvation_steps` steps is promoted for `quantum_steps` steps in which it is scheduled,
-    /// then demoted. Unmodified vLLM cannot run this.
+    /// `starvation_steps` steps is promoted for `quantum_steps` steps in which it is scheduled
+    /// and produces a token (steps of its prefill do not count), then demoted. Unmodified vLLM
+    /// cannot run this.
     PriorityAging { starvation_steps: u32, quantum_steps: u32 },
     /// A modified engine (FastServe-style multi-level feedback queue): level l gets a quantum of
     /// `base_quantum_ms * growth^l` of service time; a request that uses up its quantum moves
@@ -553,6 +554,8 @@ impl Engine {
             _ => (u32::MAX, 1),
         };
         let mut selected = vec![false; self.slots.len()];
+        // Whether the selected request samples a token in this step (its prompt is complete).
+        let mut samples = vec![false; self.slots.len()];
         let mut budget = self.limits.max_num_batched_tokens;
         let mut count = 0u32;
         for ci in 0..cand.len() {
@@ -585,6 +588,7 @@ impl Engine {
             }
             selected[c as usize] = true;
             let s = &mut self.slots[c as usize];
+            samples[c as usize] = s.computed + n >= s.tokens();
             if s.first_scheduled_ns < 0 {
                 s.first_scheduled_ns = now;
             }
@@ -598,7 +602,12 @@ impl Engine {
             let s = &mut self.slots[c as usize];
             if selected[c as usize] {
                 s.idle = 0;
-                s.promoted_left = s.promoted_left.saturating_sub(1);
+                // A promotion is spent only on steps that produce a token: a promoted request
+                // keeps its rank through its (re)prefill, so every promotion yields output and
+                // two starving requests cannot evict each other's prefills forever.
+                if samples[c as usize] {
+                    s.promoted_left = s.promoted_left.saturating_sub(1);
+                }
             } else {
                 s.idle += 1;
                 if s.promoted_left == 0 && s.idle >= starvation {

@@ -184,6 +184,41 @@ fn waiting_requests_never_preempt_running_ones() {
     assert_eq!(e.total_preemptions(), 0);
 }
 
+/// Found by the property test below (CI, 2026-11-26): under tight KV and a small token budget,
+/// starving requests with long prompts were promoted in turn and evicted each other's partial
+/// prefills forever (a promotion ran out before the prompt was done). Promotions now count only
+/// steps that produce a token, so every promotion makes progress.
+#[test]
+fn aging_cannot_livelock_on_mutual_eviction_of_long_prefills() {
+    let policy = EnginePolicy::PriorityAging {
+        starvation_steps: 5,
+        quantum_steps: 3,
+    };
+    let mut e = engine(56, 3, 65, policy);
+    let reqs = [
+        (423, 20, 3),
+        (179, 167, 2),
+        (243, 49, 0),
+        (251, 79, 2),
+        (505, 7, 1),
+        (14, 86, 1),
+        (163, 23, 2),
+        (514, 160, 2),
+        (48, 116, 0),
+        (484, 78, 0),
+        (24, 1, 4),
+        (220, 156, 3),
+        (331, 190, 2),
+        (254, 20, 3),
+    ];
+    for (i, &(p, o, pr)) in reqs.iter().enumerate() {
+        e.add_request(req(i as u64, p, o, pr));
+    }
+    let (done, steps) = drain(&mut e);
+    assert_eq!(done.len(), reqs.len(), "after {} steps", steps.len());
+    assert!(steps.len() < 20_000, "{} steps", steps.len());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     /// Whatever the load, limits and policy: KV never exceeds capacity, blocks held match the
