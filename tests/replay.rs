@@ -71,17 +71,23 @@ fn endpoints(dir: &Path, model_urls: &[(&str, Vec<String>)], extra: &str) -> Pat
     write(dir, "endpoints.yaml", &y)
 }
 
+/// Emulators of the conformance scenario's two engines, and an ENDPOINTS.yaml for them.
+fn conformance_emulators(dir: &Path, metrics_ms: u32) -> (Vec<common::Child>, PathBuf) {
+    let (a_child, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &["scheduling=priority"]);
+    let (b_child, b) = common::emulator("Qwen2.5-7B", "H100-SXM", &["scheduling=priority"]);
+    let eps = endpoints(
+        dir,
+        &[("Qwen2.5-1.5B", vec![a]), ("Qwen2.5-7B", vec![b])],
+        &format!("metrics_interval_ms: {metrics_ms}\n"),
+    );
+    (vec![a_child, b_child], eps)
+}
+
 #[test]
 fn replay_against_emulators_agrees_with_the_simulation() {
     let _serial = serial();
     let dir = common::tmpdir("replay-conformance");
-    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &["scheduling=priority"]);
-    let (_b, b) = common::emulator("Qwen2.5-7B", "H100-SXM", &["scheduling=priority"]);
-    let eps = endpoints(
-        &dir,
-        &[("Qwen2.5-1.5B", vec![a]), ("Qwen2.5-7B", vec![b])],
-        "metrics_interval_ms: 500\n",
-    );
+    let (_servers, eps) = conformance_emulators(&dir, 500);
     let scen = common::repo().join("scenarios/replay/conformance.yaml");
     let (sim, rep) = (dir.join("sim"), dir.join("replay"));
     let (ok, _, err) = chimera(&["run", "-q", s(&scen), "--out", s(&sim)]);
@@ -152,13 +158,7 @@ fn replay_against_emulators_agrees_with_the_simulation() {
 fn the_replay_makes_the_decisions_a_fresh_core_makes_on_the_same_inputs() {
     let _serial = serial();
     let dir = common::tmpdir("replay-decisions");
-    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &["scheduling=priority"]);
-    let (_b, b) = common::emulator("Qwen2.5-7B", "H100-SXM", &["scheduling=priority"]);
-    let eps = endpoints(
-        &dir,
-        &[("Qwen2.5-1.5B", vec![a]), ("Qwen2.5-7B", vec![b])],
-        "metrics_interval_ms: 200\n",
-    );
+    let (_servers, eps) = conformance_emulators(&dir, 200);
     // The Chimera policy: load-aware routing, QRF lengths, a confidence model with its own
     // random stream, STJF priorities.
     let sets = [

@@ -91,15 +91,18 @@ struct Pending {
     scheduled_ns: Nanos,
 }
 
+/// One attempt of one request, as its HTTP task reports it.
+struct Attempt {
+    request: u64,
+    attempt: u32,
+    engine: u32,
+    scheduled_ns: Nanos,
+    send_ns: Nanos,
+    result: std::result::Result<Streamed, CallError>,
+}
+
 enum Msg {
-    Done {
-        request: u64,
-        attempt: u32,
-        engine: u32,
-        scheduled_ns: Nanos,
-        send_ns: Nanos,
-        result: std::result::Result<Streamed, CallError>,
-    },
+    Done(Attempt),
     Metrics {
         engine: u32,
         t_ns: Nanos,
@@ -252,15 +255,7 @@ impl Driver {
                 p.scheduled_ns = now.max(not_before);
                 let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
                 if wf.plan.is_none() {
-                    let model = &self.eps[engine as usize].model;
-                    let idx = wf
-                        .spec
-                        .plans
-                        .iter()
-                        .position(|pl| pl.model.as_deref() == Some(model.as_str()))
-                        .or_else(|| wf.spec.plans.iter().position(|pl| pl.model.is_none()))
-                        .unwrap_or(0);
-                    wf.plan = Some(idx);
+                    wf.plan = Some(wf.spec.plan_index(&self.eps[engine as usize].model));
                     wf.first_engine = engine;
                 }
                 let t = p.scheduled_ns;
@@ -377,27 +372,27 @@ impl Driver {
             let send_ns = offset + (t0 - start).as_nanos() as Nanos;
             let result = client::stream_completion(&base, key.as_deref(), body, &timeouts, t0).await;
             let _ = tx
-                .send(Msg::Done {
+                .send(Msg::Done(Attempt {
                     request,
                     attempt,
                     engine,
                     scheduled_ns,
                     send_ns,
                     result,
-                })
+                }))
                 .await;
         });
     }
 
-    fn on_done(
-        &mut self,
-        request: u64,
-        attempt: u32,
-        engine: u32,
-        scheduled_ns: Nanos,
-        send_ns: Nanos,
-        result: std::result::Result<Streamed, CallError>,
-    ) -> Result<()> {
+    fn on_done(&mut self, a: Attempt) -> Result<()> {
+        let Attempt {
+            request,
+            attempt,
+            engine,
+            scheduled_ns,
+            send_ns,
+            result,
+        } = a;
         let now = self.now();
         let Some(p) = self.pending.get_mut(&request) else {
             return Ok(());
@@ -653,14 +648,7 @@ impl Driver {
                 None => self.rx.recv().await,
             };
             match msg {
-                Some(Msg::Done {
-                    request,
-                    attempt,
-                    engine,
-                    scheduled_ns,
-                    send_ns,
-                    result,
-                }) => self.on_done(request, attempt, engine, scheduled_ns, send_ns, result)?,
+                Some(Msg::Done(a)) => self.on_done(a)?,
                 Some(Msg::Metrics { engine, t_ns, result }) => self.on_metrics(engine, t_ns, result)?,
                 None => {}
             }

@@ -668,15 +668,7 @@ impl<'a> Simulation<'a> {
                     p.decided = true;
                     let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
                     if wf.plan.is_none() {
-                        let model = &self.r.engines[engine as usize].model;
-                        let idx = wf
-                            .spec
-                            .plans
-                            .iter()
-                            .position(|pl| pl.model.as_deref() == Some(model.as_str()))
-                            .or_else(|| wf.spec.plans.iter().position(|pl| pl.model.is_none()))
-                            .unwrap_or(0);
-                        wf.plan = Some(idx);
+                        wf.plan = Some(wf.spec.plan_index(&self.r.engines[engine as usize].model));
                         wf.first_engine = engine;
                     }
                     let t = self.now.max(not_before) + delay;

@@ -50,6 +50,16 @@ pub struct WorkflowSpec {
 }
 
 impl WorkflowSpec {
+    /// Index of the plan a workflow routed to `model` follows: its own if present, else the
+    /// model-independent one, else the first.
+    pub fn plan_index(&self, model: &str) -> usize {
+        self.plans
+            .iter()
+            .position(|p| p.model.as_deref() == Some(model))
+            .or_else(|| self.plans.iter().position(|p| p.model.is_none()))
+            .unwrap_or(0)
+    }
+
     /// The plan for `model`: its own if present, else the model-independent one.
     pub fn plan_for(&self, model: &str) -> &Plan {
         self.plans
