@@ -891,6 +891,46 @@ pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path) -> Result<
 mod tests {
     use super::*;
 
+    fn endpoint(kind: Kind, prompt: PromptForm) -> Endpoint {
+        Endpoint {
+            name: "m@h:1".into(),
+            model: "m".into(),
+            base: endpoints::BaseUrl::parse("http://h:1").unwrap(),
+            kind,
+            served_model: "org/m".into(),
+            api_key: None,
+            max_concurrency: 1,
+            prompt,
+            send_priority: None,
+            vocab: 32_000,
+        }
+    }
+
+    #[test]
+    fn request_fields_follow_the_endpoint_kind() {
+        let ids = prompt_ids(1, 2, 0, 5, 32_000);
+        let v = request_body(&endpoint(Kind::Vllm, PromptForm::TokenIds), &ids, 7, Some(3));
+        assert_eq!(v["prompt"], json!(ids));
+        assert_eq!((v["max_tokens"].clone(), v["min_tokens"].clone()), (json!(7), json!(7)));
+        assert_eq!(
+            (v["ignore_eos"].clone(), v["priority"].clone()),
+            (json!(true), json!(3))
+        );
+        assert_eq!(v["stream_options"]["include_usage"], json!(true));
+        assert_eq!(v["model"], "org/m");
+        let v = request_body(&endpoint(Kind::Vllm, PromptForm::TokenIds), &ids, 7, None);
+        assert!(v.get("priority").is_none());
+        let l = request_body(&endpoint(Kind::Llamacpp, PromptForm::TokenIds), &ids, 7, Some(3));
+        assert!(l.get("min_tokens").is_none() && l.get("priority").is_none());
+        assert_eq!(
+            (l["cache_prompt"].clone(), l["max_tokens"].clone()),
+            (json!(false), json!(7))
+        );
+        let t = request_body(&endpoint(Kind::Vllm, PromptForm::Text), &ids, 7, None);
+        let text = t["prompt"].as_str().unwrap();
+        assert_eq!(text.split_whitespace().count(), 5, "{text}");
+    }
+
     #[test]
     fn prompts_are_stable_distinct_and_in_range() {
         let a = prompt_ids(7, 3, 1, 500, 32_000);
