@@ -183,10 +183,10 @@ fn replay_against_llama_server_and_compare_with_the_calibrated_simulation() {
     let mets: Vec<MetricsRecord> = read_lines(&rep.join("metrics.jsonl")).unwrap();
     assert!(mets.len() >= 10 && mets.iter().all(|m| m.error.is_none()));
     assert!(
-        mets.iter().any(|m| m.running.unwrap_or(0.0) >= 2.0),
+        mets.iter().any(|m| m.sample.running.unwrap_or(0.0) >= 2.0),
         "no two requests ran together"
     );
-    assert!(mets.last().unwrap().generation_tokens_total.unwrap() > 0.0);
+    assert!(mets.last().unwrap().sample.generation_tokens_total.unwrap() > 0.0);
 
     // 4. Simulated against measured.
     let out = chimera(&["compare", s(&sim), s(&rep), "--json"]);

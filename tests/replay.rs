@@ -460,7 +460,9 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
     // Its /metrics scrapes fail from then on, and say so.
     let mets: Vec<chimera::replay::records::MetricsRecord> = read_lines(&out.join("metrics.jsonl")).unwrap();
     assert!(mets.iter().any(|m| m.engine.ends_with(&b) && m.error.is_some()));
-    assert!(mets.iter().any(|m| m.engine.ends_with(&a) && m.running.is_some()));
+    assert!(mets
+        .iter()
+        .any(|m| m.engine.ends_with(&a) && m.sample.running.is_some()));
 }
 
 #[test]

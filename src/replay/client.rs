@@ -312,8 +312,8 @@ pub async fn get_text(base: &BaseUrl, path: &str, api_key: Option<&str>, t: &Tim
     Ok(text)
 }
 
-/// What one /metrics scrape says about a server.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What one /metrics scrape says about a server (None: the server does not export it).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricsSample {
     pub running: Option<f64>,
     pub waiting: Option<f64>,

@@ -516,32 +516,16 @@ impl Driver {
         t_ns: Nanos,
         result: std::result::Result<MetricsSample, CallError>,
     ) -> Result<()> {
-        let name = self.eps[engine as usize].name.clone();
-        let rec = match &result {
-            Ok(s) => MetricsRecord {
-                engine: name,
-                t_ns,
-                running: s.running,
-                waiting: s.waiting,
-                kv_usage: s.kv_usage,
-                prompt_tokens_total: s.prompt_tokens_total,
-                generation_tokens_total: s.generation_tokens_total,
-                preemptions_total: s.preemptions_total,
-                error: None,
-            },
-            Err(e) => MetricsRecord {
-                engine: name,
-                t_ns,
-                running: None,
-                waiting: None,
-                kv_usage: None,
-                prompt_tokens_total: None,
-                generation_tokens_total: None,
-                preemptions_total: None,
-                error: Some(e.to_string()),
-            },
+        let (sample, error) = match &result {
+            Ok(s) => (s.clone(), None),
+            Err(e) => (MetricsSample::default(), Some(e.to_string())),
         };
-        self.metrics_out.append(&rec)?;
+        self.metrics_out.append(&MetricsRecord {
+            engine: self.eps[engine as usize].name.clone(),
+            t_ns,
+            sample,
+            error,
+        })?;
         if let Ok(s) = result {
             let now = self.now();
             self.input(CoreInput::Report {
@@ -753,6 +737,7 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
         (eps.retries.backoff_ms as Nanos) * 1_000_000,
     );
     let core = crate::sim::build_policy_for(r, seed, infos, Some(retry));
+    let policy = core.describe();
     let send_priority = endpoints
         .iter()
         .map(|ep| {
@@ -825,7 +810,7 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
         }
     };
     let wall_s = wall.elapsed().as_secs_f64();
-    let summary = build_tables(r, &endpoints, out)?;
+    let summary = build_tables(r, &endpoints, out, policy)?;
     let send_lag_ns = (
         pct(&mut lags, 0.5),
         pct(&mut lags, 0.99),
@@ -855,8 +840,9 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
     })
 }
 
-/// Build the Parquet tables and the summary of a replay folder from its JSON lines.
-pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path) -> Result<Summary> {
+/// Build the Parquet tables and the summary of a replay folder from its JSON lines; `policy`
+/// is the core's description for the summary.
+pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path, policy: String) -> Result<Summary> {
     let reqs: Vec<RequestRecord> = records::read_lines(&out.join(REQUESTS_JSONL))?;
     let wfs: Vec<WorkflowRecord> = records::read_lines(&out.join(WORKFLOWS_JSONL))?;
     let mets: Vec<MetricsRecord> = records::read_lines(&out.join(METRICS_JSONL))?;
@@ -883,8 +869,7 @@ pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path) -> Result<
             }
         })
         .collect();
-    let describe = crate::sim::build_policy(r, r.scenario.seed).describe();
-    Ok(agg.summarize(&r.scenario.name, r.scenario.seed, describe, engines))
+    Ok(agg.summarize(&r.scenario.name, r.scenario.seed, policy, engines))
 }
 
 #[cfg(test)]

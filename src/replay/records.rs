@@ -89,16 +89,13 @@ pub struct WorkflowRecord {
     pub segment: u32,
 }
 
+/// One /metrics scrape of one endpoint: its figures, or why there are none.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRecord {
     pub engine: String,
     pub t_ns: i64,
-    pub running: Option<f64>,
-    pub waiting: Option<f64>,
-    pub kv_usage: Option<f64>,
-    pub prompt_tokens_total: Option<f64>,
-    pub generation_tokens_total: Option<f64>,
-    pub preemptions_total: Option<f64>,
+    #[serde(flatten)]
+    pub sample: super::client::MetricsSample,
     pub error: Option<String>,
 }
 
@@ -401,12 +398,12 @@ pub fn write_tables(
         t.push(&[
             Val::Str(eng(&m.engine)?),
             Val::I64(m.t_ns),
-            Val::F64(m.running),
-            Val::F64(m.waiting),
-            Val::F64(m.kv_usage),
-            Val::F64(m.prompt_tokens_total),
-            Val::F64(m.generation_tokens_total),
-            Val::F64(m.preemptions_total),
+            Val::F64(m.sample.running),
+            Val::F64(m.sample.waiting),
+            Val::F64(m.sample.kv_usage),
+            Val::F64(m.sample.prompt_tokens_total),
+            Val::F64(m.sample.generation_tokens_total),
+            Val::F64(m.sample.preemptions_total),
             Val::Str(index_of(&merrors, m.error.as_deref().unwrap_or(""))),
         ])?;
     }
