@@ -16,6 +16,7 @@ fn small_trace() -> trace::Trace {
                 context_tokens: 50 * k as u32,
                 output_tokens: 20,
                 tool_delay_ns: if k + 1 < n { 5_000_000 } else { 0 },
+                prefix: None,
             })
             .collect(),
         success: Some(solved),

@@ -18,51 +18,191 @@ pub fn blocks_for(tokens: u32) -> u32 {
     tokens.div_ceil(BLOCK_SIZE)
 }
 
-/// A pool of KV blocks.
+/// No block: the end of a free list.
+const NIL: u32 = u32::MAX;
+
+/// A pool of KV blocks with vLLM v1's prefix cache.
+///
+/// Blocks have ids and reference counts. A block whose 16 tokens are all computed is
+/// registered under the chained hash of its content; when its last holder lets go it stays in
+/// the free list (least recently freed first out) with its content, and a later request whose
+/// prompt hashes to the same chain takes it back instead of recomputing those tokens. A free
+/// block is evicted (its hash forgotten) only when it is handed out again. With caching off,
+/// nothing is registered and the pool only counts.
 #[derive(Debug, Clone)]
 pub struct KvPool {
     usable: u32,
     free: u32,
+    caching: bool,
+    refs: Vec<u32>,
+    /// Content hash of each block (0: none).
+    hash: Vec<u64>,
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    head: u32,
+    tail: u32,
+    /// Blocks never handed out yet (ids `fresh..usable`), taken before the free list.
+    fresh: u32,
+    map: std::collections::HashMap<u64, u32>,
+    /// Cached blocks evicted so far.
+    pub evictions: u64,
 }
 
 impl KvPool {
     pub fn new(usable_blocks: u32) -> Self {
+        Self::with_caching(usable_blocks, false)
+    }
+    pub fn with_caching(usable_blocks: u32, caching: bool) -> Self {
         KvPool {
             usable: usable_blocks,
             free: usable_blocks,
+            caching,
+            refs: Vec::new(),
+            hash: Vec::new(),
+            prev: Vec::new(),
+            next: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            fresh: 0,
+            map: std::collections::HashMap::new(),
+            evictions: 0,
         }
+    }
+    #[inline]
+    pub fn caching(&self) -> bool {
+        self.caching
     }
     #[inline]
     pub fn usable(&self) -> u32 {
         self.usable
     }
+    /// Blocks held by at least one request.
     #[inline]
     pub fn used(&self) -> u32 {
         self.usable - self.free
     }
+    /// Blocks no request holds (some of them still cached).
     #[inline]
     pub fn free(&self) -> u32 {
         self.free
     }
-    /// Take `n` blocks if that many are free; otherwise take none and return false.
-    #[inline]
-    pub fn try_take(&mut self, n: u32) -> bool {
-        if n <= self.free {
-            self.free -= n;
-            true
+    /// Blocks registered in the prefix cache (held or free).
+    pub fn cached(&self) -> usize {
+        self.map.len()
+    }
+    /// Holders of block `b`.
+    pub fn refs_of(&self, b: u32) -> u32 {
+        self.refs.get(b as usize).copied().unwrap_or(0)
+    }
+
+    fn unlink(&mut self, b: u32) {
+        let (p, n) = (self.prev[b as usize], self.next[b as usize]);
+        if p == NIL {
+            self.head = n;
         } else {
-            false
+            self.next[p as usize] = n;
+        }
+        if n == NIL {
+            self.tail = p;
+        } else {
+            self.prev[n as usize] = p;
+        }
+        self.prev[b as usize] = NIL;
+        self.next[b as usize] = NIL;
+    }
+
+    fn push_tail(&mut self, b: u32) {
+        self.prev[b as usize] = self.tail;
+        self.next[b as usize] = NIL;
+        if self.tail == NIL {
+            self.head = b;
+        } else {
+            self.next[self.tail as usize] = b;
+        }
+        self.tail = b;
+    }
+
+    /// Take `n` blocks (appended to `out`) if that many are free; otherwise take none and
+    /// return false. Fresh blocks go first, then the least recently freed ones, whose cached
+    /// content is evicted.
+    pub fn try_take(&mut self, n: u32, out: &mut Vec<u32>) -> bool {
+        if n > self.free {
+            return false;
+        }
+        self.free -= n;
+        for _ in 0..n {
+            let b = if self.fresh < self.usable {
+                let b = self.fresh;
+                self.fresh += 1;
+                self.refs.push(0);
+                self.hash.push(0);
+                self.prev.push(NIL);
+                self.next.push(NIL);
+                b
+            } else {
+                let b = self.head;
+                debug_assert!(b != NIL, "free count says a block is free");
+                self.unlink(b);
+                let h = self.hash[b as usize];
+                if h != 0 {
+                    self.hash[b as usize] = 0;
+                    if self.map.get(&h) == Some(&b) {
+                        self.map.remove(&h);
+                    }
+                    self.evictions += 1;
+                }
+                b
+            };
+            self.refs[b as usize] = 1;
+            out.push(b);
+        }
+        true
+    }
+
+    /// Let go of `blocks` (one reference each). Blocks are queued for reuse last block first,
+    /// so a request's tail is evicted before its (more shareable) head, as vLLM does.
+    pub fn release(&mut self, blocks: &[u32]) {
+        for &b in blocks.iter().rev() {
+            let r = &mut self.refs[b as usize];
+            assert!(*r > 0, "KV pool: block {b} released more often than taken");
+            *r -= 1;
+            if *r == 0 {
+                self.free += 1;
+                self.push_tail(b);
+            }
         }
     }
-    /// Give back `n` blocks.
+
+    /// The cached block holding content `hash`, if any.
     #[inline]
-    pub fn give_back(&mut self, n: u32) {
-        assert!(
-            self.free + n <= self.usable,
-            "KV pool: freeing more blocks than were taken"
-        );
-        self.free += n;
+    pub fn lookup(&self, hash: u64) -> Option<u32> {
+        if self.caching {
+            self.map.get(&hash).copied()
+        } else {
+            None
+        }
     }
+
+    /// Take one more reference to cached block `b` (a prefix-cache hit).
+    pub fn touch(&mut self, b: u32) {
+        if self.refs[b as usize] == 0 {
+            self.unlink(b);
+            self.free -= 1;
+        }
+        self.refs[b as usize] += 1;
+    }
+
+    /// Register block `b`, now full, under content hash `h` (first writer wins, as in vLLM).
+    pub fn register(&mut self, b: u32, h: u64) {
+        if !self.caching || self.hash[b as usize] != 0 {
+            return;
+        }
+        if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(h) {
+            v.insert(b);
+            self.hash[b as usize] = h;
+        }
+    }
+
     /// Fraction of usable blocks in use, as `vllm:kv_cache_usage_perc` reports it (0..1).
     pub fn usage(&self) -> f64 {
         if self.usable == 0 {
@@ -71,6 +211,65 @@ impl KvPool {
             self.used() as f64 / self.usable as f64
         }
     }
+
+    /// Check the pool's own bookkeeping (free count, list, map); returns the first violation.
+    pub fn check(&self) -> Result<(), String> {
+        let zero = self.refs.iter().filter(|&&r| r == 0).count() as u32 + (self.usable - self.fresh);
+        if zero != self.free {
+            return Err(format!(
+                "KV pool: {zero} blocks unreferenced, free count says {}",
+                self.free
+            ));
+        }
+        for (&h, &b) in &self.map {
+            if self.hash[b as usize] != h {
+                return Err(format!(
+                    "KV pool: cache maps {h:x} to block {b}, which holds {:x}",
+                    self.hash[b as usize]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One run of tokens of a prompt with one content identity: positions `[previous end, end)`
+/// carry content `id` (token p of the run is "token p of content id"). Two requests whose
+/// prompts list the same runs hold the same tokens there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Seg {
+    pub id: u64,
+    pub end: u32,
+}
+
+#[inline]
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Chained hash of full block `b` (tokens `16b..16b+16`) of a sequence whose runs are `segs`
+/// followed by `tail_id` up to any length, given the hash of block `b - 1` (`prev`, 0 for the
+/// first block). Never 0.
+pub fn block_hash(prev: u64, b: u32, segs: &[Seg], tail_id: u64) -> u64 {
+    let (lo, hi) = (b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE);
+    let mut h = mix(prev, 0x5EED_B10C ^ b as u64);
+    let mut start = 0;
+    for s in segs {
+        if s.end > lo && start < hi {
+            h = mix(h, mix(s.id, ((start.max(lo) as u64) << 32) | s.end.min(hi) as u64));
+        }
+        start = s.end;
+        if start >= hi {
+            break;
+        }
+    }
+    if start < hi {
+        h = mix(h, mix(tail_id, ((start.max(lo) as u64) << 32) | hi as u64));
+    }
+    h | 1
 }
 
 /// How an engine's memory is split, as vLLM's startup profiling would find it.
@@ -242,37 +441,74 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Take(u32),
-        GiveBack(usize),
+        Release(usize),
+        /// Register the first block of holder i under one of a few content hashes.
+        Register(usize, u64),
+        /// A prefix hit on one of those hashes.
+        Hit(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![(0u32..40).prop_map(Op::Take), (0usize..64).prop_map(Op::GiveBack)]
+        prop_oneof![
+            (0u32..40).prop_map(Op::Take),
+            (0usize..64).prop_map(Op::Release),
+            (0usize..64, 1u64..6).prop_map(|(i, h)| Op::Register(i, h)),
+            (1u64..6).prop_map(Op::Hit),
+        ]
     }
 
     proptest! {
-        /// Blocks are conserved: free + held = usable, never more in use than exist, and a
-        /// refused request takes nothing.
+        /// Blocks are conserved with the prefix cache on or off: free + held = usable, never
+        /// more in use than exist, a refused take takes nothing, a cache hit returns a block
+        /// holding that content, and reference counts match the holders.
         #[test]
-        fn pool_conserves_blocks(usable in 0u32..200, ops in proptest::collection::vec(op(), 0..200)) {
-            let mut pool = KvPool::new(usable);
-            let mut held: Vec<u32> = Vec::new();
+        fn pool_conserves_blocks(usable in 0u32..200, caching: bool, ops in proptest::collection::vec(op(), 0..300)) {
+            let mut pool = KvPool::with_caching(usable, caching);
+            let mut held: Vec<Vec<u32>> = Vec::new();
+            let mut content: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
             for o in ops {
                 match o {
                     Op::Take(n) => {
                         let before = pool.free();
-                        if pool.try_take(n) { held.push(n); } else {
+                        let mut got = Vec::new();
+                        if pool.try_take(n, &mut got) {
+                            prop_assert_eq!(got.len() as u32, n);
+                            for b in &got { content.remove(b); }
+                            held.push(got);
+                        } else {
                             prop_assert!(n > before);
                             prop_assert_eq!(pool.free(), before);
+                            prop_assert!(got.is_empty());
                         }
                     }
-                    Op::GiveBack(i) => if !held.is_empty() {
-                        let n = held.swap_remove(i % held.len());
-                        pool.give_back(n);
+                    Op::Release(i) => if !held.is_empty() {
+                        let blocks = held.swap_remove(i % held.len());
+                        pool.release(&blocks);
+                    }
+                    Op::Register(i, h) => if !held.is_empty() {
+                        let k = i % held.len();
+                        if let Some(&b) = held[k].first() {
+                            let had = pool.lookup(h).is_some();
+                            pool.register(b, h);
+                            if caching && !had && !content.contains_key(&b) { content.insert(b, h); }
+                        }
+                    }
+                    Op::Hit(h) => {
+                        if let Some(b) = pool.lookup(h) {
+                            prop_assert!(caching);
+                            prop_assert_eq!(content.get(&b), Some(&h));
+                            pool.touch(b);
+                            held.push(vec![b]);
+                        }
                     }
                 }
-                prop_assert_eq!(pool.used(), held.iter().sum::<u32>());
+                let mut refs: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+                for h in &held { for &b in h { *refs.entry(b).or_default() += 1; } }
+                prop_assert_eq!(pool.used() as usize, refs.len());
+                for (&b, &n) in &refs { prop_assert_eq!(pool.refs_of(b), n); }
                 prop_assert!(pool.used() <= pool.usable());
                 prop_assert!(pool.usage() >= 0.0 && pool.usage() <= 1.0);
+                prop_assert!(pool.check().is_ok(), "{:?}", pool.check());
             }
         }
     }

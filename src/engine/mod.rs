@@ -10,10 +10,11 @@ pub mod kv;
 
 use crate::hw::{StepShape, StepTimeModel};
 use crate::time::Nanos;
-use kv::{blocks_for, KvPool};
+use kv::{block_hash, blocks_for, mix, KvPool, Seg, BLOCK_SIZE};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
 
 /// How the engine orders its waiting queue and picks preemption victims.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -53,6 +54,16 @@ pub struct EngineLimits {
     pub max_num_seqs: u32,
     pub max_model_len: u32,
     pub policy: EnginePolicy,
+    /// vLLM's automatic prefix caching (on by default in v1).
+    pub prefix_caching: bool,
+}
+
+/// What a request's prompt is made of, for the prefix cache: runs of content (see [`Seg`])
+/// and the content id of the tokens it will generate. A request without one shares nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptContent {
+    pub segs: Arc<[Seg]>,
+    pub output_id: u64,
 }
 
 /// A request handed to an engine.
@@ -84,6 +95,8 @@ pub struct FinishedRequest {
     pub preemptions: u32,
     /// The prompt alone exceeds `max_model_len`: refused with no output, as vLLM answers 400.
     pub rejected: bool,
+    /// Prompt tokens found in the prefix cache when the request was first scheduled.
+    pub cached_tokens: u32,
 }
 
 /// What one step looked like, for the engine log and `vllm:iteration_tokens_total`.
@@ -109,7 +122,15 @@ struct Slot {
     req: NewRequest,
     generated: u32,
     computed: u32,
-    blocks: u32,
+    /// KV blocks held, in sequence order.
+    blocks: Vec<u32>,
+    /// Content hashes of the first `hashes.len()` (full) blocks of the sequence.
+    hashes: Vec<u64>,
+    content: Option<PromptContent>,
+    cached_tokens: u32,
+    scheduled_once: bool,
+    /// Leading blocks registered in (or taken from) the prefix cache.
+    registered: u32,
     seq: u64,
     first_scheduled_ns: Nanos,
     first_token_ns: Nanos,
@@ -154,6 +175,10 @@ pub struct Engine {
     in_step: bool,
     step: StepReport,
     total_preemptions: u64,
+    /// Prompt tokens looked up in the prefix cache and found there (vLLM's
+    /// `prefix_cache_queries` / `prefix_cache_hits`, counted each time a request is admitted).
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
 }
 
 impl Engine {
@@ -164,11 +189,12 @@ impl Engine {
             }
             EnginePolicy::Priority => Waiting::Priority(BinaryHeap::new()),
         };
+        let caching = limits.prefix_caching;
         Engine {
             id,
             limits,
             steptime,
-            kv: KvPool::new(usable_kv_blocks),
+            kv: KvPool::with_caching(usable_kv_blocks, caching),
             slots: Vec::new(),
             free_slots: Vec::new(),
             running: Vec::new(),
@@ -178,6 +204,8 @@ impl Engine {
             in_step: false,
             step: StepReport::default(),
             total_preemptions: 0,
+            prefix_queries: 0,
+            prefix_hits: 0,
         }
     }
 
@@ -251,6 +279,11 @@ impl Engine {
     /// Accept a request at `now`. A prompt longer than `max_model_len - 1` is refused at once
     /// and returned as finished-and-rejected.
     pub fn add_request(&mut self, req: NewRequest) -> Option<FinishedRequest> {
+        self.add_request_with(req, None)
+    }
+
+    /// Accept a request whose prompt content is known (prefix caching can then find it).
+    pub fn add_request_with(&mut self, req: NewRequest, content: Option<PromptContent>) -> Option<FinishedRequest> {
         if req.prompt_tokens == 0 || req.prompt_tokens >= self.limits.max_model_len {
             return Some(FinishedRequest {
                 req,
@@ -261,13 +294,29 @@ impl Engine {
                 finish_ns: req.dispatch_ns,
                 preemptions: 0,
                 rejected: true,
+                cached_tokens: 0,
             });
         }
+        let (blocks, hashes) = match self.free_slots.last() {
+            Some(&i) => {
+                let s = &mut self.slots[i as usize];
+                let (mut b, mut h) = (std::mem::take(&mut s.blocks), std::mem::take(&mut s.hashes));
+                b.clear();
+                h.clear();
+                (b, h)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         let slot = Slot {
             req,
             generated: 0,
             computed: 0,
-            blocks: 0,
+            blocks,
+            hashes,
+            content,
+            cached_tokens: 0,
+            scheduled_once: false,
+            registered: 0,
             seq: self.next_seq,
             first_scheduled_ns: -1,
             first_token_ns: -1,
@@ -317,9 +366,8 @@ impl Engine {
 
     /// Free `victim`'s KV and send it back to waiting with nothing computed.
     fn preempt(&mut self, victim: u32) {
+        self.free_blocks(victim);
         let s = &mut self.slots[victim as usize];
-        self.kv.give_back(s.blocks);
-        s.blocks = 0;
         s.computed = 0;
         s.preemptions += 1;
         self.total_preemptions += 1;
@@ -327,17 +375,92 @@ impl Engine {
         self.push_waiting(victim, true);
     }
 
+    /// Give back every KV block `slot` holds (cached content stays findable until evicted).
+    fn free_blocks(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        self.kv.release(&s.blocks);
+        s.blocks.clear();
+        s.registered = 0;
+    }
+
     /// Try to hold KV for `n` more computed tokens of `slot`.
     #[inline]
     fn try_grow(&mut self, slot: u32, n: u32) -> bool {
-        let s = &self.slots[slot as usize];
-        let need = blocks_for(s.computed + n).saturating_sub(s.blocks);
-        if self.kv.try_take(need) {
-            self.slots[slot as usize].blocks += need;
-            true
-        } else {
-            false
+        let s = &mut self.slots[slot as usize];
+        let need = blocks_for(s.computed + n).saturating_sub(s.blocks.len() as u32);
+        self.kv.try_take(need, &mut s.blocks)
+    }
+
+    /// Hash of full block `b` of `slot`'s sequence, extending its hash chain as needed.
+    fn hash_of(&mut self, slot: u32, b: u32) -> u64 {
+        let s = &mut self.slots[slot as usize];
+        while s.hashes.len() as u32 <= b {
+            let k = s.hashes.len() as u32;
+            let prev = if k == 0 { 0 } else { s.hashes[k as usize - 1] };
+            let h = match &s.content {
+                Some(c) => block_hash(prev, k, &c.segs, c.output_id),
+                // No known content: unique to this request.
+                None => block_hash(prev, k, &[], mix(0xC0FFEE, s.req.id)),
+            };
+            s.hashes.push(h);
         }
+        s.hashes[b as usize]
+    }
+
+    /// A request about to be admitted with nothing computed: take the blocks of its longest
+    /// cached prefix (whole blocks, at most all tokens but the last) and count the lookup.
+    fn take_cached_prefix(&mut self, slot: u32) {
+        let s = &self.slots[slot as usize];
+        if s.computed != 0 || !s.blocks.is_empty() {
+            return;
+        }
+        let tokens = s.tokens();
+        let first = !s.scheduled_once;
+        let mut hit_blocks = 0u32;
+        if self.kv.caching() {
+            let max_blocks = (tokens - 1) / BLOCK_SIZE;
+            while hit_blocks < max_blocks {
+                let h = self.hash_of(slot, hit_blocks);
+                let Some(b) = self.kv.lookup(h) else { break };
+                self.kv.touch(b);
+                self.slots[slot as usize].blocks.push(b);
+                hit_blocks += 1;
+            }
+            self.prefix_queries += tokens as u64;
+            self.prefix_hits += (hit_blocks * BLOCK_SIZE) as u64;
+        }
+        let s = &mut self.slots[slot as usize];
+        s.computed = hit_blocks * BLOCK_SIZE;
+        s.registered = hit_blocks;
+        if first {
+            s.cached_tokens = s.computed;
+            s.scheduled_once = true;
+        }
+    }
+
+    /// Undo [`take_cached_prefix`] for a request that could not be admitted after all.
+    fn untake_cached_prefix(&mut self, slot: u32) {
+        self.free_blocks(slot);
+        let s = &mut self.slots[slot as usize];
+        s.computed = 0;
+    }
+
+    /// Register the blocks of `slot` that its computed tokens have filled.
+    fn register_full_blocks(&mut self, slot: u32) {
+        if !self.kv.caching() {
+            return;
+        }
+        let s = &self.slots[slot as usize];
+        let full = (s.computed / BLOCK_SIZE).min(s.blocks.len() as u32);
+        let mut b = s.registered;
+        while b < full {
+            let h = self.hash_of(slot, b);
+            let id = self.slots[slot as usize].blocks[b as usize];
+            self.kv.register(id, h);
+            b += 1;
+        }
+        let s = &mut self.slots[slot as usize];
+        s.registered = s.registered.max(full);
     }
 
     /// Schedule one step at `now` (the v1 algorithm). Returns the step's duration, or None if
@@ -412,9 +535,13 @@ impl Engine {
                 let Some(slot) = self.peek_waiting() else {
                     break;
                 };
+                let (queries, hits) = (self.prefix_queries, self.prefix_hits);
+                self.take_cached_prefix(slot);
                 let s = &self.slots[slot as usize];
                 let n = (s.tokens() - s.computed).min(budget);
                 if !self.try_grow(slot, n) {
+                    self.untake_cached_prefix(slot);
+                    (self.prefix_queries, self.prefix_hits) = (queries, hits);
                     break;
                 }
                 self.pop_waiting();
@@ -486,6 +613,11 @@ impl Engine {
                 }
             }
             s.computed += n;
+            let filled = s.computed / BLOCK_SIZE > (s.computed - n) / BLOCK_SIZE;
+            if filled && !s.blocks.is_empty() {
+                self.register_full_blocks(slot);
+            }
+            let s = &mut self.slots[slot as usize];
             if s.computed >= s.tokens() {
                 s.generated += 1;
                 if s.first_token_ns < 0 {
@@ -494,8 +626,7 @@ impl Engine {
                 if s.generated >= s.req.output_tokens || s.tokens() >= max_len {
                     s.done = true;
                     any_done = true;
-                    self.kv.give_back(s.blocks);
-                    s.blocks = 0;
+                    let cached_tokens = s.cached_tokens;
                     out.push(FinishedRequest {
                         req: s.req,
                         engine: self.id,
@@ -505,7 +636,9 @@ impl Engine {
                         finish_ns: now,
                         preemptions: s.preemptions,
                         rejected: false,
+                        cached_tokens,
                     });
+                    self.free_blocks(slot);
                 }
             }
         }
@@ -563,6 +696,10 @@ impl Engine {
                 break;
             }
             let c = cand[ci];
+            let fresh = self.slots[c as usize].blocks.is_empty();
+            if fresh {
+                self.take_cached_prefix(c);
+            }
             let s = &self.slots[c as usize];
             let n = (s.tokens() - s.computed).min(budget);
             let mut ok = self.try_grow(c, n);
@@ -572,11 +709,10 @@ impl Engine {
                     .iter()
                     .rev()
                     .copied()
-                    .find(|&v| v != c && !selected[v as usize] && self.slots[v as usize].blocks > 0);
+                    .find(|&v| v != c && !selected[v as usize] && !self.slots[v as usize].blocks.is_empty());
                 let Some(v) = victim else { break };
+                self.free_blocks(v);
                 let sv = &mut self.slots[v as usize];
-                self.kv.give_back(sv.blocks);
-                sv.blocks = 0;
                 sv.computed = 0;
                 sv.preemptions += 1;
                 self.total_preemptions += 1;
@@ -584,6 +720,9 @@ impl Engine {
                 ok = self.try_grow(c, n);
             }
             if !ok {
+                if fresh {
+                    self.untake_cached_prefix(c);
+                }
                 continue;
             }
             selected[c as usize] = true;
@@ -615,7 +754,7 @@ impl Engine {
                     s.idle = 0;
                 }
             }
-            if s.blocks > 0 || selected[c as usize] {
+            if !s.blocks.is_empty() || selected[c as usize] {
                 self.running.push(c);
             } else if let Waiting::Fcfs(q) = &mut self.waiting {
                 q.push_back(c);
@@ -638,14 +777,31 @@ impl Engine {
 
     /// Check the engine's invariants; returns a description of the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let held: u64 = self.running.iter().map(|&r| self.slots[r as usize].blocks as u64).sum();
-        if held != self.kv.used() as u64 {
+        // Every block's reference count equals the number of running requests holding it.
+        let mut holders: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for &r in &self.running {
+            for &b in &self.slots[r as usize].blocks {
+                *holders.entry(b).or_default() += 1;
+            }
+        }
+        if holders.len() as u32 != self.kv.used() {
             return Err(format!(
-                "engine {}: running requests hold {held} blocks, pool says {}",
+                "engine {}: running requests hold {} distinct blocks, pool says {} in use",
                 self.id,
+                holders.len(),
                 self.kv.used()
             ));
         }
+        for (&b, &n) in &holders {
+            if self.kv.refs_of(b) != n {
+                return Err(format!(
+                    "engine {}: block {b} has {n} holders but {} references",
+                    self.id,
+                    self.kv.refs_of(b)
+                ));
+            }
+        }
+        self.kv.check().map_err(|m| format!("engine {}: {m}", self.id))?;
         if self.kv.used() > self.kv.usable() {
             return Err(format!(
                 "engine {}: {} KV blocks in use > capacity {}",
@@ -668,10 +824,13 @@ impl Engine {
         }
         for &r in &self.running {
             let s = &self.slots[r as usize];
-            if s.blocks < blocks_for(s.computed) {
+            if (s.blocks.len() as u32) < blocks_for(s.computed) {
                 return Err(format!(
                     "engine {}: request {} computed {} tokens with only {} blocks",
-                    self.id, s.req.id, s.computed, s.blocks
+                    self.id,
+                    s.req.id,
+                    s.computed,
+                    s.blocks.len()
                 ));
             }
         }

@@ -17,6 +17,7 @@ fn engine(budget: u32, max_seqs: u32, blocks: u32, policy: EnginePolicy) -> Engi
         max_num_seqs: max_seqs,
         max_model_len: 32768,
         policy,
+        prefix_caching: false,
     };
     Engine::new(0, limits, st, blocks)
 }
@@ -32,6 +33,101 @@ fn req(id: u64, prompt: u32, out: u32, prio: i64) -> NewRequest {
         arrival_ns: 0,
         dispatch_ns: 0,
     }
+}
+
+fn caching_engine(blocks: u32) -> Engine {
+    let mut e = engine(2048, 256, blocks, EnginePolicy::Fcfs);
+    e.limits.prefix_caching = true;
+    e.kv = KvPool::with_caching(blocks, true);
+    e
+}
+
+/// Content of a prompt of `prompt` tokens whose first `prefix` come from group `group`.
+fn shared(group: u64, prefix: u32, own: u64, prompt: u32) -> PromptContent {
+    let own = 1000 + own;
+    let segs: Vec<Seg> = if prompt > prefix {
+        vec![Seg { id: group, end: prefix }, Seg { id: own, end: prompt }]
+    } else {
+        vec![Seg { id: group, end: prompt }]
+    };
+    PromptContent {
+        segs: segs.into(),
+        output_id: own,
+    }
+}
+
+#[test]
+fn a_shared_prefix_is_computed_once_in_whole_blocks() {
+    let mut e = caching_engine(10_000);
+    e.add_request_with(req(1, 600, 2, 0), Some(shared(7, 100, 1, 600)));
+    let (a, _) = drain(&mut e);
+    assert_eq!(a[0].cached_tokens, 0);
+    // Same group: 6 whole blocks (96 of the 100 shared tokens) come from the cache, after the
+    // first request finished (its blocks wait in the free queue).
+    e.add_request_with(req(2, 600, 2, 0), Some(shared(7, 100, 2, 600)));
+    let (b, steps) = drain(&mut e);
+    assert_eq!(b[0].cached_tokens, 96);
+    assert_eq!(steps[0].prefill_tokens, 600 - 96);
+    // Another group shares nothing.
+    e.add_request_with(req(3, 600, 2, 0), Some(shared(8, 100, 3, 600)));
+    let (c, _) = drain(&mut e);
+    assert_eq!(c[0].cached_tokens, 0);
+    assert_eq!((e.prefix_queries, e.prefix_hits), (1800, 96));
+}
+
+#[test]
+fn a_later_stage_resending_its_context_hits_all_but_the_last_token() {
+    let mut e = caching_engine(10_000);
+    // Stage 0: 64 prompt tokens, 16 generated: its sequence is 80 tokens of content 5 then 6.
+    let s0 = PromptContent {
+        segs: vec![Seg { id: 5, end: 64 }].into(),
+        output_id: 6,
+    };
+    e.add_request_with(req(1, 64, 17, 0), Some(s0));
+    drain(&mut e);
+    // Stage 1 resends those 80 tokens (plus one more computed KV token is never cached: the
+    // last generated token had no KV yet) and 20 of its own.
+    let s1 = PromptContent {
+        segs: vec![Seg { id: 5, end: 64 }, Seg { id: 6, end: 80 }, Seg { id: 9, end: 100 }].into(),
+        output_id: 9,
+    };
+    e.add_request_with(req(2, 100, 2, 0), Some(s1));
+    let (done, _) = drain(&mut e);
+    assert_eq!(done[0].cached_tokens, 80);
+    // A prompt equal to a cached sequence still computes its last token (hits stop a block
+    // short when the prompt is a whole number of blocks).
+    let same = PromptContent {
+        segs: vec![Seg { id: 5, end: 64 }].into(),
+        output_id: 77,
+    };
+    e.add_request_with(req(3, 64, 2, 0), Some(same));
+    let (done, steps) = drain(&mut e);
+    assert_eq!(done[0].cached_tokens, 48);
+    assert_eq!(steps[0].prefill_tokens, 16);
+}
+
+#[test]
+fn cached_blocks_are_evicted_least_recently_freed_first_and_off_means_off() {
+    // 20 usable blocks: request A (10 blocks) finishes and stays cached; B (unrelated, 15
+    // blocks) must evict part of A; A's head survives longer than its tail.
+    let mut e = caching_engine(20);
+    e.add_request_with(req(1, 159, 1, 0), Some(shared(1, 159, 1, 159)));
+    drain(&mut e);
+    e.add_request_with(req(2, 239, 1, 0), Some(shared(2, 239, 2, 239)));
+    drain(&mut e);
+    assert!(e.kv().evictions > 0);
+    e.add_request_with(req(3, 159, 1, 0), Some(shared(1, 159, 3, 159)));
+    let (done, _) = drain(&mut e);
+    // 20 - 15 = 5 blocks of A were never reused; freed tail-first, the first blocks stay.
+    assert_eq!(done[0].cached_tokens, 5 * 16);
+    // With caching off nothing is ever found.
+    let mut off = engine(2048, 256, 10_000, EnginePolicy::Fcfs);
+    for i in 0..3 {
+        off.add_request_with(req(i, 600, 2, 0), Some(shared(7, 100, i, 600)));
+    }
+    let (done, _) = drain(&mut off);
+    assert!(done.iter().all(|f| f.cached_tokens == 0));
+    assert_eq!(off.prefix_hits, 0);
 }
 
 /// Run to completion; returns finished requests and the per-step reports.
@@ -229,7 +325,8 @@ proptest! {
         max_seqs in 1u32..64,
         blocks in 64u32..400,
         kind in 0u8..4,
-        reqs in proptest::collection::vec((1u32..600, 1u32..200, 0i64..5), 1..40),
+        caching: bool,
+        reqs in proptest::collection::vec((1u32..600, 1u32..200, 0i64..5, 0u64..3), 1..40),
     ) {
         let policy = match kind {
             0 => EnginePolicy::Fcfs,
@@ -238,11 +335,14 @@ proptest! {
             _ => EnginePolicy::Mlfq { base_quantum_ms: 20.0, growth: 2.0, starvation_ms: 500.0, skip_join: true },
         };
         let mut e = engine(budget, max_seqs, blocks, policy);
+        e.limits.prefix_caching = caching;
+        e.kv = KvPool::with_caching(blocks, caching);
         let mut expected = 0;
-        for (i, &(p, o, pr)) in reqs.iter().enumerate() {
+        for (i, &(p, o, pr, group)) in reqs.iter().enumerate() {
             // Keep each request small enough to fit alone, as the engine's startup check ensures.
             if blocks_for(p + o) <= blocks {
-                e.add_request(req(i as u64, p, o, pr));
+                // Requests of a group share a 40-token prefix.
+                e.add_request_with(req(i as u64, p, o, pr), Some(shared(group, 40, i as u64, p)));
                 expected += 1;
             }
         }

@@ -26,6 +26,9 @@ pub struct StepShape {
     pub decode_context: u64,
     /// KV tokens read: context before this step, over all requests in the batch.
     pub kv_read_tokens: u64,
+    /// Every request in the batch decodes one token (no prefill chunk): the step can replay
+    /// a captured CUDA graph.
+    pub decode_only: bool,
 }
 
 impl StepShape {
@@ -37,9 +40,13 @@ impl StepShape {
         if samples {
             self.sampled += 1;
         }
+        if self.requests == 1 {
+            self.decode_only = true;
+        }
         if n == 1 && samples {
             self.decode_context += computed + 1;
         } else {
+            self.decode_only = false;
             let c = n as f64;
             self.prefill_attn_work += c * (computed as f64 + c / 2.0);
         }
@@ -66,6 +73,29 @@ pub struct StepTimeModel {
     comm_bytes_per_token: f64,
     link_bw: f64,
     tp: f64,
+    /// Largest batch replayed from a captured CUDA graph (0: eager engine, no graphs).
+    max_capture: u32,
+}
+
+/// vLLM's default CUDA-graph capture sizes (CompilationConfig, v0.11 and later): 1, 2, 4, then
+/// every multiple of 8 below 256, then every multiple of 16, up to
+/// `min(2 * max_num_seqs, 512)`. A decode batch runs the graph of the next size up, padded.
+pub fn capture_size(batch: u32, max_capture: u32) -> Option<u32> {
+    if batch == 0 || batch > max_capture {
+        return None;
+    }
+    let size = match batch {
+        1 | 2 => batch,
+        3 | 4 => 4,
+        b if b < 256 => b.div_ceil(8) * 8,
+        b => b.div_ceil(16) * 16,
+    };
+    Some(size.min(max_capture))
+}
+
+/// The largest capture size vLLM picks for an engine with `max_num_seqs`.
+pub fn default_max_capture(max_num_seqs: u32) -> u32 {
+    (2 * max_num_seqs).min(512)
 }
 
 impl StepTimeModel {
@@ -90,12 +120,34 @@ impl StepTimeModel {
             link_bw: gpu.interconnect_gb_s * 1e9,
             tp: t,
             coeffs,
+            max_capture: 0,
         }
     }
 
+    /// Run decode-only steps of up to `max_capture` requests as CUDA graphs (vLLM's default
+    /// mode); 0 turns graphs off (`--enforce-eager`).
+    pub fn with_cuda_graphs(mut self, max_capture: u32) -> Self {
+        self.max_capture = max_capture;
+        self
+    }
+
+    pub fn max_capture(&self) -> u32 {
+        self.max_capture
+    }
+
     /// Seconds for a step of this shape, split into its terms (for profiling and tests).
+    ///
+    /// A decode-only step that fits a captured CUDA graph computes the padded batch and pays no
+    /// per-layer launch cost; any other step (eager, or a mixed prefill step run piecewise)
+    /// pays `per_layer_us` per layer.
     pub fn terms(&self, s: &StepShape) -> [f64; 4] {
-        let lin_flops = self.lin_flops_per_token * s.tokens as f64 + self.head_flops_per_row * s.sampled as f64;
+        let graph = if s.decode_only {
+            capture_size(s.requests as u32, self.max_capture)
+        } else {
+            None
+        };
+        let lin_tokens = graph.map_or(s.tokens, |g| g as u64);
+        let lin_flops = self.lin_flops_per_token * lin_tokens as f64 + self.head_flops_per_row * s.sampled as f64;
         let t_lin = (lin_flops / self.flops_lin).max(self.weight_bytes / self.bw_lin);
         let attn_flops = self.attn_flop_factor * (s.prefill_attn_work + s.decode_context as f64);
         let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens) as f64;
@@ -107,10 +159,13 @@ impl StepTimeModel {
         } else {
             0.0
         };
-        let t_fixed = 1e-6
-            * (self.coeffs.step_overhead_us
-                + self.layers * self.coeffs.per_layer_us
-                + s.requests as f64 * self.coeffs.per_request_us);
+        let per_layer = if graph.is_some() {
+            0.0
+        } else {
+            self.layers * self.coeffs.per_layer_us
+        };
+        let t_fixed =
+            1e-6 * (self.coeffs.step_overhead_us + per_layer + s.requests as f64 * self.coeffs.per_request_us);
         [t_lin, t_attn, t_comm, t_fixed]
     }
 
@@ -179,6 +234,34 @@ mod tests {
         // Bigger model, slower step.
         let small = model("Qwen2.5-1.5B", "RTX-A6000", 1);
         assert!(small.step_ns(&decode(16, 500)) < a6000.step_ns(&decode(16, 500)));
+    }
+
+    #[test]
+    fn captured_decode_pads_to_the_graph_size_and_skips_layer_launches() {
+        // Table: batch -> capture size with max 512 (vLLM's list).
+        for (b, g) in [
+            (1, 1),
+            (2, 2),
+            (3, 4),
+            (5, 8),
+            (9, 16),
+            (255, 256),
+            (257, 272),
+            (512, 512),
+        ] {
+            assert_eq!(capture_size(b, 512), Some(g), "batch {b}");
+        }
+        assert_eq!(capture_size(513, 512), None);
+        assert_eq!(capture_size(3, 0), None);
+        let eager = model("Llama-2-7B", "H100-SXM", 1);
+        let graphs = model("Llama-2-7B", "H100-SXM", 1).with_cuda_graphs(256);
+        let d = decode(9, 500);
+        let (te, tg) = (eager.terms(&d), graphs.terms(&d));
+        assert!((te[3] - tg[3] - 32.0 * eager.coeffs.per_layer_us * 1e-6).abs() < 1e-12);
+        // A mixed step is not captured.
+        let mut m = decode(8, 500);
+        m.add(0, 300, true);
+        assert_eq!(eager.terms(&m), graphs.terms(&m));
     }
 
     #[test]

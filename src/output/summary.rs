@@ -60,6 +60,8 @@ pub struct Aggregates {
     pub prompt_tokens: u64,
     pub output_tokens: u64,
     pub preemptions: u64,
+    /// Prompt tokens served from the prefix cache at first scheduling, over all requests.
+    pub cached_tokens: u64,
     pub first_arrival_ns: Option<Nanos>,
     pub last_finish_ns: Nanos,
     /// Per model, in the cluster's model order.
@@ -82,6 +84,7 @@ impl Aggregates {
             prompt_tokens: 0,
             output_tokens: 0,
             preemptions: 0,
+            cached_tokens: 0,
             first_arrival_ns: None,
             last_finish_ns: 0,
             by_model: models.iter().map(|m| (m.clone(), ModelAgg::default())).collect(),
@@ -147,6 +150,13 @@ pub struct EngineSummary {
     pub kv_capacity_tokens: u64,
     pub decode_tokens_per_s_nominal: f64,
     pub step_time_source: String,
+    /// Prompt tokens looked up in the prefix cache and found (vLLM's prefix_cache_queries and
+    /// prefix_cache_hits), and their ratio.
+    /// (None where the driver cannot see them: a replay reads the server's counters into
+    /// metrics.parquet instead.)
+    pub prefix_cache_queries: Option<u64>,
+    pub prefix_cache_hits: Option<u64>,
+    pub prefix_cache_hit_rate: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]

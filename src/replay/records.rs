@@ -209,8 +209,9 @@ pub fn write_tables(
         "ttft_ns",
         "e2e_ns",
     ];
+    let nullable_u32 = ["cached_tokens"];
     for c in &mut cols {
-        if nullable.contains(&c.0) {
+        if nullable.contains(&c.0) || nullable_u32.contains(&c.0) {
             c.1 = ColType::OptI64;
         }
     }
@@ -272,6 +273,7 @@ pub fn write_tables(
             Val::U32(r.context_tokens),
             Val::U32(r.output_tokens),
             Val::U32(0),
+            Val::OptI64(None),
             Val::U32(r.attempt),
             Val::I64(r.scheduled_ns),
             Val::I64(r.send_ns),

@@ -103,6 +103,16 @@ pub struct EngineSpec {
     /// defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<String>,
+    /// vLLM's automatic prefix caching (`--enable-prefix-caching`, on by default in v1).
+    #[serde(default = "yes")]
+    pub enable_prefix_caching: bool,
+    /// vLLM's `--enforce-eager`: no CUDA graphs (every step pays per-layer launch costs).
+    #[serde(default)]
+    pub enforce_eager: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The workload. Read by hand (see `TryFrom<Value>`) rather than as a serde internally
@@ -563,7 +573,12 @@ impl Scenario {
                     )
                 }
             };
-            let steptime = StepTimeModel::new(model, gpu, e.tensor_parallel, coeffs);
+            let steptime =
+                StepTimeModel::new(model, gpu, e.tensor_parallel, coeffs).with_cuda_graphs(if e.enforce_eager {
+                    0
+                } else {
+                    crate::hw::steptime::default_max_capture(seqs)
+                });
             let base_name = e
                 .name
                 .clone()
@@ -587,6 +602,7 @@ impl Scenario {
                         max_num_seqs: seqs,
                         max_model_len: max_len,
                         policy: e.scheduling,
+                        prefix_caching: e.enable_prefix_caching,
                     },
                     kv: kv.clone(),
                     steptime: steptime.clone(),

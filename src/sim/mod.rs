@@ -9,7 +9,8 @@
 //! Architecture Invariant: same resolved scenario and seed, same bytes in every result file
 //! (`tests/determinism.rs`).
 
-use crate::engine::{Engine, FinishedRequest, NewRequest};
+use crate::engine::kv::{mix, Seg};
+use crate::engine::{Engine, FinishedRequest, NewRequest, PromptContent};
 use crate::error::{Error, Result};
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
 use crate::output::{ColType, Table, Val};
@@ -28,7 +29,7 @@ use crate::time::Nanos;
 use crate::workload::arrivals::InterArrival;
 use crate::workload::azure::{AzureWorkload, LengthCaps};
 use crate::workload::synthetic::SyntheticWorkload;
-use crate::workload::{WorkflowSpec, WorkloadSource};
+use crate::workload::{Stage, WorkflowSpec, WorkloadSource};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
@@ -66,6 +67,9 @@ struct Wf {
     prompt_tokens: u64,
     preemptions: u32,
     failed: bool,
+    /// Content of the last finished stage's whole sequence (prompt and output), which the
+    /// next stage's prompt resends as its context.
+    seq: Option<Arc<[Seg]>>,
 }
 
 struct Pending {
@@ -75,6 +79,7 @@ struct Pending {
     engine: u32,
     priority: i64,
     decided: bool,
+    content: Option<PromptContent>,
 }
 
 /// Progress as the run goes: workflows finished, and the total when known.
@@ -132,7 +137,50 @@ pub fn request_columns(names: &ColType, models: &ColType, status: &[&str]) -> Ve
         ("context_tokens", U32),
         ("output_tokens", U32),
         ("preemptions", U32),
+        ("cached_tokens", U32),
     ]
+}
+
+/// What stage `stage` of workflow `wf` sends, for the prefix cache: the previous stage's
+/// sequence up to the stage's context, or its group's shared prefix, then tokens of its own
+/// (which its output continues).
+pub fn stage_content(wf: u64, stage: u32, st: &Stage, prev: Option<&[Seg]>) -> PromptContent {
+    let own = mix(0x5747_4745, (wf << 8) ^ stage as u64);
+    let mut segs: Vec<Seg> = Vec::with_capacity(4);
+    let shared = match (prev, st.prefix) {
+        (Some(prev), _) if stage > 0 && st.context_tokens > 0 => {
+            let cut = st.context_tokens.min(st.prompt_tokens);
+            for s in prev {
+                segs.push(Seg {
+                    id: s.id,
+                    end: s.end.min(cut),
+                });
+                if s.end >= cut {
+                    break;
+                }
+            }
+            segs.last().map_or(0, |s| s.end)
+        }
+        (_, Some((group, n))) if stage == 0 => {
+            let n = n.min(st.prompt_tokens);
+            segs.push(Seg {
+                id: mix(0x6752_4F55_50, group),
+                end: n,
+            });
+            n
+        }
+        _ => 0,
+    };
+    if shared < st.prompt_tokens {
+        segs.push(Seg {
+            id: own,
+            end: st.prompt_tokens,
+        });
+    }
+    PromptContent {
+        segs: segs.into(),
+        output_id: own,
+    }
 }
 
 /// The columns of `workflows.parquet`, in order.
@@ -589,6 +637,7 @@ impl<'a> Simulation<'a> {
                 prompt_tokens: 0,
                 preemptions: 0,
                 failed: false,
+                seq: None,
             },
         );
         self.issue_request(id);
@@ -628,6 +677,7 @@ impl<'a> Simulation<'a> {
                 engine: 0,
                 priority: 0,
                 decided: false,
+                content: None,
             },
         );
         let now = self.now;
@@ -700,6 +750,7 @@ impl<'a> Simulation<'a> {
         let wf = &self.workflows[&p.workflow];
         let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
         let e = p.engine;
+        let content = stage_content(p.workflow, p.stage, &st, wf.seq.as_deref());
         let req = NewRequest {
             id: request,
             workflow: p.workflow,
@@ -710,7 +761,8 @@ impl<'a> Simulation<'a> {
             arrival_ns: p.arrival_ns,
             dispatch_ns: self.now,
         };
-        if let Some(rejected) = self.engines[e as usize].add_request(req) {
+        self.pending.get_mut(&request).expect("pending").content = Some(content.clone());
+        if let Some(rejected) = self.engines[e as usize].add_request_with(req, Some(content)) {
             self.record_request(&rejected, st.context_tokens)?;
             let max = self.engines[e as usize].limits.max_model_len;
             let why = format!("prompt of {} tokens is not below max_model_len {max}", st.prompt_tokens);
@@ -831,11 +883,13 @@ impl<'a> Simulation<'a> {
                 Val::U32(context_tokens),
                 Val::U32(f.output_tokens),
                 Val::U32(f.preemptions),
+                Val::U32(f.cached_tokens),
             ])?;
         }
         let a = &mut self.agg;
         a.requests += 1;
         a.preemptions += f.preemptions as u64;
+        a.cached_tokens += f.cached_tokens as u64;
         if f.rejected {
             a.rejected += 1;
         } else {
@@ -863,6 +917,14 @@ impl<'a> Simulation<'a> {
         wf.output_so_far += f.output_tokens as u64;
         wf.prompt_tokens += f.req.prompt_tokens as u64;
         wf.preemptions += f.preemptions;
+        if let Some(c) = &p.content {
+            let mut seq: Vec<Seg> = c.segs.to_vec();
+            seq.push(Seg {
+                id: c.output_id,
+                end: f.req.prompt_tokens + f.output_tokens,
+            });
+            wf.seq = Some(seq.into());
+        }
         wf.stage += 1;
         let more = (wf.stage as usize) < wf.spec.plans[wf.plan.expect("routed")].stages.len();
         self.record_request(&f, st.context_tokens)?;
@@ -962,6 +1024,11 @@ impl<'a> Simulation<'a> {
                     Some(k) => format!("calibration ({k})"),
                     None => re.step_time_source["kind"].as_str().unwrap_or("?").to_string(),
                 },
+                prefix_cache_queries: Some(e.prefix_queries),
+                prefix_cache_hits: Some(e.prefix_hits),
+                prefix_cache_hit_rate: Some(crate::output::summary::round6(
+                    e.prefix_hits as f64 / e.prefix_queries.max(1) as f64,
+                )),
             })
             .collect();
         self.agg

@@ -83,6 +83,7 @@ impl<'a> StageModel<'a> {
                 context_tokens: context,
                 output_tokens: out,
                 tool_delay_ns: delay_ns,
+                prefix: None,
             });
             context = (prompt + out).min(MAX_PROMPT_TOKENS - obs.min(MAX_PROMPT_TOKENS - 1));
             prompt = context + obs;

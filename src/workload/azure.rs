@@ -284,6 +284,7 @@ impl WorkloadSource for AzureWorkload {
                     context_tokens: 0,
                     output_tokens: o,
                     tool_delay_ns: 0,
+                    prefix: None,
                 }],
                 success: None,
             }],

@@ -26,6 +26,10 @@ pub struct Stage {
     pub output_tokens: u32,
     /// Tool time after this stage finishes, before the next stage is ready.
     pub tool_delay_ns: Nanos,
+    /// The first stage's prompt begins with a prefix shared by a group of requests (a
+    /// system prompt): `(group id, tokens)`. Later stages share their context with the
+    /// stage before instead (see the simulator).
+    pub prefix: Option<(u64, u32)>,
 }
 
 /// What a workflow does on one candidate model (or on any, when `model` is None).

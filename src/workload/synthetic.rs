@@ -146,6 +146,7 @@ fn build_stages(draws: &[Draw], output_scale: f64, cap: u32) -> Vec<Stage> {
                 context_tokens: ctx,
                 output_tokens: out,
                 tool_delay_ns: d.delay,
+                prefix: None,
             }
         })
         .collect()
