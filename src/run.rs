@@ -32,6 +32,11 @@ pub fn inputs_provenance(r: &Resolved) -> Result<Value> {
             add("workflow trace (chimera-trace/v1)", &p)?;
         }
         Workload::Generated(_) => {}
+        Workload::Serving(s) => {
+            if let crate::workload::serving::RequestShape::Trace { path } = &s.requests {
+                add("per-request trace", &r.base_dir.join(path))?;
+            }
+        }
         Workload::Synthetic(s) => {
             if let ArrivalSpec::Trace { path: Some(p), .. } = &s.arrivals {
                 add("arrival timestamps (Azure CSV)", &r.base_dir.join(p))?;
@@ -65,6 +70,7 @@ pub fn inputs_provenance(r: &Resolved) -> Result<Value> {
             json!({"generator": "traces/fitted-params.yaml (embedded)", "notes": crate::trace::FittedParams::embedded().notes})
         }
         Workload::Synthetic(_) => json!("distributions given in the scenario"),
+        Workload::Serving(_) => json!("serving benchmark shape given in the scenario (see files for a trace)"),
         Workload::AzureTrace(_) => json!("Azure LLM inference trace format; see files"),
     };
     Ok(json!({"files": files, "workload": workload, "engines": engines}))

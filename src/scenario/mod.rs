@@ -126,6 +126,9 @@ pub enum Workload {
     Trace(TraceFileSpec),
     /// APPS/MATH workflows generated as they arrive from the fitted parameters.
     Generated(GeneratedSpec),
+    /// Single LLM calls as serving benchmarks send them (shared-prefix groups, fixed lengths
+    /// or a per-request trace; constant, Poisson, closed-loop or traced arrivals).
+    Serving(crate::workload::serving::ServingSpec),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,7 +157,7 @@ pub struct GeneratedSpec {
     pub arrivals: ArrivalSpec,
 }
 
-const KINDS: &str = "`synthetic`, `azure_trace`, `trace`, `generated`";
+const KINDS: &str = "`synthetic`, `azure_trace`, `trace`, `generated`, `serving`";
 
 impl TryFrom<serde_json::Value> for Workload {
     type Error = String;
@@ -173,6 +176,7 @@ impl TryFrom<serde_json::Value> for Workload {
             "azure_trace" => yaml::nested(rest).map(Workload::AzureTrace),
             "trace" => yaml::nested(rest).map(Workload::Trace),
             "generated" => yaml::nested(rest).map(Workload::Generated),
+            "serving" => yaml::nested(rest).map(Workload::Serving),
             other => Err(format!("@kind: unknown variant `{other}`, expected one of {KINDS}")),
         }
     }
@@ -662,6 +666,13 @@ impl Scenario {
         }
         let min_len = engines.iter().map(|e| e.limits.max_model_len).min().expect("non-empty");
         match &mut sc.workload {
+            Workload::Serving(s) => {
+                s.validate("workload")?;
+                if let crate::workload::serving::RequestShape::Trace { path } = &s.requests {
+                    crate::workload::serving::read_trace(&base_dir.join(path))
+                        .map_err(|e| e.context("workload.requests.path"))?;
+                }
+            }
             Workload::Synthetic(s) => {
                 for map in [&mut s.output_scale, &mut s.success_probability] {
                     let mut fixed = BTreeMap::new();

@@ -161,7 +161,7 @@ pub fn stage_content(wf: u64, stage: u32, st: &Stage, prev: Option<&[Seg]>) -> P
             }
             segs.last().map_or(0, |s| s.end)
         }
-        (_, Some((group, n))) if stage == 0 => {
+        (_, Some((group, n))) if st.context_tokens == 0 => {
             let n = n.min(st.prompt_tokens);
             segs.push(Seg {
                 id: mix(0x6752_4F55_50, group),
@@ -351,6 +351,7 @@ pub fn build_policy_for(r: &Resolved, seed: u64, infos: Vec<EngineInfo>, retry: 
 pub fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
     Ok(match &r.scenario.workload {
         Workload::Synthetic(s) => Box::new(SyntheticWorkload::new(s, &r.models, seed, &r.base_dir)?),
+        Workload::Serving(s) => Box::new(crate::workload::serving::ServingWorkload::new(s, seed, &r.base_dir)?),
         Workload::AzureTrace(a) => Box::new(AzureWorkload::open(
             &r.base_dir.join(&a.path),
             LengthCaps {

@@ -10,6 +10,7 @@
 pub mod arrivals;
 pub mod azure;
 pub mod dist;
+pub mod serving;
 pub mod synthetic;
 
 use crate::error::Result;
