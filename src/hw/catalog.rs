@@ -154,8 +154,11 @@ impl Catalog {
 
     pub fn model(&self, name: &str) -> Result<&ModelSpec> {
         let n = norm(name);
+        // Hub names work too: `meta-llama/Llama-2-7b-hf` is Llama-2-7B.
         let strip = |s: &str| {
-            norm(s)
+            let s = norm(s);
+            let s = s.rsplit('/').next().unwrap_or("").to_string();
+            s.trim_end_matches("-hf")
                 .trim_end_matches("-instruct")
                 .trim_end_matches("-chat")
                 .to_string()
@@ -183,6 +186,16 @@ mod tests {
             ("Qwen1.5-7B", 7.72, 0.01),
             ("Qwen2.5-1.5B", 1.54, 0.01),
             ("Qwen2.5-14B", 14.77, 0.02),
+            ("Llama-2-13B", 13.02, 0.01),
+            ("Llama-2-70B", 68.98, 0.01),
+            ("CodeLlama-34B", 33.74, 0.01),
+            ("Llama-3.1-8B", 8.03, 0.01),
+            ("Llama-3.1-70B", 70.55, 0.01),
+            ("Mistral-7B", 7.25, 0.01),
+            ("Qwen3-0.6B", 0.60, 0.02),
+            ("Qwen3-8B", 8.19, 0.01),
+            ("Qwen3-14B", 14.77, 0.02),
+            ("Qwen3-32B", 32.76, 0.01),
             ("Qwen2.5-72B", 72.7, 0.1),
             ("Llama-2-7B", 6.74, 0.01),
         ];
@@ -204,7 +217,10 @@ mod tests {
             err.contains("V100") && err.contains("RTX-A6000") && err.contains("H200"),
             "{err}"
         );
-        let err = cat.model("Mistral-7B").unwrap_err().to_string();
+        assert_eq!(cat.model("meta-llama/Llama-2-7b-hf").unwrap().name, "Llama-2-7B");
+        assert_eq!(cat.model("meta-llama/Llama-3.1-8B").unwrap().name, "Llama-3.1-8B");
+        assert_eq!(cat.gpu("RTXPRO6000").unwrap().name, "RTX-PRO-6000");
+        let err = cat.model("Falcon-7B").unwrap_err().to_string();
         assert!(err.contains("Qwen2.5-72B") && err.contains("Llama-2-7B"), "{err}");
     }
 

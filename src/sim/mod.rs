@@ -95,6 +95,19 @@ pub struct RunReport {
     pub event_log_hash: u64,
     /// Every input the policy core got and every decision it made, when recorded.
     pub core_io: Option<CoreIo>,
+    /// Every served request's timing, when collected (see [`Simulation::collect_timings`]).
+    pub timings: Option<Vec<RequestTiming>>,
+}
+
+/// One served request's times, nanoseconds from the start of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestTiming {
+    pub arrival_ns: Nanos,
+    pub ttft_ns: Nanos,
+    pub e2e_ns: Nanos,
+    pub prompt_tokens: u32,
+    pub output_tokens: u32,
+    pub cached_tokens: u32,
 }
 
 /// The policy core's inputs and decisions over a run, in order (see `policy::journal`).
@@ -417,6 +430,7 @@ pub struct Simulation<'a> {
     timer_at: Option<Nanos>,
     needs_oracle: bool,
     core_io: Option<CoreIo>,
+    timings: Option<Vec<RequestTiming>>,
 }
 
 /// Simulation-only truths about stage `k` of a workflow, per candidate model.
@@ -499,6 +513,7 @@ impl<'a> Simulation<'a> {
             timer_at: None,
             needs_oracle: false,
             core_io: None,
+            timings: None,
         })
         .map(|mut s| {
             s.needs_oracle = s.policy.needs_oracle();
@@ -510,6 +525,13 @@ impl<'a> Simulation<'a> {
     /// driver against a fresh core; costs memory per request).
     pub fn record_core_io(mut self) -> Self {
         self.core_io = Some(CoreIo::default());
+        self
+    }
+
+    /// Keep every served request's timing in memory (for fidelity checks and fits; costs
+    /// memory per request).
+    pub fn collect_timings(mut self) -> Self {
+        self.timings = Some(Vec::new());
         self
     }
 
@@ -546,6 +568,7 @@ impl<'a> Simulation<'a> {
             sim_end_ns: self.now,
             event_log_hash: self.hash,
             core_io: self.core_io.take(),
+            timings: self.timings.take(),
         })
     }
 
@@ -886,6 +909,18 @@ impl<'a> Simulation<'a> {
                 Val::U32(f.preemptions),
                 Val::U32(f.cached_tokens),
             ])?;
+        }
+        if !f.rejected {
+            if let Some(t) = &mut self.timings {
+                t.push(RequestTiming {
+                    arrival_ns: q.arrival_ns,
+                    ttft_ns: ttft,
+                    e2e_ns: e2e,
+                    prompt_tokens: q.prompt_tokens,
+                    output_tokens: f.output_tokens,
+                    cached_tokens: f.cached_tokens,
+                });
+            }
         }
         let a = &mut self.agg;
         a.requests += 1;
