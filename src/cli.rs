@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod calibrate;
+mod fidelity;
 mod plot;
 mod report;
 mod sweep;
@@ -136,6 +137,9 @@ pub enum Command {
     },
     /// Simulated against measured: TTFT, TPOT and E2E per request and workflow of two results folders.
     Compare(plot::CompareArgs),
+    /// The simulator against real vLLM measurements: recreate every measured experiment under
+    /// the folders as a scenario, simulate it, and report TTFT and E2E per load stage.
+    Fidelity(fidelity::FidelityArgs),
     /// The paper comparisons from sweeps: Chimera against baselines at matched settings
     /// (feature `analysis`, polars).
     Report(report::ReportArgs),
@@ -350,6 +354,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plot { what } => plot::run(what),
         Command::Report(a) => report::run(a),
         Command::Compare(a) => plot::compare(a),
+        Command::Fidelity(a) => fidelity::run(a),
         Command::Replay {
             scenario: path,
             endpoints,

@@ -10,6 +10,7 @@ pub mod emulate;
 pub mod encoder;
 pub mod engine;
 pub mod error;
+pub mod fidelity;
 pub mod hw;
 pub mod output;
 pub mod policy;

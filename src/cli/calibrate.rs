@@ -108,6 +108,31 @@ pub enum CalibrateCmd {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Fit the step model to real vLLM serving measurements (request latencies under load),
+    /// with a leave-one-experiment-out check.
+    FitServing {
+        /// Folders holding measured experiments (both `chimera fidelity` layouts).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The GPU whose experiments are fitted.
+        #[arg(long)]
+        gpu: String,
+        /// Calibration file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Each load stage is cut to this many seconds while fitting (the report uses full stages).
+        #[arg(long, default_value_t = 120.0)]
+        stage_seconds: f64,
+        /// Nelder-Mead iterations per start.
+        #[arg(long, default_value_t = 150)]
+        iterations: usize,
+        /// Also write the fit report (JSON: stages, leave-one-out).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Folder for the recreated scenarios (default: next to --out).
+        #[arg(long)]
+        scenarios: Option<PathBuf>,
+    },
     /// A calibration's predictions against measured operator points.
     Check {
         #[arg(long)]
@@ -151,6 +176,49 @@ fn parse_classes(ops: &[String]) -> Result<Option<Vec<OpClass>>> {
 
 pub fn run(cmd: CalibrateCmd) -> Result<i32> {
     match cmd {
+        CalibrateCmd::FitServing {
+            dirs,
+            gpu,
+            out,
+            stage_seconds,
+            iterations,
+            report,
+            scenarios,
+        } => {
+            if !(stage_seconds >= 10.0 && stage_seconds.is_finite()) {
+                return Err(Error::bad("--stage-seconds: expected at least 10"));
+            }
+            if iterations == 0 || iterations > 100_000 {
+                return Err(Error::bad("--iterations: expected 1 to 100000"));
+            }
+            let sdir = scenarios.unwrap_or_else(|| out.with_extension("scenarios"));
+            let (cal, rep) = crate::fidelity::fit::fit_serving(
+                &dirs,
+                &gpu,
+                crate::hw::Coefficients::default(),
+                stage_seconds,
+                iterations,
+                &sdir,
+            )?;
+            save_calibration(&cal, &out)?;
+            println!(
+                "fitted on {} ({}): {:?}",
+                rep.gpu,
+                rep.experiments.join(", "),
+                rep.coefficients
+            );
+            super::fidelity::print_stages(&rep.stages);
+            for l in &rep.leave_one_out {
+                println!("\nleave out {} (fitted on the others):", l.held_out);
+                super::fidelity::print_stages(&l.stages);
+            }
+            if let Some(p) = report {
+                let j = serde_json::to_string_pretty(&rep).map_err(|e| Error::other(e.to_string()))?;
+                crate::output::write_atomic(&p, j.as_bytes())?;
+            }
+            eprintln!("wrote {}", out.display());
+            Ok(0)
+        }
         CalibrateCmd::Server {
             url,
             from_points,

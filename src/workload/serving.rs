@@ -53,7 +53,9 @@ pub enum RequestShape {
         output_len: u32,
     },
     /// A per-request trace (CSV or JSON lines), relative to the scenario file.
-    Trace { path: String },
+    Trace {
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -113,12 +115,17 @@ impl ServingSpec {
         match &self.arrivals {
             LoadSpec::Constant { stages } | LoadSpec::Poisson { stages } => {
                 if stages.is_empty() {
-                    return Err(Error::bad(format!("{a}.stages: expected at least one {{rate, duration_s}}")));
+                    return Err(Error::bad(format!(
+                        "{a}.stages: expected at least one {{rate, duration_s}}"
+                    )));
                 }
                 let mut total = 0.0;
                 for (i, s) in stages.iter().enumerate() {
                     if !(s.rate > 0.0 && s.rate.is_finite()) {
-                        return Err(Error::bad(format!("{a}.stages[{i}].rate: expected a number > 0, got {}", s.rate)));
+                        return Err(Error::bad(format!(
+                            "{a}.stages[{i}].rate: expected a number > 0, got {}",
+                            s.rate
+                        )));
                     }
                     if !(s.duration_s > 0.0 && s.duration_s <= 30.0 * 86_400.0) {
                         return Err(Error::bad(format!(
@@ -198,7 +205,9 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
     let header: Vec<String> = if jsonl {
         Vec::new()
     } else {
-        let (_, h) = lines.next().ok_or_else(|| Error::bad(format!("{p}: empty trace (expected a header line)")))?;
+        let (_, h) = lines
+            .next()
+            .ok_or_else(|| Error::bad(format!("{p}: empty trace (expected a header line)")))?;
         h.split(',').map(|c| c.trim().to_string()).collect()
     };
     for (i, line) in lines {
@@ -227,7 +236,9 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
                 } else if v.fract() == 0.0 && v >= 0.0 {
                     serde_json::json!(v as u64)
                 } else {
-                    return Err(Error::bad(format!("{p}:{row}: column `{h}`: expected a whole number, got `{c}`")));
+                    return Err(Error::bad(format!(
+                        "{p}:{row}: column `{h}`: expected a whole number, got `{c}`"
+                    )));
                 };
                 m.insert(h.clone(), v);
             }
@@ -238,7 +249,9 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
             })?
         };
         if r.prompt_tokens == 0 || r.output_tokens == 0 {
-            return Err(Error::bad(format!("{p}:{row}: prompt_tokens and output_tokens must be at least 1")));
+            return Err(Error::bad(format!(
+                "{p}:{row}: prompt_tokens and output_tokens must be at least 1"
+            )));
         }
         if let Some(a) = r.arrival_s {
             if !(a >= 0.0 && a < 1e7) {
@@ -298,7 +311,10 @@ impl ServingWorkload {
                     let mut last = 0;
                     for (i, r) in rows.iter().enumerate() {
                         let t = secs_to_ns(r.arrival_s.ok_or_else(|| {
-                            Error::bad(format!("{path}: row {}: no arrival_s (needed by `arrivals: trace`)", i + 1))
+                            Error::bad(format!(
+                                "{path}: row {}: no arrival_s (needed by `arrivals: trace`)",
+                                i + 1
+                            ))
                         })?);
                         if t < last {
                             return Err(Error::bad(format!(
@@ -313,7 +329,9 @@ impl ServingWorkload {
                 }
                 rows.iter()
                     .map(|r| {
-                        let prefix = r.prefix_group.map(|g| (g, r.prefix_tokens.unwrap_or(0).min(r.prompt_tokens)));
+                        let prefix = r
+                            .prefix_group
+                            .map(|g| (g, r.prefix_tokens.unwrap_or(0).min(r.prompt_tokens)));
                         (r.prompt_tokens, r.output_tokens, prefix)
                     })
                     .collect()
@@ -426,7 +444,21 @@ mod tests {
         let v = all(&mut ServingWorkload::new(&s, 1, Path::new(".")).unwrap());
         let t: Vec<Nanos> = v.iter().map(|w| w.arrival_ns).collect();
         let ms = 1_000_000;
-        assert_eq!(t, vec![0, 500 * ms, 1000 * ms, 1500 * ms, 2000 * ms, 2500 * ms, 3000 * ms, 3250 * ms, 3500 * ms, 3750 * ms]);
+        assert_eq!(
+            t,
+            vec![
+                0,
+                500 * ms,
+                1000 * ms,
+                1500 * ms,
+                2000 * ms,
+                2500 * ms,
+                3000 * ms,
+                3250 * ms,
+                3500 * ms,
+                3750 * ms
+            ]
+        );
         assert_eq!(s.stage_bounds(), vec![(0, 3000 * ms), (3000 * ms, 4000 * ms)]);
     }
 
@@ -457,17 +489,32 @@ mod tests {
     fn traces_read_csv_and_jsonl_and_name_the_bad_row() {
         let d = std::env::temp_dir().join(format!("chimera-serving-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("a.csv"), "arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0.5,100,10,1,32\n1.0,90,20,,\n").unwrap();
+        std::fs::write(
+            d.join("a.csv"),
+            "arrival_s,prompt_tokens,output_tokens,prefix_group,prefix_tokens\n0.5,100,10,1,32\n1.0,90,20,,\n",
+        )
+        .unwrap();
         std::fs::write(d.join("a.jsonl"), "{\"arrival_s\": 0.5, \"prompt_tokens\": 100, \"output_tokens\": 10, \"prefix_group\": 1, \"prefix_tokens\": 32}\n{\"arrival_s\": 1.0, \"prompt_tokens\": 90, \"output_tokens\": 20}\n").unwrap();
-        assert_eq!(read_trace(&d.join("a.csv")).unwrap(), read_trace(&d.join("a.jsonl")).unwrap());
+        assert_eq!(
+            read_trace(&d.join("a.csv")).unwrap(),
+            read_trace(&d.join("a.jsonl")).unwrap()
+        );
         let s = spec("requests: {kind: trace, path: a.csv}\narrivals: {process: trace}");
         let v = all(&mut ServingWorkload::new(&s, 1, &d).unwrap());
         assert_eq!(v[1].arrival_ns, 1_000_000_000);
         assert_eq!(v[0].plans[0].stages[0].prefix, Some((1, 32)));
-        std::fs::write(d.join("b.csv"), "arrival_s,prompt_tokens,output_tokens\n0.5,100,10\n1.0,x,20\n").unwrap();
+        std::fs::write(
+            d.join("b.csv"),
+            "arrival_s,prompt_tokens,output_tokens\n0.5,100,10\n1.0,x,20\n",
+        )
+        .unwrap();
         let e = read_trace(&d.join("b.csv")).unwrap_err().to_string();
         assert!(e.contains("b.csv:3") && e.contains("prompt_tokens"), "{e}");
-        std::fs::write(d.join("c.jsonl"), "{\"prompt_tokens\": 1, \"output_tokens\": 1, \"colour\": 2}\n").unwrap();
+        std::fs::write(
+            d.join("c.jsonl"),
+            "{\"prompt_tokens\": 1, \"output_tokens\": 1, \"colour\": 2}\n",
+        )
+        .unwrap();
         let e = read_trace(&d.join("c.jsonl")).unwrap_err().to_string();
         assert!(e.contains("c.jsonl:1") && e.contains("colour"), "{e}");
         std::fs::remove_dir_all(&d).ok();
@@ -476,8 +523,16 @@ mod tests {
     #[test]
     fn bad_specs_name_the_field() {
         let s = spec("requests: {kind: fixed, prompt_len: 10, output_len: 5}\narrivals: {process: constant, stages: [{rate: 0, duration_s: 3}]}");
-        assert!(s.validate("workload").unwrap_err().to_string().contains("workload.arrivals.stages[0].rate"));
+        assert!(s
+            .validate("workload")
+            .unwrap_err()
+            .to_string()
+            .contains("workload.arrivals.stages[0].rate"));
         let s = spec("requests: {kind: fixed, prompt_len: 10, output_len: 5}\narrivals: {process: trace}");
-        assert!(s.validate("workload").unwrap_err().to_string().contains("arrivals.process"));
+        assert!(s
+            .validate("workload")
+            .unwrap_err()
+            .to_string()
+            .contains("arrivals.process"));
     }
 }
