@@ -132,6 +132,9 @@ pub enum CalibrateCmd {
         /// Folder for the recreated scenarios (default: next to --out).
         #[arg(long)]
         scenarios: Option<PathBuf>,
+        /// The engine and version measured, when the files do not record it.
+        #[arg(long)]
+        engine: Option<String>,
     },
     /// A calibration's predictions against measured operator points.
     Check {
@@ -184,6 +187,7 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
             iterations,
             report,
             scenarios,
+            engine,
         } => {
             if !(stage_seconds >= 10.0 && stage_seconds.is_finite()) {
                 return Err(Error::bad("--stage-seconds: expected at least 10"));
@@ -200,6 +204,11 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
                 iterations,
                 &sdir,
             )?;
+            let mut cal = cal;
+            if let Some(e) = engine {
+                cal.provenance.details.insert("engines".into(), format!("{e} (given with --engine)"));
+                cal.engine = Some(format!("vLLM serving (fitted to {e})"));
+            }
             save_calibration(&cal, &out)?;
             println!(
                 "fitted on {} ({}): {:?}",

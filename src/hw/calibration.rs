@@ -40,6 +40,10 @@ pub struct Coefficients {
     pub elementwise_fixed_us: f64,
     /// Fixed cost of one attention call, microseconds (operator level; fitted).
     pub attention_fixed_us: f64,
+    /// Time from a request's arrival at the server to its arrival at the engine core (HTTP,
+    /// tokenisation, the API server to engine hand-off) plus the stream's way back, which a
+    /// client sees in TTFT and E2E but no GPU step contains, microseconds. Serving fits only.
+    pub frontend_us: f64,
 }
 
 impl Default for Coefficients {
@@ -57,6 +61,7 @@ impl Default for Coefficients {
             matmul_fixed_us: 4.0,
             elementwise_fixed_us: 2.0,
             attention_fixed_us: 4.0,
+            frontend_us: 0.0,
         }
     }
 }
@@ -85,6 +90,7 @@ impl Coefficients {
             ("matmul_fixed_us", self.matmul_fixed_us),
             ("elementwise_fixed_us", self.elementwise_fixed_us),
             ("attention_fixed_us", self.attention_fixed_us),
+            ("frontend_us", self.frontend_us),
         ];
         for (name, v) in times {
             if !(v >= 0.0 && v.is_finite()) {
@@ -169,6 +175,14 @@ pub const CALIBRATION_FORMAT: &str = "chimera-calibration/v1";
 /// embedded default scenario can use one wherever it runs).
 pub const BUILTIN: &[(&str, &str)] = &[
     (
+        "h100-vllm-serving",
+        include_str!("../../calibration/h100-vllm-serving.yaml"),
+    ),
+    (
+        "rtx-a6000-vllm-serving",
+        include_str!("../../calibration/rtx-a6000-vllm-serving.yaml"),
+    ),
+    (
         "rtx-a6000-from-a40",
         include_str!("../../calibration/rtx-a6000-from-a40.yaml"),
     ),
@@ -202,16 +216,22 @@ impl Calibration {
         Ok(cal)
     }
 
-    /// The built-in calibration `calibration: auto` picks for `gpu` (catalogue name), if any.
+    /// The built-in calibration `calibration: auto` picks for `gpu` (catalogue name), if any:
+    /// the vLLM serving fits where there is serving data, else the operator-profile fit (A40).
+    /// Other GPUs get [`Calibration::AUTO_FALLBACK`] carried over by datasheet.
     /// (`h100-cudarc-kernels` is not a candidate: its attention is not fitted.)
     pub fn auto_for(gpu: &str) -> Option<&'static str> {
         match gpu {
-            "RTX-A6000" => Some("rtx-a6000-from-a40"),
+            "RTX-A6000" => Some("rtx-a6000-vllm-serving"),
             "A40" => Some("a40-vidur"),
-            "H100-SXM" => Some("h100-measured"),
+            "H100-SXM" => Some("h100-vllm-serving"),
             _ => None,
         }
     }
+
+    /// The serving fit whose efficiencies and fixed costs `auto` carries to a GPU that has no
+    /// calibration of its own (marked derived).
+    pub const AUTO_FALLBACK: &'static str = "h100-vllm-serving";
 
     /// A scenario's `calibration:` value: `builtin:<name>` or a path relative to `base_dir`.
     /// Returns the calibration and where it came from.

@@ -557,11 +557,25 @@ impl Scenario {
                 non_torch_gib: e.non_torch_gib,
             })
             .map_err(|x| x.context(&p))?;
+            let auto = e.calibration.as_deref() == Some("auto");
             let spec = match e.calibration.as_deref() {
-                Some("auto") => Calibration::auto_for(&gpu.name).map(|n| format!("builtin:{n}")),
+                Some("auto") => Some(format!(
+                    "builtin:{}",
+                    Calibration::auto_for(&gpu.name).unwrap_or(Calibration::AUTO_FALLBACK)
+                )),
                 other => other.map(String::from),
             };
             let (coeffs, source) = match &spec {
+                // `auto` on a GPU without a calibration of its own: the serving fit's
+                // efficiencies (fractions of peak) and fixed costs on this GPU's datasheet.
+                Some(c) if auto && Calibration::auto_for(&gpu.name).is_none() => {
+                    let (cal, origin) =
+                        Calibration::resolve(c, base_dir).map_err(|x| x.context(format!("{p}.calibration")))?;
+                    (
+                        cal.coefficients,
+                        serde_json::json!({"kind": "calibration", "path": origin, "provenance": {"kind": "derived", "source": format!("calibration: auto: no calibration ships for {}; the {} fit's efficiencies and fixed costs carried over on {}'s datasheet figures; not measured on {}", gpu.name, cal.gpu, gpu.name, gpu.name), "from": cal.provenance}, "fit": null}),
+                    )
+                }
                 None => (
                     Coefficients::default(),
                     serde_json::json!({"kind": "roofline-default", "note": if e.calibration.is_some() { "no calibration ships for this GPU (calibration: auto); datasheet figures and published default efficiencies; not measured" } else { "datasheet figures and published default efficiencies; not measured" }}),

@@ -739,6 +739,9 @@ impl<'a> Simulation<'a> {
                     p.engine = engine;
                     p.priority = priority;
                     let delay = if p.decided { 0 } else { self.decision_delay_ns };
+                    // The server's front end (HTTP, tokenisation, hand-off to the engine core).
+                    let frontend = (self.r.engines[engine as usize].steptime.coeffs.frontend_us * 1e3).round() as Nanos;
+                    let delay = delay + frontend;
                     p.decided = true;
                     let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
                     if wf.plan.is_none() {
