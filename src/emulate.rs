@@ -273,6 +273,8 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
          # TYPE vllm:request_success counter\nvllm:request_success_total{{model_name=\"{m}\",finished_reason=\"length\"}} {}\n\
          # TYPE vllm:iteration_tokens_total histogram\nvllm:iteration_tokens_total_sum{{model_name=\"{m}\"}} {}\n\
          vllm:iteration_tokens_total_count{{model_name=\"{m}\"}} {}\n\
+         # TYPE vllm:prefix_cache_queries counter\nvllm:prefix_cache_queries_total{{model_name=\"{m}\"}} {}\n\
+         # TYPE vllm:prefix_cache_hits counter\nvllm:prefix_cache_hits_total{{model_name=\"{m}\"}} {}\n\
          # TYPE vllm:cache_config_info gauge\nvllm:cache_config_info{{block_size=\"{}\",num_gpu_blocks=\"{}\"}} 1.0\n",
         g.engine.num_running(),
         g.engine.num_waiting(),
@@ -282,6 +284,8 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
         c.finished,
         c.step_tokens,
         c.steps,
+        g.engine.prefix_queries,
+        g.engine.prefix_hits,
         sh.block_size,
         sh.usable_blocks + 1,
     );

@@ -62,6 +62,7 @@ fn every_module_says_what_it_is_for() {
         "src/predictor",
         "src/calib",
         "src/cli",
+        "src/fidelity",
     ] {
         for (path, text) in sources(dir) {
             if path.ends_with("main.rs") || path.ends_with("tests.rs") {

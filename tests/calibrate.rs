@@ -182,7 +182,8 @@ fn the_h100_calibrations_are_what_refitting_the_committed_profiles_gives() {
             "shipped H100 calibration is stale: {name} {b} vs refit {a}"
         );
     }
-    // `calibration: auto` picks it for H100 engines.
+    // `calibration: auto` picks the vLLM serving fit for H100 engines (the operator-profile
+    // fit stays available as builtin:h100-measured).
     let r = chimera::scenario::load_str(
         chimera::scenario::DEFAULT_SCENARIO,
         &["cluster.engines[*].gpu=H100".to_string()],
@@ -192,14 +193,14 @@ fn the_h100_calibrations_are_what_refitting_the_committed_profiles_gives() {
     assert!(r.engines[0].step_time_source["path"]
         .as_str()
         .unwrap()
-        .contains("h100-measured"));
+        .contains("h100-vllm-serving"));
 }
 
 #[test]
 fn a_scenario_engine_uses_a_calibration_and_the_manifest_says_so() {
     let dir = common::tmpdir("calibrated-run");
     let scen = dir.join("s.yaml");
-    let cal = common::repo().join("calibration/rtx-a6000-from-a40.yaml");
+    let cal = common::repo().join("calibration/rtx-a6000-vllm-serving.yaml");
     let text =
         chimera::scenario::DEFAULT_SCENARIO.replace("calibration: auto", &format!("calibration: {}", cal.display()));
     assert_ne!(
@@ -218,7 +219,7 @@ fn a_scenario_engine_uses_a_calibration_and_the_manifest_says_so() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let manifest = std::fs::read_to_string(dir.join("out/manifest.json")).unwrap();
     assert!(
-        manifest.contains("rtx-a6000-from-a40.yaml") && manifest.contains("derived"),
+        manifest.contains("rtx-a6000-vllm-serving.yaml") && manifest.contains("derived"),
         "{manifest}"
     );
     // The embedded default uses the same calibration, built in, and gives the same results.
@@ -230,17 +231,22 @@ fn a_scenario_engine_uses_a_calibration_and_the_manifest_says_so() {
     assert!(out2.status.success(), "{}", String::from_utf8_lossy(&out2.stderr));
     let m2 = std::fs::read_to_string(dir.join("builtin/manifest.json")).unwrap();
     assert!(
-        m2.contains("builtin:rtx-a6000-from-a40") && m2.contains("derived"),
+        m2.contains("builtin:rtx-a6000-vllm-serving") && m2.contains("derived"),
         "{m2}"
     );
-    // On a GPU with no shipped calibration, `auto` falls back to the roofline defaults and says so.
+    // On a GPU with no shipped calibration, `auto` carries the H100 serving fit over by
+    // datasheet and says it is derived, not measured there.
     let r = chimera::scenario::load_str(
         chimera::scenario::DEFAULT_SCENARIO,
         &["cluster.engines[*].gpu=A100".to_string()],
         std::path::Path::new("."),
     )
     .unwrap();
-    assert_eq!(r.engines[0].step_time_source["kind"], "roofline-default");
+    assert_eq!(r.engines[0].step_time_source["provenance"]["kind"], "derived");
+    assert!(r.engines[0].step_time_source["provenance"]["source"]
+        .as_str()
+        .unwrap()
+        .contains("not measured on A100-80GB"));
     let (a, b) = (
         std::fs::read(dir.join("out/requests.parquet")).unwrap(),
         std::fs::read(dir.join("builtin/requests.parquet")).unwrap(),

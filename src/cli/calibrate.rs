@@ -206,7 +206,9 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
             )?;
             let mut cal = cal;
             if let Some(e) = engine {
-                cal.provenance.details.insert("engines".into(), format!("{e} (given with --engine)"));
+                cal.provenance
+                    .details
+                    .insert("engines".into(), format!("{e} (given with --engine)"));
                 cal.engine = Some(format!("vLLM serving (fitted to {e})"));
             }
             save_calibration(&cal, &out)?;
