@@ -109,17 +109,7 @@ pub fn run(a: FidelityArgs) -> Result<i32> {
         for k in &r.skipped {
             println!("skipped {}: {}", k.dir.display(), k.reason);
         }
-        let m = &r.summary;
-        println!(
-            "\n{} stages served within their rate: E2E p50 error median {:.1}% (max {:.1}%), TTFT p50 error median {:.1}% (max {:.1}%), {} predicted overloaded; {} overloaded in the measurement (listed, not counted)",
-            m.stages_compared,
-            100.0 * m.median_abs_err_e2e_p50,
-            100.0 * m.max_abs_err_e2e_p50,
-            100.0 * m.median_abs_err_ttft_p50,
-            100.0 * m.max_abs_err_ttft_p50,
-            m.served_but_predicted_overloaded,
-            m.stages_overloaded_measured
-        );
+        println!("\n{}", r.summary.line());
         eprintln!(
             "wrote {}/fidelity.json, fidelity.md, the scenarios in {}/scenarios",
             out.display(),

@@ -221,26 +221,12 @@ pub fn fit_serving(
     let names: Vec<String> = cases.iter().map(|c| c.exp.name.clone()).collect();
     let mut details = BTreeMap::new();
     details.insert("experiments".into(), names.join(", "));
-    details.insert(
-        "engines".into(),
-        cases
-            .iter()
-            .map(|c| c.exp.engine.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    details.insert(
-        "models".into(),
-        cases
-            .iter()
-            .map(|c| c.exp.model.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    let distinct = |f: &dyn Fn(&Case) -> String| -> String {
+        let set: std::collections::BTreeSet<String> = cases.iter().map(f).collect();
+        set.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    details.insert("engines".into(), distinct(&|c| c.exp.engine.clone()));
+    details.insert("models".into(), distinct(&|c| c.exp.model.clone()));
     details.insert(
         "method".into(),
         format!(

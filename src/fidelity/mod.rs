@@ -762,16 +762,22 @@ pub fn markdown(r: &Report) -> String {
     for k in &r.skipped {
         t += &format!("| {} | skipped: {} |||||||||||\n", k.dir.display(), k.reason);
     }
-    let m = &r.summary;
-    t += &format!(
-        "\nOver the {} stages vLLM served without overload: E2E p50 error median {:.1} % (max {:.1} %), TTFT p50 error median {:.1} % (max {:.1} %); {} predicted overloaded. {} stage(s) overloaded in the measurement are listed but not counted.\n",
-        m.stages_compared,
-        100.0 * m.median_abs_err_e2e_p50,
-        100.0 * m.max_abs_err_e2e_p50,
-        100.0 * m.median_abs_err_ttft_p50,
-        100.0 * m.max_abs_err_ttft_p50,
-        m.served_but_predicted_overloaded,
-        m.stages_overloaded_measured
-    );
+    t += &format!("\n{}\n", r.summary.line());
     t
+}
+
+impl Summary {
+    /// The summary in one sentence.
+    pub fn line(&self) -> String {
+        format!(
+            "Over the {} stages vLLM served within its rate: E2E p50 error median {:.1} % (max {:.1} %), TTFT p50 error median {:.1} % (max {:.1} %); {} predicted overloaded. {} stage(s) overloaded in the measurement are listed but not counted.",
+            self.stages_compared,
+            100.0 * self.median_abs_err_e2e_p50,
+            100.0 * self.max_abs_err_e2e_p50,
+            100.0 * self.median_abs_err_ttft_p50,
+            100.0 * self.max_abs_err_ttft_p50,
+            self.served_but_predicted_overloaded,
+            self.stages_overloaded_measured
+        )
+    }
 }
