@@ -18,8 +18,36 @@ pub fn blocks_for(tokens: u32) -> u32 {
     tokens.div_ceil(BLOCK_SIZE)
 }
 
-/// No block: the end of a free list.
-const NIL: u32 = u32::MAX;
+/// Hashes the content hashes of blocks, which are already uniformly mixed: no rehashing.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A free-queue entry standing for a run of blocks without content (its count in place of
+/// the generation).
+const ANON: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct BlockMeta {
+    refs: u32,
+    qgen: u32,
+    hash: u64,
+}
+
+type BlockMap = std::collections::HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// A pool of KV blocks with vLLM v1's prefix cache.
 ///
@@ -34,16 +62,25 @@ pub struct KvPool {
     usable: u32,
     free: u32,
     caching: bool,
-    refs: Vec<u32>,
-    /// Content hash of each block (0: none).
-    hash: Vec<u64>,
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    head: u32,
-    tail: u32,
-    /// Blocks never handed out yet (ids `fresh..usable`), taken before the free list.
+    /// Per block: holders, queue generation and content hash (0: none), side by side so that
+    /// one cache line serves a block's whole bookkeeping.
+    blocks: Vec<BlockMeta>,
+    /// The free queue, least recently freed first, as (block, generation) entries; an entry
+    /// whose generation is not its block's current one is stale (the block was taken back by
+    /// a hit) and skipped. A deque keeps the hot path sequential in memory.
+    /// Each entry also carries the block's content hash as it was freed (a free block's hash
+    /// changes only when it is handed out), so taking a block reads no per-block state. Blocks
+    /// without content are interchangeable: consecutive ones are one entry, a count, and
+    /// their ids wait on `stack`.
+    queue: std::collections::VecDeque<(u32, u32, u64)>,
+    /// Stale entries in the queue (none: no generation check needed).
+    stale: usize,
+    /// Blocks never handed out yet (ids `fresh..usable`), taken before the free queue.
     fresh: u32,
-    map: std::collections::HashMap<u64, u32>,
+    map: BlockMap,
+    /// Freed blocks without content, reused last in first out (identity carries nothing): all
+    /// free blocks without a cache, the anonymous runs of the queue with one.
+    stack: Vec<u32>,
     /// Cached blocks evicted so far.
     pub evictions: u64,
 }
@@ -57,14 +94,12 @@ impl KvPool {
             usable: usable_blocks,
             free: usable_blocks,
             caching,
-            refs: Vec::new(),
-            hash: Vec::new(),
-            prev: Vec::new(),
-            next: Vec::new(),
-            head: NIL,
-            tail: NIL,
+            blocks: Vec::new(),
+            queue: std::collections::VecDeque::new(),
+            stale: 0,
             fresh: 0,
-            map: std::collections::HashMap::new(),
+            map: BlockMap::default(),
+            stack: Vec::new(),
             evictions: 0,
         }
     }
@@ -92,34 +127,14 @@ impl KvPool {
     }
     /// Holders of block `b`.
     pub fn refs_of(&self, b: u32) -> u32 {
-        self.refs.get(b as usize).copied().unwrap_or(0)
+        self.blocks.get(b as usize).map_or(0, |m| m.refs)
     }
 
-    fn unlink(&mut self, b: u32) {
-        let (p, n) = (self.prev[b as usize], self.next[b as usize]);
-        if p == NIL {
-            self.head = n;
-        } else {
-            self.next[p as usize] = n;
-        }
-        if n == NIL {
-            self.tail = p;
-        } else {
-            self.prev[n as usize] = p;
-        }
-        self.prev[b as usize] = NIL;
-        self.next[b as usize] = NIL;
-    }
-
-    fn push_tail(&mut self, b: u32) {
-        self.prev[b as usize] = self.tail;
-        self.next[b as usize] = NIL;
-        if self.tail == NIL {
-            self.head = b;
-        } else {
-            self.next[self.tail as usize] = b;
-        }
-        self.tail = b;
+    fn new_block(&mut self) -> u32 {
+        let b = self.fresh;
+        self.fresh += 1;
+        self.blocks.push(BlockMeta::default());
+        b
     }
 
     /// Take `n` blocks (appended to `out`) if that many are free; otherwise take none and
@@ -131,45 +146,103 @@ impl KvPool {
         }
         self.free -= n;
         for _ in 0..n {
-            let b = if self.fresh < self.usable {
-                let b = self.fresh;
-                self.fresh += 1;
-                self.refs.push(0);
-                self.hash.push(0);
-                self.prev.push(NIL);
-                self.next.push(NIL);
-                b
-            } else {
-                let b = self.head;
-                debug_assert!(b != NIL, "free count says a block is free");
-                self.unlink(b);
-                let h = self.hash[b as usize];
-                if h != 0 {
-                    self.hash[b as usize] = 0;
-                    if self.map.get(&h) == Some(&b) {
-                        self.map.remove(&h);
+            let b = if self.caching {
+                if self.fresh < self.usable {
+                    self.new_block()
+                } else {
+                    let (b, h) = loop {
+                        let front = self.queue.front_mut().expect("free count says a block is queued");
+                        if front.0 == ANON {
+                            // A run of blocks without content: any of them will do, and the
+                            // most recently freed is the one still in the CPU's cache.
+                            front.1 -= 1;
+                            if front.1 == 0 {
+                                self.queue.pop_front();
+                            }
+                            break (self.stack.pop().expect("anonymous blocks are stacked"), 0);
+                        }
+                        let (b, g, h) = self.queue.pop_front().expect("non-empty");
+                        if self.stale > 0 && self.blocks[b as usize].qgen != g {
+                            self.stale -= 1;
+                            continue;
+                        }
+                        break (b, h);
+                    };
+                    if h != 0 {
+                        self.blocks[b as usize].hash = 0;
+                        if self.map.get(&h) == Some(&b) {
+                            self.map.remove(&h);
+                        }
+                        self.evictions += 1;
                     }
-                    self.evictions += 1;
+                    b
                 }
-                b
+            } else {
+                match self.stack.pop() {
+                    Some(b) => b,
+                    None => self.new_block(),
+                }
             };
-            self.refs[b as usize] = 1;
+            self.blocks[b as usize].refs = 1;
             out.push(b);
         }
         true
+    }
+
+    /// Without a cache: take `n` blocks by count if that many are free.
+    #[inline]
+    pub fn take_count(&mut self, n: u32) -> bool {
+        debug_assert!(!self.caching, "block ids are needed with the prefix cache on");
+        if n > self.free {
+            return false;
+        }
+        self.free -= n;
+        true
+    }
+
+    /// Without a cache: give back `n` blocks by count.
+    #[inline]
+    pub fn give_back(&mut self, n: u32) {
+        assert!(
+            self.free + n <= self.usable,
+            "KV pool: freeing more blocks than were taken"
+        );
+        self.free += n;
     }
 
     /// Let go of `blocks` (one reference each). Blocks are queued for reuse last block first,
     /// so a request's tail is evicted before its (more shareable) head, as vLLM does.
     pub fn release(&mut self, blocks: &[u32]) {
         for &b in blocks.iter().rev() {
-            let r = &mut self.refs[b as usize];
+            let r = &mut self.blocks[b as usize].refs;
             assert!(*r > 0, "KV pool: block {b} released more often than taken");
             *r -= 1;
             if *r == 0 {
                 self.free += 1;
-                self.push_tail(b);
+                if self.caching {
+                    let m = &mut self.blocks[b as usize];
+                    if m.hash == 0 {
+                        // No content to find: queued as one more of an anonymous run.
+                        self.stack.push(b);
+                        match self.queue.back_mut() {
+                            Some(e) if e.0 == ANON => e.1 += 1,
+                            _ => self.queue.push_back((ANON, 1, 0)),
+                        }
+                    } else {
+                        m.qgen = m.qgen.wrapping_add(1);
+                        self.queue.push_back((b, m.qgen, m.hash));
+                    }
+                } else {
+                    self.stack.push(b);
+                }
             }
+        }
+        // Hits leave stale entries behind; drop them before they outnumber the blocks.
+        if self.queue.len() > 2 * self.usable as usize + 1024 {
+            let blocks = &self.blocks;
+            self.queue
+                .retain(|&(b, g, _)| b == ANON || (blocks[b as usize].qgen == g && blocks[b as usize].refs == 0));
+            self.stale = 0;
         }
     }
 
@@ -185,21 +258,26 @@ impl KvPool {
 
     /// Take one more reference to cached block `b` (a prefix-cache hit).
     pub fn touch(&mut self, b: u32) {
-        if self.refs[b as usize] == 0 {
-            self.unlink(b);
+        debug_assert!(self.caching, "a hit without a cache");
+        if self.blocks[b as usize].refs == 0 {
+            // Out of the free queue: its queued entry goes stale.
+            let g = &mut self.blocks[b as usize].qgen;
+            *g = g.wrapping_add(1);
             self.free -= 1;
+            self.stale += 1;
         }
-        self.refs[b as usize] += 1;
+        self.blocks[b as usize].refs += 1;
     }
 
     /// Register block `b`, now full, under content hash `h` (first writer wins, as in vLLM).
     pub fn register(&mut self, b: u32, h: u64) {
-        if !self.caching || self.hash[b as usize] != 0 {
+        if !self.caching || self.blocks[b as usize].hash != 0 {
             return;
         }
+        debug_assert!(h != 0, "content hashes are never 0");
         if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(h) {
             v.insert(b);
-            self.hash[b as usize] = h;
+            self.blocks[b as usize].hash = h;
         }
     }
 
@@ -214,18 +292,44 @@ impl KvPool {
 
     /// Check the pool's own bookkeeping (free count, list, map); returns the first violation.
     pub fn check(&self) -> Result<(), String> {
-        let zero = self.refs.iter().filter(|&&r| r == 0).count() as u32 + (self.usable - self.fresh);
+        if !self.caching && self.blocks.is_empty() {
+            // Counted without ids (the engine's way with the cache off): nothing more to check.
+            return Ok(());
+        }
+        let zero = self.blocks.iter().filter(|m| m.refs == 0).count() as u32 + (self.usable - self.fresh);
         if zero != self.free {
             return Err(format!(
                 "KV pool: {zero} blocks unreferenced, free count says {}",
                 self.free
             ));
         }
+        if self.caching {
+            let anon: u32 = self.queue.iter().filter(|e| e.0 == ANON).map(|e| e.1).sum();
+            if anon as usize != self.stack.len() {
+                return Err(format!(
+                    "KV pool: {anon} anonymous blocks queued, {} stacked",
+                    self.stack.len()
+                ));
+            }
+            let queued = anon
+                + self
+                    .queue
+                    .iter()
+                    .filter(|&&(b, g, _)| b != ANON && self.blocks[b as usize].qgen == g)
+                    .count() as u32;
+            if queued + (self.usable - self.fresh) != self.free {
+                return Err(format!(
+                    "KV pool: {queued} blocks queued and {} fresh, free count says {}",
+                    self.usable - self.fresh,
+                    self.free
+                ));
+            }
+        }
         for (&h, &b) in &self.map {
-            if self.hash[b as usize] != h {
+            if self.blocks[b as usize].hash != h {
                 return Err(format!(
                     "KV pool: cache maps {h:x} to block {b}, which holds {:x}",
-                    self.hash[b as usize]
+                    self.blocks[b as usize].hash
                 ));
             }
         }

@@ -64,6 +64,12 @@ pub struct EngineLimits {
 pub struct PromptContent {
     pub segs: Arc<[Seg]>,
     pub output_id: u64,
+    /// Leading tokens of the sequence (prompt, then output) that another request may send
+    /// again (a shared system prompt, a context the next stage resends): only their blocks
+    /// are registered in the prefix cache as they fill. The rest is unique to this request,
+    /// so nobody else can hit it; it is registered only when the request is preempted (its
+    /// own resume may find it), which gives the same hits as caching everything, for less work.
+    pub reusable: u32,
 }
 
 /// A request handed to an engine.
@@ -122,7 +128,10 @@ struct Slot {
     req: NewRequest,
     generated: u32,
     computed: u32,
-    /// KV blocks held, in sequence order.
+    /// KV blocks held.
+    held: u32,
+    /// Their ids, in sequence order (kept only with the prefix cache on; without it block
+    /// identity carries nothing and only the count is kept).
     blocks: Vec<u32>,
     /// Content hashes of the first `hashes.len()` (full) blocks of the sequence.
     hashes: Vec<u64>,
@@ -311,6 +320,7 @@ impl Engine {
             req,
             generated: 0,
             computed: 0,
+            held: 0,
             blocks,
             hashes,
             content,
@@ -366,7 +376,7 @@ impl Engine {
 
     /// Free `victim`'s KV and send it back to waiting with nothing computed.
     fn preempt(&mut self, victim: u32) {
-        self.free_blocks(victim);
+        self.evict(victim);
         let s = &mut self.slots[victim as usize];
         s.computed = 0;
         s.preemptions += 1;
@@ -375,11 +385,23 @@ impl Engine {
         self.push_waiting(victim, true);
     }
 
+    /// A preempted request gives back its blocks, registering the full ones first: on resume
+    /// it finds whatever of them was not evicted meanwhile.
+    fn evict(&mut self, slot: u32) {
+        self.register_full_blocks(slot, u32::MAX);
+        self.free_blocks(slot);
+    }
+
     /// Give back every KV block `slot` holds (cached content stays findable until evicted).
     fn free_blocks(&mut self, slot: u32) {
         let s = &mut self.slots[slot as usize];
-        self.kv.release(&s.blocks);
-        s.blocks.clear();
+        if self.kv.caching() {
+            self.kv.release(&s.blocks);
+            s.blocks.clear();
+        } else {
+            self.kv.give_back(s.held);
+        }
+        s.held = 0;
         s.registered = 0;
     }
 
@@ -387,8 +409,19 @@ impl Engine {
     #[inline]
     fn try_grow(&mut self, slot: u32, n: u32) -> bool {
         let s = &mut self.slots[slot as usize];
-        let need = blocks_for(s.computed + n).saturating_sub(s.blocks.len() as u32);
-        self.kv.try_take(need, &mut s.blocks)
+        let need = blocks_for(s.computed + n).saturating_sub(s.held);
+        if need == 0 {
+            return true;
+        }
+        let ok = if self.kv.caching() {
+            self.kv.try_take(need, &mut s.blocks)
+        } else {
+            self.kv.take_count(need)
+        };
+        if ok {
+            s.held += need;
+        }
+        ok
     }
 
     /// Hash of full block `b` of `slot`'s sequence, extending its hash chain as needed.
@@ -411,19 +444,24 @@ impl Engine {
     /// cached prefix (whole blocks, at most all tokens but the last) and count the lookup.
     fn take_cached_prefix(&mut self, slot: u32) {
         let s = &self.slots[slot as usize];
-        if s.computed != 0 || !s.blocks.is_empty() {
+        if s.computed != 0 || s.held != 0 {
             return;
         }
         let tokens = s.tokens();
         let first = !s.scheduled_once;
         let mut hit_blocks = 0u32;
+        // Content unique to this request can only be cached by the request itself, once it
+        // has been preempted.
+        let may_hit = s.content.is_some() || s.preemptions > 0;
         if self.kv.caching() {
-            let max_blocks = (tokens - 1) / BLOCK_SIZE;
+            let max_blocks = if may_hit { (tokens - 1) / BLOCK_SIZE } else { 0 };
             while hit_blocks < max_blocks {
                 let h = self.hash_of(slot, hit_blocks);
                 let Some(b) = self.kv.lookup(h) else { break };
                 self.kv.touch(b);
-                self.slots[slot as usize].blocks.push(b);
+                let s = &mut self.slots[slot as usize];
+                s.blocks.push(b);
+                s.held += 1;
                 hit_blocks += 1;
             }
             self.prefix_queries += tokens as u64;
@@ -445,13 +483,14 @@ impl Engine {
         s.computed = 0;
     }
 
-    /// Register the blocks of `slot` that its computed tokens have filled.
-    fn register_full_blocks(&mut self, slot: u32) {
+    /// Register the blocks of `slot` that its computed tokens have filled, within its first
+    /// `limit` tokens.
+    fn register_full_blocks(&mut self, slot: u32, limit: u32) {
         if !self.kv.caching() {
             return;
         }
         let s = &self.slots[slot as usize];
-        let full = (s.computed / BLOCK_SIZE).min(s.blocks.len() as u32);
+        let full = (s.computed.min(limit) / BLOCK_SIZE).min(s.blocks.len() as u32);
         let mut b = s.registered;
         while b < full {
             let h = self.hash_of(slot, b);
@@ -601,6 +640,7 @@ impl Engine {
             _ => None,
         };
         let step_ns = self.step.duration_ns;
+        let caching = self.kv.caching();
         for k in 0..self.scheduled.len() {
             let (slot, n) = self.scheduled[k];
             let s = &mut self.slots[slot as usize];
@@ -614,8 +654,11 @@ impl Engine {
             }
             s.computed += n;
             let filled = s.computed / BLOCK_SIZE > (s.computed - n) / BLOCK_SIZE;
-            if filled && !s.blocks.is_empty() {
-                self.register_full_blocks(slot);
+            if filled && caching {
+                let limit = s.content.as_ref().map_or(0, |c| c.reusable);
+                if limit >= BLOCK_SIZE {
+                    self.register_full_blocks(slot, limit);
+                }
             }
             let s = &mut self.slots[slot as usize];
             if s.computed >= s.tokens() {
@@ -696,7 +739,7 @@ impl Engine {
                 break;
             }
             let c = cand[ci];
-            let fresh = self.slots[c as usize].blocks.is_empty();
+            let fresh = self.slots[c as usize].held == 0;
             if fresh {
                 self.take_cached_prefix(c);
             }
@@ -709,9 +752,9 @@ impl Engine {
                     .iter()
                     .rev()
                     .copied()
-                    .find(|&v| v != c && !selected[v as usize] && !self.slots[v as usize].blocks.is_empty());
+                    .find(|&v| v != c && !selected[v as usize] && self.slots[v as usize].held > 0);
                 let Some(v) = victim else { break };
-                self.free_blocks(v);
+                self.evict(v);
                 let sv = &mut self.slots[v as usize];
                 sv.computed = 0;
                 sv.preemptions += 1;
@@ -754,7 +797,7 @@ impl Engine {
                     s.idle = 0;
                 }
             }
-            if !s.blocks.is_empty() || selected[c as usize] {
+            if s.held > 0 || selected[c as usize] {
                 self.running.push(c);
             } else if let Waiting::Fcfs(q) = &mut self.waiting {
                 q.push_back(c);
@@ -780,11 +823,30 @@ impl Engine {
         // Every block's reference count equals the number of running requests holding it.
         let mut holders: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
         for &r in &self.running {
-            for &b in &self.slots[r as usize].blocks {
+            let s = &self.slots[r as usize];
+            if self.kv.caching() && s.blocks.len() as u32 != s.held {
+                return Err(format!(
+                    "engine {}: request {} holds {} block ids, counts {}",
+                    self.id,
+                    s.req.id,
+                    s.blocks.len(),
+                    s.held
+                ));
+            }
+            for &b in &s.blocks {
                 *holders.entry(b).or_default() += 1;
             }
         }
-        if holders.len() as u32 != self.kv.used() {
+        if !self.kv.caching() {
+            let held: u64 = self.running.iter().map(|&r| self.slots[r as usize].held as u64).sum();
+            if held != self.kv.used() as u64 {
+                return Err(format!(
+                    "engine {}: running requests hold {held} blocks, pool says {}",
+                    self.id,
+                    self.kv.used()
+                ));
+            }
+        } else if holders.len() as u32 != self.kv.used() {
             return Err(format!(
                 "engine {}: running requests hold {} distinct blocks, pool says {} in use",
                 self.id,
@@ -824,13 +886,10 @@ impl Engine {
         }
         for &r in &self.running {
             let s = &self.slots[r as usize];
-            if (s.blocks.len() as u32) < blocks_for(s.computed) {
+            if s.held < blocks_for(s.computed) {
                 return Err(format!(
                     "engine {}: request {} computed {} tokens with only {} blocks",
-                    self.id,
-                    s.req.id,
-                    s.computed,
-                    s.blocks.len()
+                    self.id, s.req.id, s.computed, s.held
                 ));
             }
         }

@@ -53,6 +53,7 @@ fn shared(group: u64, prefix: u32, own: u64, prompt: u32) -> PromptContent {
     PromptContent {
         segs: segs.into(),
         output_id: own,
+        reusable: prefix,
     }
 }
 
@@ -82,6 +83,7 @@ fn a_later_stage_resending_its_context_hits_all_but_the_last_token() {
     let s0 = PromptContent {
         segs: vec![Seg { id: 5, end: 64 }].into(),
         output_id: 6,
+        reusable: u32::MAX,
     };
     e.add_request_with(req(1, 64, 17, 0), Some(s0));
     drain(&mut e);
@@ -90,6 +92,7 @@ fn a_later_stage_resending_its_context_hits_all_but_the_last_token() {
     let s1 = PromptContent {
         segs: vec![Seg { id: 5, end: 64 }, Seg { id: 6, end: 80 }, Seg { id: 9, end: 100 }].into(),
         output_id: 9,
+        reusable: u32::MAX,
     };
     e.add_request_with(req(2, 100, 2, 0), Some(s1));
     let (done, _) = drain(&mut e);
@@ -99,6 +102,7 @@ fn a_later_stage_resending_its_context_hits_all_but_the_last_token() {
     let same = PromptContent {
         segs: vec![Seg { id: 5, end: 64 }].into(),
         output_id: 77,
+        reusable: u32::MAX,
     };
     e.add_request_with(req(3, 64, 2, 0), Some(same));
     let (done, steps) = drain(&mut e);

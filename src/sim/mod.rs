@@ -156,10 +156,11 @@ pub fn request_columns(names: &ColType, models: &ColType, status: &[&str]) -> Ve
 
 /// What stage `stage` of workflow `wf` sends, for the prefix cache: the previous stage's
 /// sequence up to the stage's context, or its group's shared prefix, then tokens of its own
-/// (which its output continues).
-pub fn stage_content(wf: u64, stage: u32, st: &Stage, prev: Option<&[Seg]>) -> PromptContent {
+/// (which its output continues). With `has_next`, the next stage resends all of it.
+pub fn stage_content(wf: u64, stage: u32, st: &Stage, prev: Option<&[Seg]>, has_next: bool) -> PromptContent {
     let own = mix(0x5747_4745, (wf << 8) ^ stage as u64);
     let mut segs: Vec<Seg> = Vec::with_capacity(4);
+    let mut group_prefix = 0;
     let shared = match (prev, st.prefix) {
         (Some(prev), _) if stage > 0 && st.context_tokens > 0 => {
             let cut = st.context_tokens.min(st.prompt_tokens);
@@ -180,6 +181,7 @@ pub fn stage_content(wf: u64, stage: u32, st: &Stage, prev: Option<&[Seg]>) -> P
                 id: mix(0x6752_4F55_50, group),
                 end: n,
             });
+            group_prefix = n;
             n
         }
         _ => 0,
@@ -193,6 +195,7 @@ pub fn stage_content(wf: u64, stage: u32, st: &Stage, prev: Option<&[Seg]>) -> P
     PromptContent {
         segs: segs.into(),
         output_id: own,
+        reusable: if has_next { u32::MAX } else { group_prefix },
     }
 }
 
@@ -777,7 +780,14 @@ impl<'a> Simulation<'a> {
         let wf = &self.workflows[&p.workflow];
         let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
         let e = p.engine;
-        let content = stage_content(p.workflow, p.stage, &st, wf.seq.as_deref());
+        let stages = wf.spec.plans[wf.plan.expect("routed")].stages.len();
+        // Content matters only to an engine with a prefix cache, and only when some of it may
+        // be sent again (a shared prefix, a later stage) or comes from before: a lone call of
+        // its own is unique content, which the engine assumes without a description.
+        let has_next = (p.stage as usize) + 1 < stages;
+        let content = (self.engines[e as usize].kv().caching()
+            && (has_next || st.prefix.is_some() || (p.stage > 0 && st.context_tokens > 0)))
+            .then(|| stage_content(p.workflow, p.stage, &st, wf.seq.as_deref(), has_next));
         let req = NewRequest {
             id: request,
             workflow: p.workflow,
@@ -788,8 +798,8 @@ impl<'a> Simulation<'a> {
             arrival_ns: p.arrival_ns,
             dispatch_ns: self.now,
         };
-        self.pending.get_mut(&request).expect("pending").content = Some(content.clone());
-        if let Some(rejected) = self.engines[e as usize].add_request_with(req, Some(content)) {
+        self.pending.get_mut(&request).expect("pending").content = content.clone();
+        if let Some(rejected) = self.engines[e as usize].add_request_with(req, content) {
             self.record_request(&rejected, st.context_tokens)?;
             let max = self.engines[e as usize].limits.max_model_len;
             let why = format!("prompt of {} tokens is not below max_model_len {max}", st.prompt_tokens);
@@ -956,7 +966,7 @@ impl<'a> Simulation<'a> {
         wf.output_so_far += f.output_tokens as u64;
         wf.prompt_tokens += f.req.prompt_tokens as u64;
         wf.preemptions += f.preemptions;
-        if let Some(c) = &p.content {
+        if let Some(c) = p.content.as_ref().filter(|c| c.reusable == u32::MAX) {
             let mut seq: Vec<Seg> = c.segs.to_vec();
             seq.push(Seg {
                 id: c.output_id,
