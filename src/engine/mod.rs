@@ -481,6 +481,11 @@ impl Engine {
         self.free_blocks(slot);
         let s = &mut self.slots[slot as usize];
         s.computed = 0;
+        if s.preemptions == 0 {
+            // Never admitted: its first scheduling is still to come.
+            s.scheduled_once = false;
+            s.cached_tokens = 0;
+        }
     }
 
     /// Register the blocks of `slot` that its computed tokens have filled, within its first
@@ -740,6 +745,7 @@ impl Engine {
             }
             let c = cand[ci];
             let fresh = self.slots[c as usize].held == 0;
+            let counters = (self.prefix_queries, self.prefix_hits);
             if fresh {
                 self.take_cached_prefix(c);
             }
@@ -765,6 +771,7 @@ impl Engine {
             if !ok {
                 if fresh {
                     self.untake_cached_prefix(c);
+                    (self.prefix_queries, self.prefix_hits) = counters;
                 }
                 continue;
             }
