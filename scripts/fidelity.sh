@@ -39,6 +39,14 @@ summary() { tail -n 1 "$1/fidelity.md"; }
   echo "model and vLLM version): its GPU has no calibration, so \`auto\` carries the H100 fit over by"
   echo "datasheet."
   echo
+  echo "What the recreation assumes: inference-perf's profiles set \`enable_multi_turn_chat\`, but the"
+  echo "measured prompt lengths do not grow over a run (codegen: 580-604 tokens throughout), so each"
+  echo "request is recreated as one turn: its group's system prompt (shared, prefix-cached) and a"
+  echo "question making up the measured median prompt (the server's tokenizer counts ~25 tokens more"
+  echo "than inference-perf generated). Output lengths are exactly \`output_len\` (\`ignore_eos\`)."
+  echo "inference-perf's own \`time_per_output_token\` and \`output_len\` count re-tokenised text and are"
+  echo "not compared. Requests that fail at inference-perf's timeout are not simulated as failures."
+  echo
   echo "## For comparison"
   echo
   echo "- Operator-profile calibration \`builtin:h100-measured\` (eager kernels timed one by one; the"
