@@ -178,7 +178,7 @@ pub fn stage_content(wf: u64, stage: u32, st: &Stage, prev: Option<&[Seg]>, has_
         (_, Some((group, n))) if st.context_tokens == 0 => {
             let n = n.min(st.prompt_tokens);
             segs.push(Seg {
-                id: mix(0x6752_4F55_50, group),
+                id: mix(0x0067_524F_5550, group),
                 end: n,
             });
             group_prefix = n;

@@ -6,7 +6,7 @@
 //! strings (`2023-11-16 18:15:46.6805900`) turned into integer nanoseconds since the first row.
 
 use super::arrivals::{ArrivalSpec, InterArrival};
-use super::{Plan, Stage, WorkflowSpec, WorkloadSource};
+use super::{Stage, WorkflowSpec, WorkloadSource};
 use crate::error::{Error, Result};
 use crate::rng::StreamRng;
 use crate::time::Nanos;
@@ -272,23 +272,17 @@ impl WorkloadSource for AzureWorkload {
         let (p, o) = self.caps.apply(row.context_tokens, row.generated_tokens);
         let id = self.produced;
         self.produced += 1;
-        Ok(Some(WorkflowSpec {
+        Ok(Some(WorkflowSpec::anonymous(
             id,
             arrival_ns,
-            text: None,
-            task: None,
-            plans: vec![Plan {
-                model: None,
-                stages: vec![Stage {
-                    prompt_tokens: p,
-                    context_tokens: 0,
-                    output_tokens: o,
-                    tool_delay_ns: 0,
-                    prefix: None,
-                }],
-                success: None,
+            vec![Stage {
+                prompt_tokens: p,
+                context_tokens: 0,
+                output_tokens: o,
+                tool_delay_ns: 0,
+                prefix: None,
             }],
-        }))
+        )))
     }
 
     fn expected_len(&self) -> Option<u64> {

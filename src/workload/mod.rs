@@ -55,6 +55,21 @@ pub struct WorkflowSpec {
 }
 
 impl WorkflowSpec {
+    /// A workflow with no text or task whose one plan applies to any model.
+    pub fn anonymous(id: u64, arrival_ns: Nanos, stages: Vec<Stage>) -> Self {
+        WorkflowSpec {
+            id,
+            arrival_ns,
+            text: None,
+            task: None,
+            plans: vec![Plan {
+                model: None,
+                stages,
+                success: None,
+            }],
+        }
+    }
+
     /// Index of the plan a workflow routed to `model` follows: its own if present, else the
     /// model-independent one, else the first.
     pub fn plan_index(&self, model: &str) -> usize {

@@ -22,7 +22,7 @@
 //! Each request is a one-stage workflow; a closed-loop client is one workflow whose stages are
 //! its requests (no tool delay, no shared context).
 
-use super::{Plan, Stage, WorkflowSpec, WorkloadSource};
+use super::{Stage, WorkflowSpec, WorkloadSource};
 use crate::error::{Error, Result};
 use crate::rng::{stream, StreamRng};
 use crate::time::{secs_to_ns, Nanos};
@@ -408,17 +408,7 @@ impl WorkloadSource for ServingWorkload {
             _ => return Ok(None),
         };
         self.produced += 1;
-        Ok(Some(WorkflowSpec {
-            id,
-            arrival_ns,
-            text: None,
-            task: None,
-            plans: vec![Plan {
-                model: None,
-                stages,
-                success: None,
-            }],
-        }))
+        Ok(Some(WorkflowSpec::anonymous(id, arrival_ns, stages)))
     }
 
     fn expected_len(&self) -> Option<u64> {
