@@ -121,10 +121,6 @@ impl KvPool {
     pub fn free(&self) -> u32 {
         self.free
     }
-    /// Blocks registered in the prefix cache (held or free).
-    pub fn cached(&self) -> usize {
-        self.map.len()
-    }
     /// Holders of block `b`.
     pub fn refs_of(&self, b: u32) -> u32 {
         self.blocks.get(b as usize).map_or(0, |m| m.refs)
