@@ -146,9 +146,12 @@ fn prompt_tokens(body: &Value) -> std::result::Result<u32, String> {
     }
 }
 
-fn chunk(id: &str, model: &str, created: u64, text: &str, finish: Option<&str>) -> Bytes {
-    let v = json!({"id": id, "object": "text_completion", "created": created, "model": model,
+fn chunk(id: &str, model: &str, created: u64, text: &str, finish: Option<&str>, ids: Option<Vec<u32>>) -> Bytes {
+    let mut v = json!({"id": id, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish}]});
+    if let Some(ids) = ids {
+        v["choices"][0]["token_ids"] = json!(ids);
+    }
     Bytes::from(format!("data: {v}\n\n"))
 }
 
@@ -174,18 +177,28 @@ async fn completions(State(sh): State<Arc<Shared>>, Json(body): Json<Value>) -> 
         .pointer("/stream_options/include_usage")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
-    if prompt + max_tokens > sh.max_model_len {
+    // As vLLM 0.32 does: a prompt that alone fills the context is refused; otherwise
+    // max_tokens is cut to what the context leaves, and min_tokens must fit under the cut.
+    if prompt >= sh.max_model_len {
         return error(
             StatusCode::BAD_REQUEST,
             format!(
-                "This model's maximum context length is {} tokens. However, you requested {} tokens ({} in the messages, {} in the completion).",
-                sh.max_model_len,
-                prompt + max_tokens,
-                prompt,
-                max_tokens
+                "This model's maximum context length is {} tokens. However, your prompt contains {prompt} input tokens, \
+                 which exceeds this limit even without any output tokens.",
+                sh.max_model_len
             ),
         );
     }
+    let max_tokens = max_tokens.min(sh.max_model_len - prompt);
+    if let Some(min) = body.get("min_tokens").and_then(|v| v.as_u64()) {
+        if min > max_tokens as u64 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("min_tokens must be less than or equal to max_tokens={max_tokens}, got {min}."),
+            );
+        }
+    }
+    let token_ids = body.get("return_token_ids").and_then(|v| v.as_bool()).unwrap_or(false);
     let (tx, rx) = mpsc::unbounded_channel();
     let id = {
         let mut g = sh.inner.lock().expect("emulator state");
@@ -235,11 +248,22 @@ async fn completions(State(sh): State<Arc<Shared>>, Json(body): Json<Value>) -> 
         )
         .into_response();
     }
+    // With `return_token_ids`, each chunk lists the ids of its tokens (made up from the
+    // request id and the position; the emulator generates no real text).
+    let mut sent = 0u32;
     let events = UnboundedReceiverStream::new(rx).map(move |ev| -> std::result::Result<Bytes, std::io::Error> {
         Ok(match ev {
-            Ev::Tokens(k) => chunk(&rid, &model, created, &" tok".repeat(k as usize), None),
+            Ev::Tokens(k) => {
+                let ids = token_ids.then(|| {
+                    (sent..sent + k)
+                        .map(|p| 1000 + ((id.wrapping_mul(7919) + p as u64 * 104_729) % 30_000) as u32)
+                        .collect()
+                });
+                sent += k;
+                chunk(&rid, &model, created, &" tok".repeat(k as usize), None, ids)
+            }
             Ev::Done(n) => {
-                let mut out = chunk(&rid, &model, created, "", Some("length")).to_vec();
+                let mut out = chunk(&rid, &model, created, "", Some("length"), token_ids.then(Vec::new)).to_vec();
                 if usage_in_stream {
                     let u = json!({"id": rid, "object": "text_completion", "created": created, "model": model,
                         "choices": [], "usage": usage(n)});

@@ -10,12 +10,16 @@ use crate::hw::catalog::GIB;
 use crate::hw::{GpuSpec, ModelSpec};
 use serde::Serialize;
 
-pub const BLOCK_SIZE: u32 = 16;
+/// vLLM's default KV block size on GPUs (its CPU backend needs a multiple of 32).
+pub const DEFAULT_BLOCK_SIZE: u32 = 16;
 
-/// Blocks needed to hold `tokens` tokens.
+/// The block sizes an engine may have (vLLM's `--block-size` choices).
+pub const BLOCK_SIZES: [u32; 5] = [8, 16, 32, 64, 128];
+
+/// Blocks of `bs` tokens needed to hold `tokens` tokens.
 #[inline]
-pub fn blocks_for(tokens: u32) -> u32 {
-    tokens.div_ceil(BLOCK_SIZE)
+pub fn blocks_for(tokens: u32, bs: u32) -> u32 {
+    tokens.div_ceil(bs)
 }
 
 /// Hashes the content hashes of blocks, which are already uniformly mixed: no rehashing.
@@ -350,11 +354,11 @@ pub fn mix(a: u64, b: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Chained hash of full block `b` (tokens `16b..16b+16`) of a sequence whose runs are `segs`
+/// Chained hash of full block `b` (tokens `bs*b..bs*(b+1)`) of a sequence whose runs are `segs`
 /// followed by `tail_id` up to any length, given the hash of block `b - 1` (`prev`, 0 for the
 /// first block). Never 0.
-pub fn block_hash(prev: u64, b: u32, segs: &[Seg], tail_id: u64) -> u64 {
-    let (lo, hi) = (b * BLOCK_SIZE, (b + 1) * BLOCK_SIZE);
+pub fn block_hash(prev: u64, b: u32, bs: u32, segs: &[Seg], tail_id: u64) -> u64 {
+    let (lo, hi) = (b * bs, (b + 1) * bs);
     let mut h = mix(prev, 0x5EED_B10C ^ b as u64);
     let mut start = 0;
     for s in segs {
@@ -383,7 +387,7 @@ pub struct KvPlan {
     pub kv_cache_gib: f64,
     pub kv_bytes_per_token: u64,
     pub num_gpu_blocks: u32,
-    /// Tokens the KV cache holds (usable blocks * 16).
+    /// Tokens the KV cache holds (usable blocks * block size).
     pub kv_capacity_tokens: u64,
 }
 
@@ -396,6 +400,8 @@ pub struct KvSizing<'a> {
     pub max_num_batched_tokens: u32,
     pub max_model_len: u32,
     pub non_torch_gib: f64,
+    /// Tokens per KV block.
+    pub block_size: u32,
 }
 
 /// Size the KV cache the way vLLM does at startup, or refuse as vLLM would.
@@ -431,13 +437,14 @@ pub fn plan_kv(s: &KvSizing) -> Result<KvPlan> {
             g(non_torch)
         )));
     }
-    let num_blocks = (available / (BLOCK_SIZE as f64 * kv_per_token_per_gpu)).floor() as u64;
+    let bs = s.block_size;
+    let num_blocks = (available / (bs as f64 * kv_per_token_per_gpu)).floor() as u64;
     let num_blocks = num_blocks.min(u32::MAX as u64) as u32;
     let usable = num_blocks.saturating_sub(1);
-    let capacity_tokens = usable as u64 * BLOCK_SIZE as u64;
-    let need_blocks = blocks_for(s.max_model_len) as u64;
+    let capacity_tokens = usable as u64 * bs as u64;
+    let need_blocks = blocks_for(s.max_model_len, bs) as u64;
     if need_blocks > usable as u64 {
-        let need_gib = g(need_blocks as f64 * BLOCK_SIZE as f64 * kv_per_token_per_gpu);
+        let need_gib = g(need_blocks as f64 * bs as f64 * kv_per_token_per_gpu);
         return Err(Error::bad(format!(
             "{} on {} x {}: one request at max_model_len {} needs {:.2} GiB of KV cache per GPU, \
              more than the {:.2} GiB left after weights ({:.2} GiB), activations and non-torch memory; \
@@ -482,6 +489,7 @@ mod tests {
             max_num_batched_tokens: 2048,
             max_model_len: len,
             non_torch_gib: 0.5,
+            block_size: DEFAULT_BLOCK_SIZE,
         }
     }
 

@@ -10,7 +10,7 @@ pub mod kv;
 
 use crate::hw::{StepShape, StepTimeModel};
 use crate::time::Nanos;
-use kv::{block_hash, blocks_for, mix, KvPool, Seg, BLOCK_SIZE};
+use kv::{block_hash, blocks_for, mix, KvPool, Seg};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -56,6 +56,8 @@ pub struct EngineLimits {
     pub policy: EnginePolicy,
     /// vLLM's automatic prefix caching (on by default in v1).
     pub prefix_caching: bool,
+    /// Tokens per KV block (vLLM's `--block-size`: 16 on GPUs, a multiple of 32 on CPUs).
+    pub block_size: u32,
 }
 
 /// What a request's prompt is made of, for the prefix cache: runs of content (see [`Seg`])
@@ -245,6 +247,20 @@ impl Engine {
         })
     }
 
+    /// Ids of the requests the engine holds (running, then waiting), e.g. to fail them all
+    /// when the engine dies.
+    pub fn request_ids(&self) -> Vec<u64> {
+        let waiting: Vec<u32> = match &self.waiting {
+            Waiting::Fcfs(q) => q.iter().copied().collect(),
+            Waiting::Priority(h) => h.iter().map(|Reverse((_, _, s))| *s).collect(),
+        };
+        self.running
+            .iter()
+            .chain(waiting.iter())
+            .map(|&s| self.slots[s as usize].req.id)
+            .collect()
+    }
+
     /// Requests the engine holds (running or waiting).
     pub fn outstanding(&self) -> usize {
         self.running.len() + self.num_waiting()
@@ -409,7 +425,7 @@ impl Engine {
     #[inline]
     fn try_grow(&mut self, slot: u32, n: u32) -> bool {
         let s = &mut self.slots[slot as usize];
-        let need = blocks_for(s.computed + n).saturating_sub(s.held);
+        let need = blocks_for(s.computed + n, self.limits.block_size).saturating_sub(s.held);
         if need == 0 {
             return true;
         }
@@ -426,14 +442,15 @@ impl Engine {
 
     /// Hash of full block `b` of `slot`'s sequence, extending its hash chain as needed.
     fn hash_of(&mut self, slot: u32, b: u32) -> u64 {
+        let bs = self.limits.block_size;
         let s = &mut self.slots[slot as usize];
         while s.hashes.len() as u32 <= b {
             let k = s.hashes.len() as u32;
             let prev = if k == 0 { 0 } else { s.hashes[k as usize - 1] };
             let h = match &s.content {
-                Some(c) => block_hash(prev, k, &c.segs, c.output_id),
+                Some(c) => block_hash(prev, k, bs, &c.segs, c.output_id),
                 // No known content: unique to this request.
-                None => block_hash(prev, k, &[], mix(0xC0FFEE, s.req.id)),
+                None => block_hash(prev, k, bs, &[], mix(0xC0FFEE, s.req.id)),
             };
             s.hashes.push(h);
         }
@@ -449,12 +466,13 @@ impl Engine {
         }
         let tokens = s.tokens();
         let first = !s.scheduled_once;
+        let bs = self.limits.block_size;
         let mut hit_blocks = 0u32;
         // Content unique to this request can only be cached by the request itself, once it
         // has been preempted.
         let may_hit = s.content.is_some() || s.preemptions > 0;
         if self.kv.caching() {
-            let max_blocks = if may_hit { (tokens - 1) / BLOCK_SIZE } else { 0 };
+            let max_blocks = if may_hit { (tokens - 1) / bs } else { 0 };
             while hit_blocks < max_blocks {
                 let h = self.hash_of(slot, hit_blocks);
                 let Some(b) = self.kv.lookup(h) else { break };
@@ -465,10 +483,10 @@ impl Engine {
                 hit_blocks += 1;
             }
             self.prefix_queries += tokens as u64;
-            self.prefix_hits += (hit_blocks * BLOCK_SIZE) as u64;
+            self.prefix_hits += (hit_blocks * bs) as u64;
         }
         let s = &mut self.slots[slot as usize];
-        s.computed = hit_blocks * BLOCK_SIZE;
+        s.computed = hit_blocks * bs;
         s.registered = hit_blocks;
         if first {
             s.cached_tokens = s.computed;
@@ -495,7 +513,7 @@ impl Engine {
             return;
         }
         let s = &self.slots[slot as usize];
-        let full = (s.computed.min(limit) / BLOCK_SIZE).min(s.blocks.len() as u32);
+        let full = (s.computed.min(limit) / self.limits.block_size).min(s.blocks.len() as u32);
         let mut b = s.registered;
         while b < full {
             let h = self.hash_of(slot, b);
@@ -646,6 +664,7 @@ impl Engine {
         };
         let step_ns = self.step.duration_ns;
         let caching = self.kv.caching();
+        let bs = self.limits.block_size;
         for k in 0..self.scheduled.len() {
             let (slot, n) = self.scheduled[k];
             let s = &mut self.slots[slot as usize];
@@ -658,10 +677,10 @@ impl Engine {
                 }
             }
             s.computed += n;
-            let filled = s.computed / BLOCK_SIZE > (s.computed - n) / BLOCK_SIZE;
+            let filled = s.computed / bs > (s.computed - n) / bs;
             if filled && caching {
                 let limit = s.content.as_ref().map_or(0, |c| c.reusable);
-                if limit >= BLOCK_SIZE {
+                if limit >= bs {
                     self.register_full_blocks(slot, limit);
                 }
             }
@@ -893,7 +912,7 @@ impl Engine {
         }
         for &r in &self.running {
             let s = &self.slots[r as usize];
-            if s.held < blocks_for(s.computed) {
+            if s.held < blocks_for(s.computed, self.limits.block_size) {
                 return Err(format!(
                     "engine {}: request {} computed {} tokens with only {} blocks",
                     self.id, s.req.id, s.computed, s.held

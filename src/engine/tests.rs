@@ -18,6 +18,7 @@ fn engine(budget: u32, max_seqs: u32, blocks: u32, policy: EnginePolicy) -> Engi
         max_model_len: 32768,
         policy,
         prefix_caching: false,
+        block_size: 16,
     };
     Engine::new(0, limits, st, blocks)
 }
@@ -344,7 +345,7 @@ proptest! {
         let mut expected = 0;
         for (i, &(p, o, pr, group)) in reqs.iter().enumerate() {
             // Keep each request small enough to fit alone, as the engine's startup check ensures.
-            if blocks_for(p + o) <= blocks {
+            if blocks_for(p + o, 16) <= blocks {
                 // Requests of a group share a 40-token prefix.
                 e.add_request_with(req(i as u64, p, o, pr), Some(shared(group, 40, i as u64, p)));
                 expected += 1;

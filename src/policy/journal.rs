@@ -39,7 +39,16 @@ pub enum CoreInput {
         t: Nanos,
         request: u64,
         transient: bool,
+        /// No connection at all (counts against the engine's health); implies transient.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unreachable: bool,
         why: String,
+    },
+    /// The answer to a probe of an engine out of routing.
+    Probe {
+        t: Nanos,
+        engine: u32,
+        healthy: bool,
     },
     Report {
         t: Nanos,
@@ -71,6 +80,10 @@ pub enum JournalDecision {
         request: u64,
         reason: String,
     },
+    Probe {
+        engine: u32,
+        not_before: Nanos,
+    },
 }
 
 impl From<&Decision> for JournalDecision {
@@ -90,6 +103,10 @@ impl From<&Decision> for JournalDecision {
             Decision::Abandon { request, reason } => JournalDecision::Abandon {
                 request: *request,
                 reason: reason.clone(),
+            },
+            Decision::Probe { engine, not_before } => JournalDecision::Probe {
+                engine: *engine,
+                not_before: *not_before,
             },
         }
     }
@@ -144,16 +161,20 @@ pub fn feed(
             t,
             request,
             transient,
+            unreachable,
             why,
         } => core.handle_failed(
             *t,
             *request,
-            if *transient {
+            if *unreachable {
+                FailureKind::Unreachable(why.clone())
+            } else if *transient {
                 FailureKind::Transient(why.clone())
             } else {
                 FailureKind::Rejected(why.clone())
             },
         ),
+        CoreInput::Probe { t, engine, healthy } => core.handle_probe(*t, *engine, *healthy),
         CoreInput::Report {
             t,
             engine,

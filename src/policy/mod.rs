@@ -79,8 +79,11 @@ pub struct RequestInfo {
 pub enum FailureKind {
     /// The engine refused it (HTTP 4xx, or a prompt over max_model_len).
     Rejected(String),
-    /// Connection refused, timeout, HTTP 5xx, a broken stream: may succeed if retried.
+    /// Timeout, HTTP 5xx, a broken stream: may succeed if retried.
     Transient(String),
+    /// No connection to the engine at all (refused, unreachable): retried like a transient
+    /// failure, and counted against the engine's health.
+    Unreachable(String),
 }
 
 /// What the core tells its driver to do.
@@ -95,6 +98,9 @@ pub enum Decision {
     },
     /// Give up on `request`.
     Abandon { request: u64, reason: String },
+    /// Ask whether `engine`, taken out of routing, answers its health check again (not
+    /// before `not_before`); the answer comes back through [`PolicyCore::handle_probe`].
+    Probe { engine: EngineId, not_before: Nanos },
 }
 
 /// A read-only view of the cluster handed to routers.
@@ -176,6 +182,13 @@ pub struct CoreOptions {
     /// Aging in the middleware queue: a held request passed over this many times is promoted
     /// to the head of its queue.
     pub middleware_starvation: Option<u32>,
+    /// Consecutive unreachable failures after which an engine is taken out of routing and
+    /// probed until it answers (0: never).
+    pub down_after_failures: u32,
+    /// Wait before the first probe of an engine taken out; doubled after each failed probe, up
+    /// to `probe_max_interval_ns`.
+    pub probe_interval_ns: Nanos,
+    pub probe_max_interval_ns: Nanos,
 }
 
 impl Default for CoreOptions {
@@ -185,8 +198,22 @@ impl Default for CoreOptions {
             max_retries: 2,
             retry_backoff_ns: 100_000_000,
             middleware_starvation: None,
+            down_after_failures: 3,
+            probe_interval_ns: 1_000_000_000,
+            probe_max_interval_ns: 8_000_000_000,
         }
     }
+}
+
+/// What the core knows of an engine's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// In routing (true), or taken out after repeated unreachable failures (false).
+    pub up: bool,
+    /// Unreachable failures since the engine last finished a request or answered a probe.
+    pub consecutive_unreachable: u32,
+    /// The wait before the next probe of an engine that is out.
+    pub probe_wait_ns: Nanos,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +251,7 @@ pub struct PolicyCore {
     confidence: Option<Box<dyn ConfidenceModel>>,
     held_seq: u64,
     out: VecDeque<Decision>,
+    health: Vec<Health>,
 }
 
 impl PolicyCore {
@@ -251,7 +279,20 @@ impl PolicyCore {
             confidence: None,
             held_seq: 0,
             out: VecDeque::new(),
+            health: vec![
+                Health {
+                    up: true,
+                    consecutive_unreachable: 0,
+                    probe_wait_ns: 0,
+                };
+                n
+            ],
         }
+    }
+
+    /// Each engine's health as the core sees it.
+    pub fn health(&self) -> &[Health] {
+        &self.health
     }
 
     pub fn engines(&self) -> &[EngineInfo] {
@@ -279,13 +320,47 @@ impl PolicyCore {
             predicted_remaining: &nan,
             confidence: &nan,
         };
+        let candidates = |up_only: bool| {
+            self.engines
+                .iter()
+                .filter(move |e| &e.model == model && Some(e.id) != exclude)
+                .filter(move |e| !up_only || self.health[e.id as usize].up)
+                .map(|e| e.id)
+        };
+        // Engines in routing first; when every replica is out, any (its failure is retried).
+        view.least_loaded(candidates(true), prefer)
+            .or_else(|| view.least_loaded(candidates(false), prefer))
+    }
+
+    /// A router's choice, unless that engine is out of routing: then the least loaded replica
+    /// of its model in routing, else the least loaded engine in routing of any model, else the
+    /// choice itself (every engine is out).
+    fn in_routing(&self, chosen: EngineId) -> EngineId {
+        if self.health[chosen as usize].up {
+            return chosen;
+        }
+        let model = self.engines[chosen as usize].model.clone();
+        if let Some(e) = self
+            .least_loaded_replica(&model, None, None)
+            .filter(|&e| self.health[e as usize].up)
+        {
+            return e;
+        }
+        let nan = vec![f64::NAN; self.engines.len()];
+        let view = ClusterView {
+            engines: &self.engines,
+            load: &self.load,
+            predicted_remaining: &nan,
+            confidence: &nan,
+        };
         view.least_loaded(
             self.engines
                 .iter()
-                .filter(|e| &e.model == model && Some(e.id) != exclude)
-                .map(|e| e.id),
-            prefer,
+                .map(|e| e.id)
+                .filter(|&e| self.health[e as usize].up),
+            None,
         )
+        .unwrap_or(chosen)
     }
 
     /// Give the core a length model (needed by Chimera routing and STJF/SJF priorities).
@@ -373,6 +448,13 @@ impl PolicyCore {
                     confidence: &conf,
                 };
                 let engine = self.router.route(now, &req, &view);
+                assert!(
+                    (engine as usize) < self.engines.len(),
+                    "router {} chose engine {engine} of {}",
+                    self.router.name(),
+                    self.engines.len()
+                );
+                let engine = self.in_routing(engine);
                 (engine, preds[engine as usize])
             }
         };
@@ -476,7 +558,63 @@ impl PolicyCore {
     /// A request finished on its engine.
     pub fn handle_finished(&mut self, now: Nanos, request: u64, _output_tokens: u32) {
         if let Some(t) = self.settle(request) {
+            self.health[t.engine as usize].consecutive_unreachable = 0;
             self.release(now, t.engine);
+        }
+    }
+
+    /// Count an unreachable failure against `engine`; at `down_after_failures` in a row, take
+    /// it out of routing, move what the middleware queue holds for it to replicas in routing,
+    /// and ask for a probe.
+    fn note_unreachable(&mut self, now: Nanos, engine: EngineId) {
+        let k = self.opts.down_after_failures;
+        let h = &mut self.health[engine as usize];
+        h.consecutive_unreachable += 1;
+        if k == 0 || !h.up || h.consecutive_unreachable < k {
+            return;
+        }
+        h.up = false;
+        h.probe_wait_ns = self.opts.probe_interval_ns;
+        self.out.push_back(Decision::Probe {
+            engine,
+            not_before: now + self.opts.probe_interval_ns,
+        });
+        let model = self.engines[engine as usize].model.clone();
+        if let Some(to) = self.least_loaded_replica(&model, Some(engine), None) {
+            if self.health[to as usize].up {
+                let moved = std::mem::take(&mut self.held[engine as usize]);
+                self.load[engine as usize].held = 0;
+                for h in moved {
+                    let t = self.requests.get_mut(&h.request).expect("held request is tracked");
+                    t.engine = to;
+                    self.workflow_engine.insert(t.workflow, to);
+                    self.held[to as usize].push(h);
+                    self.load[to as usize].held += 1;
+                }
+                self.release(now, to);
+            }
+        }
+    }
+
+    /// The answer to a [`Decision::Probe`]: an engine that answers is back in routing; one
+    /// that does not is probed again after twice the wait, up to `probe_max_interval_ns`.
+    pub fn handle_probe(&mut self, now: Nanos, engine: EngineId, healthy: bool) {
+        let max = self.opts.probe_max_interval_ns;
+        let h = &mut self.health[engine as usize];
+        if h.up {
+            return;
+        }
+        if healthy {
+            h.up = true;
+            h.consecutive_unreachable = 0;
+            self.release(now, engine);
+        } else {
+            h.probe_wait_ns = h.probe_wait_ns.saturating_mul(2).min(max).max(1);
+            let wait = h.probe_wait_ns;
+            self.out.push_back(Decision::Probe {
+                engine,
+                not_before: now + wait,
+            });
         }
     }
 
@@ -487,8 +625,11 @@ impl PolicyCore {
             return;
         };
         let failed_engine = t.engine;
+        if matches!(kind, FailureKind::Unreachable(_)) {
+            self.note_unreachable(now, failed_engine);
+        }
         match kind {
-            FailureKind::Transient(why) if t.attempts < self.opts.max_retries => {
+            FailureKind::Transient(why) | FailureKind::Unreachable(why) if t.attempts < self.opts.max_retries => {
                 t.attempts += 1;
                 let model = self.engines[failed_engine as usize].model.clone();
                 t.engine = self
@@ -501,7 +642,7 @@ impl PolicyCore {
                 self.requests.insert(request, t);
                 self.send_or_hold(request, now + backoff);
             }
-            FailureKind::Transient(why) => {
+            FailureKind::Transient(why) | FailureKind::Unreachable(why) => {
                 self.out.push_back(Decision::Abandon {
                     request,
                     reason: format!("gave up after {} retries: {why}", self.opts.max_retries),

@@ -37,9 +37,11 @@ impl CallError {
         }
     }
 
-    /// 4xx other than 408 and 429 are refusals of this request: retrying cannot help.
+    /// 4xx other than 408 and 429 are refusals of this request: retrying cannot help. No
+    /// connection at all says the engine is unreachable (which counts against its health).
     pub fn failure_kind(&self) -> FailureKind {
         match self {
+            CallError::Connect(_) => FailureKind::Unreachable(self.to_string()),
             CallError::Http { status, .. } if (400..500).contains(status) && *status != 408 && *status != 429 => {
                 FailureKind::Rejected(self.to_string())
             }
@@ -66,10 +68,17 @@ pub struct Streamed {
     pub chunk_ns: Vec<i64>,
     /// Nanoseconds from sending to the last byte.
     pub end_ns: i64,
-    /// Output tokens: the usage chunk's completion_tokens, else the number of content chunks.
+    /// Output tokens: the usage chunk's completion_tokens, else the token ids streamed, else
+    /// the number of content chunks.
     pub output_tokens: u32,
+    /// Output tokens each chunk of `chunk_ns` carried (1 each when the server sent no ids).
+    pub chunk_tokens: Vec<u32>,
+    /// The generated token ids, when the server returned them (vLLM's `return_token_ids`).
+    pub output_ids: Vec<u32>,
     /// Prompt tokens as the server counted them (usage), when it said.
     pub prompt_tokens: Option<u32>,
+    /// Prompt tokens the server found in its prefix cache (usage.prompt_tokens_details), when it said.
+    pub cached_tokens: Option<u32>,
     /// The server's own timings object (llama.cpp sends one in its last chunk).
     pub server_timings: Option<Value>,
 }
@@ -244,12 +253,9 @@ pub async fn stream_completion(
                         error_message(&err.to_string())
                     )));
                 }
-                let has_content = v["choices"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|ch| ch["text"].as_str().is_some_and(|s| !s.is_empty()) || ch["tokens"].is_array())
-                });
-                if has_content {
+                if let Some(n) = chunk_output(&v, &mut out.output_ids) {
                     out.chunk_ns.push(at);
+                    out.chunk_tokens.push(n);
                 }
                 if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
                     if let Some(c) = u["completion_tokens"].as_u64() {
@@ -257,6 +263,12 @@ pub async fn stream_completion(
                     }
                     if let Some(p) = u["prompt_tokens"].as_u64() {
                         out.prompt_tokens = Some(p as u32);
+                    }
+                    if let Some(c) = u
+                        .pointer("/prompt_tokens_details/cached_tokens")
+                        .and_then(Value::as_u64)
+                    {
+                        out.cached_tokens = Some(c as u32);
                     }
                 }
                 if let Some(tm) = v.get("timings").filter(|x| x.is_object()) {
@@ -273,8 +285,60 @@ pub async fn stream_completion(
             out.chunk_ns.len()
         )));
     }
-    out.output_tokens = usage_tokens.unwrap_or(out.chunk_ns.len() as u32);
+    out.output_tokens = usage_tokens.unwrap_or_else(|| out.chunk_tokens.iter().sum());
     Ok(out)
+}
+
+/// The output one streamed completion event carries: None when it carries none (a usage-only
+/// or empty final event), else the number of tokens, with their ids appended to `ids` when the
+/// server sent them.
+///
+/// A choice carries output when it has token ids (vLLM with `return_token_ids`; under
+/// `--skip-tokenizer-init` its text is always empty), text, llama.cpp's `tokens`, or, with
+/// neither ids nor text, no finish reason: vLLM without a tokenizer streams one empty-text
+/// event per step, and only a final event of a server that ends with a separate finishing
+/// event (llama.cpp) has a finish reason and nothing else.
+pub fn chunk_output(v: &Value, ids: &mut Vec<u32>) -> Option<u32> {
+    let choices = v["choices"].as_array()?;
+    let mut n = 0u32;
+    let mut any = false;
+    for ch in choices {
+        if let Some(t) = ch["token_ids"].as_array() {
+            if !t.is_empty() {
+                ids.extend(t.iter().filter_map(|x| x.as_u64()).map(|x| x as u32));
+                n += t.len() as u32;
+                any = true;
+            }
+            continue;
+        }
+        let text = ch["text"].as_str();
+        if text.is_some_and(|s| !s.is_empty()) || ch["tokens"].is_array() {
+            n += 1;
+            any = true;
+        } else if text.is_some() && ch["finish_reason"].is_null() {
+            n += 1;
+            any = true;
+        }
+    }
+    any.then_some(n)
+}
+
+/// The context length a vLLM server reports for `served_model` in `GET /v1/models`.
+pub async fn served_max_model_len(
+    base: &BaseUrl,
+    served_model: &str,
+    api_key: Option<&str>,
+    t: &Timeouts,
+) -> Result<Option<u32>, CallError> {
+    let text = get_text(base, "/v1/models", api_key, t).await?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| CallError::Stream(format!("{}/v1/models: not JSON ({e})", base.url)))?;
+    Ok(v["data"].as_array().and_then(|d| {
+        d.iter()
+            .find(|m| m["id"] == served_model)
+            .and_then(|m| m["max_model_len"].as_u64())
+            .map(|x| x.min(u32::MAX as u64) as u32)
+    }))
 }
 
 /// Where the first event in `buf` ends: (index of its end, length of the separator).
@@ -322,6 +386,11 @@ pub struct MetricsSample {
     pub prompt_tokens_total: Option<f64>,
     pub generation_tokens_total: Option<f64>,
     pub preemptions_total: Option<f64>,
+    /// Prompt tokens looked up in the prefix cache, and found there (vLLM's counters).
+    #[serde(default)]
+    pub prefix_cache_queries_total: Option<f64>,
+    #[serde(default)]
+    pub prefix_cache_hits_total: Option<f64>,
 }
 
 /// Sum of a metric over its label sets (first name found of `names`).
@@ -365,6 +434,8 @@ pub fn parse_metrics(kind: Kind, text: &str) -> MetricsSample {
             prompt_tokens_total: metric(text, &["vllm:prompt_tokens_total"]),
             generation_tokens_total: metric(text, &["vllm:generation_tokens_total"]),
             preemptions_total: metric(text, &["vllm:num_preemptions_total", "vllm:num_preemptions"]),
+            prefix_cache_queries_total: metric(text, &["vllm:prefix_cache_queries_total"]),
+            prefix_cache_hits_total: metric(text, &["vllm:prefix_cache_hits_total"]),
         },
         Kind::Llamacpp => MetricsSample {
             running: metric(text, &["llamacpp:requests_processing"]),
@@ -373,6 +444,8 @@ pub fn parse_metrics(kind: Kind, text: &str) -> MetricsSample {
             prompt_tokens_total: metric(text, &["llamacpp:prompt_tokens_total"]),
             generation_tokens_total: metric(text, &["llamacpp:tokens_predicted_total"]),
             preemptions_total: None,
+            prefix_cache_queries_total: None,
+            prefix_cache_hits_total: None,
         },
     }
 }
@@ -443,7 +516,69 @@ mod tests {
             ),
         ];
         for (e, transient) in cases {
-            assert_eq!(matches!(e.failure_kind(), FailureKind::Transient(_)), transient, "{e}");
+            let k = e.failure_kind();
+            let retried = matches!(k, FailureKind::Transient(_) | FailureKind::Unreachable(_));
+            assert_eq!(retried, transient, "{e}");
+            // Only a failure to connect at all counts against the engine's health.
+            assert_eq!(
+                matches!(k, FailureKind::Unreachable(_)),
+                matches!(e, CallError::Connect(_)),
+                "{e}"
+            );
+        }
+    }
+
+    /// vLLM 0.32 under --skip-tokenizer-init streams empty text: each event still carries a
+    /// token (regression: the replay counted 0 chunks, so TTFT = E2E and TPOT = 0).
+    #[test]
+    fn chunks_count_tokens_whether_or_not_the_server_detokenizes() {
+        let ev = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        let cases: Vec<(&str, Option<u32>, Vec<u32>)> = vec![
+            // vLLM, no tokenizer, return_token_ids: empty text, one id (or several, when the
+            // output loop fell behind), also on the event that finishes.
+            (
+                r#"{"choices":[{"index":0,"text":"","finish_reason":null,"prompt_token_ids":[1,2],"token_ids":[7573]}]}"#,
+                Some(1),
+                vec![7573],
+            ),
+            (
+                r#"{"choices":[{"index":0,"text":"","finish_reason":"length","token_ids":[5,6,7]}]}"#,
+                Some(3),
+                vec![5, 6, 7],
+            ),
+            // vLLM, no tokenizer, no ids: empty text, no finish reason yet: one token.
+            (
+                r#"{"choices":[{"index":0,"text":"","finish_reason":null}]}"#,
+                Some(1),
+                vec![],
+            ),
+            // Text, as a server with a tokenizer sends it.
+            (
+                r#"{"choices":[{"index":0,"text":" tok","finish_reason":null}]}"#,
+                Some(1),
+                vec![],
+            ),
+            // llama.cpp's closing event (empty text, a finish reason) and a usage-only event.
+            (
+                r#"{"choices":[{"index":0,"text":"","finish_reason":"length"}]}"#,
+                None,
+                vec![],
+            ),
+            (
+                r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":4}}"#,
+                None,
+                vec![],
+            ),
+            (
+                r#"{"choices":[{"index":0,"text":"","finish_reason":"length","token_ids":[]}]}"#,
+                None,
+                vec![],
+            ),
+        ];
+        for (text, n, ids) in cases {
+            let mut got = Vec::new();
+            assert_eq!(chunk_output(&ev(text), &mut got), n, "{text}");
+            assert_eq!(got, ids, "{text}");
         }
     }
 

@@ -70,6 +70,7 @@ enum Ev {
     Arrival,
     StageReady(u64),
     Send(u64),
+    Probe(u32),
 }
 
 struct Wf {
@@ -79,6 +80,8 @@ struct Wf {
     first_engine: u32,
     output_so_far: u64,
     prompt_tokens: u64,
+    /// The last finished stage's sequence: its prompt, then the tokens the server generated.
+    seq: Vec<u32>,
 }
 
 struct Pending {
@@ -103,6 +106,10 @@ struct Attempt {
 
 enum Msg {
     Done(Attempt),
+    Probe {
+        engine: u32,
+        healthy: bool,
+    },
     Metrics {
         engine: u32,
         t_ns: Nanos,
@@ -110,11 +117,15 @@ enum Msg {
     },
 }
 
-/// A request's prompt as token ids in [1000, vocab), drawn from (seed, workflow, stage): the
-/// same on every run and every retry, different between requests (the simulator models no
-/// prefix caching, so prompts share no prefix a server could reuse).
+/// A request's own prompt tokens as ids in [1000, vocab), drawn from (seed, workflow, stage):
+/// the same on every run and every retry, different between requests.
 pub fn prompt_ids(seed: u64, workflow: u64, stage: u32, n: u32, vocab: u32) -> Vec<u32> {
-    let mut x = crate::rng::fnv1a64(format!("replay.prompt/{seed}/{workflow}/{stage}").as_bytes());
+    token_ids(&format!("replay.prompt/{seed}/{workflow}/{stage}"), n, vocab)
+}
+
+/// `n` token ids in [1000, vocab) drawn from a key.
+fn token_ids(key: &str, n: u32, vocab: u32) -> Vec<u32> {
+    let mut x = crate::rng::fnv1a64(key.as_bytes());
     let span = (vocab.max(1001) - 1000) as u64;
     (0..n)
         .map(|_| {
@@ -127,6 +138,62 @@ pub fn prompt_ids(seed: u64, workflow: u64, stage: u32, n: u32, vocab: u32) -> V
             1000 + (z % span) as u32
         })
         .collect()
+}
+
+/// The prompt of stage `stage` of workflow `wf`, as the simulator's prefix cache sees it
+/// (`sim::stage_content`): a later stage resends the previous stage's sequence (`prev`: its
+/// prompt and the tokens the server generated) up to the stage's context, as an agent resends
+/// its conversation; a first stage of a shared-prefix group starts with its group's prefix;
+/// the rest are tokens of the stage's own.
+pub fn stage_prompt(seed: u64, wf: u64, stage: u32, st: &crate::workload::Stage, prev: &[u32], vocab: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = Vec::with_capacity(st.prompt_tokens as usize);
+    if stage > 0 && st.context_tokens > 0 {
+        let cut = (st.context_tokens.min(st.prompt_tokens) as usize).min(prev.len());
+        ids.extend_from_slice(&prev[..cut]);
+    } else if let Some((group, n)) = st.prefix.filter(|_| st.context_tokens == 0) {
+        ids.extend(token_ids(
+            &format!("replay.prefix/{seed}/{group}"),
+            n.min(st.prompt_tokens),
+            vocab,
+        ));
+    }
+    let own = st.prompt_tokens.saturating_sub(ids.len() as u32);
+    ids.extend(prompt_ids(seed, wf, stage, own, vocab));
+    ids
+}
+
+/// The sequence a finished stage leaves for the next: its prompt, then its output, as the ids
+/// the server generated or, from a server that did not return them, ids of the stage's own.
+pub fn stage_sequence(
+    seed: u64,
+    wf: u64,
+    stage: u32,
+    prompt: Vec<u32>,
+    output_ids: &[u32],
+    output_tokens: u32,
+    vocab: u32,
+) -> Vec<u32> {
+    let mut seq = prompt;
+    if output_ids.len() == output_tokens as usize {
+        seq.extend_from_slice(output_ids);
+    } else {
+        seq.extend(token_ids(
+            &format!("replay.output/{seed}/{wf}/{stage}"),
+            output_tokens,
+            vocab,
+        ));
+    }
+    seq
+}
+
+/// Output tokens to ask for: the trace's, cut where the sequence reaches the server's context
+/// length, as vLLM (0.32) cuts `max_tokens` and as the simulated engine stops. A prompt that
+/// alone reaches it is sent as it is, for the server to refuse.
+pub fn output_cap(output_tokens: u32, prompt_tokens: u32, max_model_len: u32) -> u32 {
+    if prompt_tokens >= max_model_len {
+        return output_tokens;
+    }
+    output_tokens.min(max_model_len - prompt_tokens)
 }
 
 const WORDS: [&str; 16] = [
@@ -151,7 +218,12 @@ pub fn request_body(ep: &Endpoint, ids: &[u32], max_tokens: u32, priority: Optio
     });
     match ep.kind {
         Kind::Vllm => {
+            // min_tokens equals max_tokens, which the caller has already cut to the context
+            // length (vLLM refuses min_tokens above the max_tokens it cut itself). The ids of
+            // the generated tokens come back in each chunk: they are counted (without a
+            // tokenizer vLLM streams empty text) and resent by the next stage.
             b["min_tokens"] = json!(max_tokens);
+            b["return_token_ids"] = json!(true);
             if let Some(p) = priority {
                 b["priority"] = json!(p);
             }
@@ -167,8 +239,11 @@ pub fn request_body(ep: &Endpoint, ids: &[u32], max_tokens: u32, priority: Optio
 }
 
 struct Driver {
-    seed: u64,
+    /// Seeds the prompts' token ids: the scenario's seed mixed with this replay's salt.
+    prompt_seed: u64,
     eps: Vec<Endpoint>,
+    /// Context length per endpoint: the scenario engine's, or the server's when smaller.
+    max_len: Vec<u32>,
     send_priority: Vec<bool>,
     timeouts: Timeouts,
     core: PolicyCore,
@@ -268,8 +343,34 @@ impl Driver {
                     .ok_or_else(|| Error::other(format!("policy abandoned unknown request {request}")))?;
                 self.finish_workflow(p.workflow, Some(reason))?;
             }
+            Decision::Probe { engine, not_before } => {
+                if !self.quiet {
+                    eprintln!(
+                        "replay: {} is out of routing after repeated connection failures; probing its /health",
+                        self.eps[engine as usize].name
+                    );
+                }
+                self.push(now.max(not_before), Ev::Probe(engine));
+            }
         }
         Ok(())
+    }
+
+    /// GET /health of an engine out of routing; the answer goes to the core.
+    fn probe(&mut self, engine: u32) {
+        let ep = &self.eps[engine as usize];
+        let (base, key, timeouts, tx) = (
+            ep.base.clone(),
+            ep.api_key.clone(),
+            self.timeouts.clone(),
+            self.tx.clone(),
+        );
+        tokio::spawn(async move {
+            let healthy = client::get_text(&base, "/health", key.as_deref(), &timeouts)
+                .await
+                .is_ok();
+            let _ = tx.send(Msg::Probe { engine, healthy }).await;
+        });
     }
 
     fn on_arrival(&mut self) -> Result<()> {
@@ -287,6 +388,7 @@ impl Driver {
                 first_engine: 0,
                 output_so_far: 0,
                 prompt_tokens: 0,
+                seq: Vec::new(),
             },
         );
         self.replayed += 1;
@@ -349,11 +451,11 @@ impl Driver {
         let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
         let e = p.engine as usize;
         let ep = &self.eps[e];
-        let ids = prompt_ids(self.seed, p.workflow, p.stage, st.prompt_tokens, ep.vocab);
+        let ids = stage_prompt(self.prompt_seed, p.workflow, p.stage, &st, &wf.seq, ep.vocab);
         let body = serde_json::to_vec(&request_body(
             ep,
             &ids,
-            st.output_tokens,
+            output_cap(st.output_tokens, st.prompt_tokens, self.max_len[e]),
             self.send_priority[e].then_some(p.priority),
         ))
         .expect("a JSON body");
@@ -422,10 +524,12 @@ impl Driver {
             finish_ns: None,
             prompt_tokens: st.prompt_tokens,
             context_tokens: st.context_tokens,
-            max_tokens: st.output_tokens,
+            max_tokens: output_cap(st.output_tokens, st.prompt_tokens, self.max_len[engine as usize]),
             output_tokens: 0,
             server_prompt_tokens: None,
+            cached_tokens: None,
             chunk_ns: Vec::new(),
+            chunk_tokens: Vec::new(),
             segment: self.segment,
             server_timings: None,
         };
@@ -435,13 +539,27 @@ impl Driver {
                 rec.finish_ns = Some(send_ns + s.end_ns);
                 rec.output_tokens = s.output_tokens;
                 rec.server_prompt_tokens = s.prompt_tokens;
+                rec.cached_tokens = s.cached_tokens;
                 rec.chunk_ns = s.chunk_ns;
+                if s.chunk_tokens.iter().any(|&n| n != 1) {
+                    rec.chunk_tokens = s.chunk_tokens;
+                }
                 rec.server_timings = s.server_timings;
                 if rec.first_token_ns.is_none() {
                     rec.first_token_ns = rec.finish_ns;
                 }
                 self.requests_out.append(&rec)?;
-                let wf_id = p.workflow;
+                let (wf_id, stage) = (p.workflow, p.stage);
+                let prompt = stage_prompt(self.prompt_seed, wf_id, stage, &st, &wf.seq, ep.vocab);
+                wf.seq = stage_sequence(
+                    self.prompt_seed,
+                    wf_id,
+                    stage,
+                    prompt,
+                    &s.output_ids,
+                    rec.output_tokens,
+                    ep.vocab,
+                );
                 self.pending.remove(&request);
                 wf.output_so_far += rec.output_tokens as u64;
                 wf.prompt_tokens += st.prompt_tokens as u64;
@@ -460,7 +578,8 @@ impl Driver {
             }
             Err(e) => {
                 let kind = e.failure_kind();
-                let transient = matches!(kind, crate::policy::FailureKind::Transient(_));
+                let unreachable = matches!(kind, crate::policy::FailureKind::Unreachable(_));
+                let transient = unreachable || matches!(kind, crate::policy::FailureKind::Transient(_));
                 rec.status = if transient { "failed" } else { "rejected" }.into();
                 rec.error = Some(e.to_string());
                 rec.http_status = e.http_status();
@@ -474,6 +593,7 @@ impl Driver {
                     t: now,
                     request,
                     transient,
+                    unreachable,
                     why: e.to_string(),
                 })?;
             }
@@ -596,6 +716,7 @@ impl Driver {
                     Ev::Arrival => self.on_arrival()?,
                     Ev::StageReady(w) => self.issue(w)?,
                     Ev::Send(r) => self.send(r),
+                    Ev::Probe(e) => self.probe(e),
                 }
             }
             if self.next_wf.is_none() && self.workflows.is_empty() {
@@ -634,6 +755,10 @@ impl Driver {
             match msg {
                 Some(Msg::Done(a)) => self.on_done(a)?,
                 Some(Msg::Metrics { engine, t_ns, result }) => self.on_metrics(engine, t_ns, result)?,
+                Some(Msg::Probe { engine, healthy }) => {
+                    let t = self.now();
+                    self.input(CoreInput::Probe { t, engine, healthy })?;
+                }
                 None => {}
             }
         }
@@ -662,10 +787,47 @@ fn pct(v: &mut [i64], q: f64) -> i64 {
     v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
+/// The lock file of a replay folder.
+pub const LOCK_FILE: &str = ".replay.lock";
+
+/// Take the exclusive lock on a replay folder, or say which process holds it.
+pub fn lock_folder(out: &Path) -> Result<std::fs::File> {
+    let path = out.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match f.try_lock() {
+        Ok(()) => {
+            use std::io::{Seek, Write};
+            let mut g = &f;
+            let _ = g.set_len(0);
+            let _ = g.seek(std::io::SeekFrom::Start(0));
+            let _ = writeln!(g, "{}", std::process::id());
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(Error::bad(format!(
+                "{}: a running replay (process {}) is writing this folder; wait for it to end or choose another --out",
+                out.display(),
+                holder.trim()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
 /// Replay `r` against `eps`, writing into `out`.
 pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -> Result<ReplayReport> {
     let endpoints = eps.engines(&r.models)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Held until this function returns (the OS releases it when the process dies): a second
+    // replay, or a --resume, into a folder a running replay writes is refused.
+    let _lock = lock_folder(out)?;
     let mpath = out.join("manifest.json");
     let scenario_json = serde_json::to_value(&r.scenario).expect("scenario serialises");
     let paths = [REQUESTS_JSONL, WORKFLOWS_JSONL, METRICS_JSONL, JOURNAL_JSONL].map(|f| out.join(f));
@@ -678,11 +840,20 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
     }
     let mut skip = HashSet::new();
     let (mut next_request, mut segment) = (0, 0);
+    // A salt for the prompts' token ids, new for every replay (kept by --resume): a server's
+    // prefix cache still holding an earlier replay's prompts would otherwise answer them from
+    // cache, where the simulation starts cold. Sharing within a replay is what the scenario says.
+    let mut prompt_salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     if opts.resume && started_before {
         let old: Value = std::fs::read_to_string(&mpath)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
+        if let Some(x) = old["prompt_salt"].as_u64() {
+            prompt_salt = x;
+        }
         if old["scenario"] != scenario_json {
             return Err(Error::bad(format!(
                 "{}: --resume needs the same scenario (and overrides) as the interrupted replay; its manifest.json differs",
@@ -714,6 +885,7 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
             "retries": eps.retries,
             "metrics_interval_ms": eps.metrics_interval_ms,
             "outputs": ["requests.parquet", "workflows.parquet", "itl.parquet", "metrics.parquet", "summary.json", REQUESTS_JSONL, WORKFLOWS_JSONL, METRICS_JSONL, JOURNAL_JSONL],
+            "prompt_salt": prompt_salt,
             "status": state,
         })
     };
@@ -751,11 +923,33 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
         .enable_all()
         .build()
         .map_err(|e| Error::other(format!("replay: {e}")))?;
+    // Each endpoint's context length: the scenario engine's, or what a vLLM server says it
+    // serves when that is smaller (its /v1/models), so that max_tokens is cut as it cuts it.
+    let max_len: Vec<u32> = endpoints
+        .iter()
+        .map(|ep| {
+            let se = r.engines.iter().find(|e| e.model == ep.model).expect("engine");
+            let server = match ep.kind {
+                Kind::Vllm => rt
+                    .block_on(client::served_max_model_len(
+                        &ep.base,
+                        &ep.served_model,
+                        ep.api_key.as_deref(),
+                        &eps.timeouts,
+                    ))
+                    .ok()
+                    .flatten(),
+                Kind::Llamacpp => None,
+            };
+            server.map_or(se.limits.max_model_len, |s| s.min(se.limits.max_model_len))
+        })
+        .collect();
     let wall = std::time::Instant::now();
     let (tx, rx) = mpsc::channel(1024);
     let result: Result<(u64, u64, u64, Vec<i64>)> = rt.block_on(async {
         let mut d = Driver {
-            seed,
+            prompt_seed: crate::engine::kv::mix(seed, prompt_salt),
+            max_len,
             sems: endpoints
                 .iter()
                 .map(|e| Arc::new(Semaphore::new(e.max_concurrency as usize)))
@@ -917,6 +1111,58 @@ mod tests {
         let t = request_body(&endpoint(Kind::Vllm, PromptForm::Text), &ids, 7, None);
         let text = t["prompt"].as_str().unwrap();
         assert_eq!(text.split_whitespace().count(), 5, "{text}");
+    }
+
+    /// vLLM 0.32 cuts max_tokens to what the context leaves and refuses min_tokens above the
+    /// cut (regression: the replay kept min_tokens at the trace's length, HTTP 400).
+    #[test]
+    fn output_is_cut_at_the_context_length_and_min_tokens_follows() {
+        let ep = endpoint(Kind::Vllm, PromptForm::TokenIds);
+        for (out, prompt, max_len, sent) in [
+            (157, 1907, 2048, 141),
+            (50, 100, 2048, 50),
+            (10, 2048, 2048, 10),
+            (5, 2043, 2048, 5),
+        ] {
+            let cap = output_cap(out, prompt, max_len);
+            assert_eq!(cap, sent, "{out} {prompt} {max_len}");
+            let v = request_body(&ep, &[1000], cap, None);
+            assert_eq!(v["min_tokens"], v["max_tokens"]);
+            assert_eq!(v["return_token_ids"], json!(true));
+        }
+    }
+
+    #[test]
+    fn later_stages_resend_the_previous_sequence_and_groups_share_their_prefix() {
+        use crate::workload::Stage;
+        let st = |prompt, context, prefix| Stage {
+            prompt_tokens: prompt,
+            context_tokens: context,
+            output_tokens: 4,
+            tool_delay_ns: 0,
+            prefix,
+        };
+        let p0 = stage_prompt(3, 9, 0, &st(10, 0, None), &[], 32_000);
+        assert_eq!(p0, prompt_ids(3, 9, 0, 10, 32_000));
+        let seq = stage_sequence(3, 9, 0, p0.clone(), &[5, 6, 7, 8], 4, 32_000);
+        assert_eq!(seq.len(), 14);
+        // Stage 1: the whole sequence (context 14 + an observation of 3), then its own tokens.
+        let p1 = stage_prompt(3, 9, 1, &st(20, 17, None), &seq, 32_000);
+        assert_eq!(&p1[..14], &seq[..]);
+        assert_eq!(p1.len(), 20);
+        // A context cut shorter than the sequence resends only its start.
+        let p1 = stage_prompt(3, 9, 1, &st(12, 8, None), &seq, 32_000);
+        assert_eq!(&p1[..8], &seq[..8]);
+        // Without the server's ids, the output is made up, deterministically.
+        assert_eq!(
+            stage_sequence(3, 9, 0, p0.clone(), &[], 4, 32_000),
+            stage_sequence(3, 9, 0, p0, &[], 4, 32_000)
+        );
+        // Two workflows of one group start alike, then differ.
+        let a = stage_prompt(3, 1, 0, &st(40, 0, Some((2, 32))), &[], 32_000);
+        let b = stage_prompt(3, 5, 0, &st(40, 0, Some((2, 32))), &[], 32_000);
+        assert_eq!(a[..32], b[..32]);
+        assert_ne!(a[32..], b[32..]);
     }
 
     #[test]

@@ -82,10 +82,16 @@ pub async fn probe(
     plan: &ProbePlan,
     log: &mut dyn FnMut(&ProbePoint),
 ) -> Result<Vec<ProbePoint>> {
-    let mut salt = 0u64;
+    // Prompts no earlier probe of any run sent: a server with a prefix cache (vLLM's is on by
+    // default) would otherwise answer repeated probes from its cache. The salt starts from the
+    // wall clock, which this probe of a live server may read (it is a driver, not the core).
+    let mut salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        << 16;
     let mut points = Vec::new();
     // Warm-up: the first request of a fresh server pays one-time costs.
-    one(ep, t, 16, 2, u64::MAX).await?;
+    one(ep, t, 16, 2, salt.wrapping_sub(1)).await?;
     for &n in &plan.prefill_tokens {
         let mut samples = Vec::new();
         for _ in 0..plan.reps {
@@ -126,10 +132,13 @@ pub async fn probe(
             while let Some(r) = set.join_next().await {
                 let s = r.map_err(|e| Error::other(format!("calibrate server: {e}")))??;
                 // TPOT over the second half of the stream, when all b requests decode together.
+                // A chunk may carry several tokens (a server's output loop that fell behind
+                // sends what it has): divide by the tokens between the two chunks.
                 let c = &s.chunk_ns;
                 if c.len() >= 4 {
                     let (a, z) = (c.len() / 2, c.len() - 1);
-                    samples.push((c[z] - c[a]) as f64 / (z - a) as f64 / 1e6);
+                    let tokens: u32 = s.chunk_tokens[a + 1..=z].iter().sum();
+                    samples.push((c[z] - c[a]) as f64 / tokens.max(1) as f64 / 1e6);
                 }
             }
         }
@@ -152,8 +161,9 @@ pub async fn probe(
 pub fn predict_ms(m: &StepTimeModel, p: &ProbePoint, budget: u32) -> f64 {
     match p.kind.as_str() {
         "prefill" => {
-            // Chunked prefill under the token budget; the last chunk samples the first token.
-            let (mut done, mut ns) = (0u64, 0i64);
+            // The server's front end (HTTP, hand-off to the engine), then chunked prefill
+            // under the token budget; the last chunk samples the first token.
+            let (mut done, mut ns) = (0u64, (m.coeffs.frontend_us * 1e3).round() as i64);
             let n = p.prompt_tokens as u64;
             while done < n {
                 let c = (n - done).min(budget.max(1) as u64);
@@ -177,13 +187,14 @@ pub fn predict_ms(m: &StepTimeModel, p: &ProbePoint, budget: u32) -> f64 {
 }
 
 /// Names of the coefficients the fit sets.
-pub const FITTED: [&str; 6] = [
+pub const FITTED: [&str; 7] = [
     "mfu",
     "mbu",
     "mfu_attention",
     "mbu_attention",
     "step_overhead_us",
     "per_request_us",
+    "frontend_us",
 ];
 
 /// Efficiencies through a logistic (fractions in (0, 1)), times through exp (positive).
@@ -198,6 +209,7 @@ fn with_params(x: &[f64]) -> Coefficients {
         mbu_attention: f(x[3]),
         step_overhead_us: e(x[4]),
         per_request_us: e(x[5]),
+        frontend_us: e(x[6]),
         per_layer_us: 0.0,
         ..Coefficients::default()
     }
@@ -241,6 +253,7 @@ pub fn fit(
         logit(d.mbu_attention),
         d.step_overhead_us.ln(),
         d.per_request_us.ln(),
+        500f64.ln(),
     ];
     // A few restarts from the best point so far: the simplex shrinks on the max() kinks.
     let (mut best, mut val) = nelder_mead(&loss, &x0, 1.0, 4000);
@@ -275,7 +288,15 @@ mod tests {
         let cat = Catalog::builtin();
         let (model, gpu) = (cat.model("Qwen2.5-1.5B").unwrap(), cat.gpu("A40").unwrap());
         let logit = |p: f64| (p / (1.0 - p)).ln();
-        let truth = with_params(&[logit(0.35), logit(0.6), logit(0.2), logit(0.5), 900f64.ln(), 40f64.ln()]);
+        let truth = with_params(&[
+            logit(0.35),
+            logit(0.6),
+            logit(0.2),
+            logit(0.5),
+            900f64.ln(),
+            40f64.ln(),
+            2000f64.ln(),
+        ]);
         let m = StepTimeModel::new(model, gpu, 1, truth);
         let mut pts: Vec<ProbePoint> = [64u32, 256, 1024, 2048, 4096]
             .iter()

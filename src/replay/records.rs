@@ -49,8 +49,14 @@ pub struct RequestRecord {
     pub output_tokens: u32,
     /// Prompt tokens as the server counted them.
     pub server_prompt_tokens: Option<u32>,
+    /// Prompt tokens the server found in its prefix cache (vLLM's usage.prompt_tokens_details).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u32>,
     /// Time from sending to each content chunk.
     pub chunk_ns: Vec<i64>,
+    /// Output tokens of each chunk, when a chunk carried more than one (empty: one each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunk_tokens: Vec<u32>,
     /// The replay segment (0, then +1 per `--resume`).
     pub segment: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,7 +279,7 @@ pub fn write_tables(
             Val::U32(r.context_tokens),
             Val::U32(r.output_tokens),
             Val::U32(0),
-            Val::OptI64(None),
+            Val::OptI64(r.cached_tokens.map(i64::from)),
             Val::U32(r.attempt),
             Val::I64(r.scheduled_ns),
             Val::I64(r.send_ns),
@@ -390,6 +396,8 @@ pub fn write_tables(
             ("prompt_tokens_total", F64),
             ("generation_tokens_total", F64),
             ("preemptions_total", F64),
+            ("prefix_cache_queries_total", F64),
+            ("prefix_cache_hits_total", F64),
             (
                 "error",
                 str_col(&merrors.iter().map(String::as_str).collect::<Vec<_>>()),
@@ -406,6 +414,8 @@ pub fn write_tables(
             Val::F64(m.sample.prompt_tokens_total),
             Val::F64(m.sample.generation_tokens_total),
             Val::F64(m.sample.preemptions_total),
+            Val::F64(m.sample.prefix_cache_queries_total),
+            Val::F64(m.sample.prefix_cache_hits_total),
             Val::Str(index_of(&merrors, m.error.as_deref().unwrap_or(""))),
         ])?;
     }

@@ -63,6 +63,21 @@ pub struct Scenario {
     pub output: OutputSpec,
     #[serde(default)]
     pub limits: Limits,
+    /// Faults the simulation injects in virtual time (the replay meets real ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultSpec>,
+}
+
+/// An engine replica that dies at `at_s` (its running and waiting requests are lost, and
+/// connections to it are refused) and comes back empty `for_s` seconds later, as a vLLM server
+/// killed and restarted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// The engine's name (with `-r<k>` for a replica).
+    pub engine: String,
+    pub at_s: f64,
+    pub for_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,6 +124,9 @@ pub struct EngineSpec {
     /// vLLM's `--enforce-eager`: no CUDA graphs (every step pays per-layer launch costs).
     #[serde(default)]
     pub enforce_eager: bool,
+    /// vLLM's `--block-size`: tokens per KV block (default 16; vLLM's CPU backend needs 32 or more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -547,6 +565,13 @@ impl Scenario {
             if seqs == 0 {
                 return Err(Error::bad(format!("{p}.max_num_seqs: expected at least 1")));
             }
+            let block_size = e.block_size.unwrap_or(crate::engine::kv::DEFAULT_BLOCK_SIZE);
+            if !crate::engine::kv::BLOCK_SIZES.contains(&block_size) {
+                return Err(Error::bad(format!(
+                    "{p}.block_size: {block_size} is not one of {:?}",
+                    crate::engine::kv::BLOCK_SIZES
+                )));
+            }
             let kv = plan_kv(&KvSizing {
                 model,
                 gpu,
@@ -555,6 +580,7 @@ impl Scenario {
                 max_num_batched_tokens: budget,
                 max_model_len: max_len,
                 non_torch_gib: e.non_torch_gib,
+                block_size,
             })
             .map_err(|x| x.context(&p))?;
             let auto = e.calibration.as_deref() == Some("auto");
@@ -621,6 +647,7 @@ impl Scenario {
                         max_model_len: max_len,
                         policy: e.scheduling,
                         prefix_caching: e.enable_prefix_caching,
+                        block_size,
                     },
                     kv: kv.clone(),
                     steptime: steptime.clone(),
@@ -792,6 +819,28 @@ impl Scenario {
         }
         if sc.limits.max_events == 0 {
             return Err(Error::bad("limits.max_events: expected at least 1"));
+        }
+        for (i, f) in sc.faults.iter().enumerate() {
+            if !engines.iter().any(|e| e.name == f.engine) {
+                let names: Vec<&str> = engines.iter().map(|e| e.name.as_str()).collect();
+                return Err(Error::bad(format!(
+                    "faults[{i}].engine: no engine named `{}`; engines: {}",
+                    f.engine,
+                    names.join(", ")
+                )));
+            }
+            if !(f.at_s.is_finite() && f.at_s >= 0.0) {
+                return Err(Error::bad(format!(
+                    "faults[{i}].at_s: expected a time >= 0 s, got {}",
+                    f.at_s
+                )));
+            }
+            if !(f.for_s.is_finite() && f.for_s > 0.0 && f.for_s <= 1e6) {
+                return Err(Error::bad(format!(
+                    "faults[{i}].for_s: expected 0 < for_s <= 1e6 s, got {}",
+                    f.for_s
+                )));
+            }
         }
         let (predictor, router) = resolve_policy_models(&mut sc.policy, &models, base_dir)?;
         Ok(Resolved {

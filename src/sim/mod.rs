@@ -41,8 +41,14 @@ enum Ev {
     StageReady(u64),
     Dispatch(u64),
     Kick(u32),
-    StepDone(u32),
+    /// A step of engine .0 ends; .1 is the engine's life (a restarted engine ignores the
+    /// steps of its previous life).
+    StepDone(u32, u32),
     Timer,
+    /// Engine .0 dies (a `faults:` entry).
+    Crash(u32),
+    /// The core's probe of engine .0.
+    Probe(u32),
 }
 
 impl Ev {
@@ -52,8 +58,10 @@ impl Ev {
             Ev::StageReady(w) => 2 ^ (w << 4),
             Ev::Dispatch(r) => 3 ^ (r << 4),
             Ev::Kick(e) => 4 ^ ((e as u64) << 4),
-            Ev::StepDone(e) => 5 ^ ((e as u64) << 4),
+            Ev::StepDone(e, life) => 5 ^ ((e as u64) << 4) ^ ((life as u64) << 40),
             Ev::Timer => 6,
+            Ev::Crash(e) => 7 ^ ((e as u64) << 4),
+            Ev::Probe(e) => 8 ^ ((e as u64) << 4),
         }
     }
 }
@@ -434,6 +442,11 @@ pub struct Simulation<'a> {
     needs_oracle: bool,
     core_io: Option<CoreIo>,
     timings: Option<Vec<RequestTiming>>,
+    /// Per engine: its life (restarts so far) and until when it is down.
+    life: Vec<u32>,
+    down_until: Vec<Nanos>,
+    /// Attempts that failed because their engine died or refused the connection.
+    failed_attempts: u64,
 }
 
 /// Simulation-only truths about stage `k` of a workflow, per candidate model.
@@ -517,9 +530,16 @@ impl<'a> Simulation<'a> {
             needs_oracle: false,
             core_io: None,
             timings: None,
+            life: vec![0; n],
+            down_until: vec![Nanos::MIN; n],
+            failed_attempts: 0,
         })
         .map(|mut s| {
             s.needs_oracle = s.policy.needs_oracle();
+            for f in &r.scenario.faults {
+                let e = r.engines.iter().position(|x| x.name == f.engine).expect("validated") as u32;
+                s.push(crate::time::secs_to_ns(f.at_s), Ev::Crash(e));
+            }
             s
         })
     }
@@ -605,7 +625,22 @@ impl<'a> Simulation<'a> {
                         self.start_step(e);
                     }
                 }
-                Ev::StepDone(e) => self.on_step_done(e)?,
+                Ev::StepDone(e, life) => {
+                    if life == self.life[e as usize] {
+                        self.on_step_done(e)?
+                    }
+                }
+                Ev::Crash(e) => self.on_crash(e)?,
+                Ev::Probe(e) => {
+                    let healthy = self.now >= self.down_until[e as usize];
+                    let now = self.now;
+                    self.record(|| CoreInput::Probe {
+                        t: now,
+                        engine: e,
+                        healthy,
+                    });
+                    self.policy.handle_probe(now, e, healthy);
+                }
                 Ev::Timer => {
                     if self.timer_at == Some(t) {
                         self.timer_at = None;
@@ -764,6 +799,10 @@ impl<'a> Simulation<'a> {
                     }
                     self.finish_workflow(p.workflow)?;
                 }
+                Decision::Probe { engine, not_before } => {
+                    let t = self.now.max(not_before);
+                    self.push(t, Ev::Probe(engine));
+                }
             }
         }
         if let Some(t) = self.policy.poll_timeout() {
@@ -775,7 +814,65 @@ impl<'a> Simulation<'a> {
         Ok(())
     }
 
+    /// A request failed at its engine without an answer (the engine died, or refused the
+    /// connection while down): tell the core, which retries or gives up.
+    fn fail_attempt(&mut self, request: u64, unreachable: bool, why: &str) {
+        self.failed_attempts += 1;
+        let now = self.now;
+        self.record(|| CoreInput::Failed {
+            t: now,
+            request,
+            transient: true,
+            unreachable,
+            why: why.to_string(),
+        });
+        let kind = if unreachable {
+            FailureKind::Unreachable(why.to_string())
+        } else {
+            FailureKind::Transient(why.to_string())
+        };
+        self.policy.handle_failed(now, request, kind);
+    }
+
+    /// Engine `e` dies: what it held is lost (each request's attempt fails, as a broken
+    /// stream), and it comes back empty (a fresh cache) when its fault window ends.
+    fn on_crash(&mut self, e: u32) -> Result<()> {
+        let f = self
+            .r
+            .scenario
+            .faults
+            .iter()
+            .find(|f| f.engine == self.r.engines[e as usize].name && crate::time::secs_to_ns(f.at_s) == self.now)
+            .expect("a crash has its fault");
+        let until = self.now + crate::time::secs_to_ns(f.for_s);
+        let i = e as usize;
+        self.down_until[i] = self.down_until[i].max(until);
+        let lost = self.engines[i].request_ids();
+        let (queries, hits) = (self.engines[i].prefix_queries, self.engines[i].prefix_hits);
+        let re = &self.r.engines[i];
+        let mut fresh = Engine::new(
+            e,
+            re.limits.clone(),
+            re.steptime.clone(),
+            re.kv.num_gpu_blocks.saturating_sub(1),
+        );
+        // The summary counts over the whole run, across restarts.
+        fresh.prefix_queries = queries;
+        fresh.prefix_hits = hits;
+        self.engines[i] = fresh;
+        self.life[i] += 1;
+        self.kick_pending[i] = false;
+        for id in lost {
+            self.fail_attempt(id, false, "connection broke: the engine died");
+        }
+        Ok(())
+    }
+
     fn on_dispatch(&mut self, request: u64) -> Result<()> {
+        if self.now < self.down_until[self.pending[&request].engine as usize] {
+            self.fail_attempt(request, true, "connection refused: the engine is down");
+            return Ok(());
+        }
         let p = &self.pending[&request];
         let wf = &self.workflows[&p.workflow];
         let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
@@ -808,6 +905,7 @@ impl<'a> Simulation<'a> {
                 t: now,
                 request,
                 transient: false,
+                unreachable: false,
                 why: why.clone(),
             });
             self.policy.handle_failed(self.now, request, FailureKind::Rejected(why));
@@ -822,7 +920,7 @@ impl<'a> Simulation<'a> {
 
     fn start_step(&mut self, e: u32) {
         if let Some(d) = self.engines[e as usize].begin_step(self.now) {
-            self.push(self.now + d, Ev::StepDone(e));
+            self.push(self.now + d, Ev::StepDone(e, self.life[e as usize]));
         }
     }
 
