@@ -332,7 +332,7 @@ pub fn app(e: &ResolvedEngine) -> Router {
         model: e.model.clone(),
         max_model_len: e.limits.max_model_len,
         usable_blocks: usable,
-        block_size: 16,
+        block_size: e.limits.block_size,
         priorities: !matches!(e.limits.policy, crate::engine::EnginePolicy::Fcfs),
     });
     let engine_sh = sh.clone();
@@ -340,7 +340,7 @@ pub fn app(e: &ResolvedEngine) -> Router {
         .name("emulated-engine".into())
         .spawn(move || engine_loop(engine_sh))
         .expect("spawn the engine thread");
-    let m = e.model.clone();
+    let (m, max_len) = (e.model.clone(), e.limits.max_model_len);
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/metrics", get(metrics))
@@ -349,7 +349,9 @@ pub fn app(e: &ResolvedEngine) -> Router {
             "/v1/models",
             get(move || {
                 let m = m.clone();
-                async move { Json(json!({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "chimera-emulate"}]})) }
+                async move {
+                    Json(json!({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "chimera-emulate", "max_model_len": max_len}]}))
+                }
             }),
         )
         .with_state(sh)

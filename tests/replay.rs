@@ -426,7 +426,7 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
     let dir = common::tmpdir("replay-dies");
     let (a_child, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
     let (b_child, b) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
-    let scen = small_scenario(&dir, 12, 300, 6.0);
+    let scen = small_scenario(&dir, 40, 300, 8.0);
     let eps = endpoints(
         &dir,
         &[("Qwen2.5-1.5B", vec![a.clone(), b.clone()])],
@@ -444,8 +444,52 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
     assert!(status.success());
     drop(a_child);
     let (reqs, wfs) = records(&out);
-    assert_eq!(wfs.len(), 12);
+    assert_eq!(wfs.len(), 40);
     assert!(wfs.iter().all(|w| w.status == "ok"), "{wfs:?}");
+    // The core took the dead replica (engine 1) out after repeated refused connections and
+    // probed its /health instead: no attempt was sent to it after that (the bar is fewer
+    // than 5 a minute; before endpoint health, 66 in 40 s).
+    let journal: Vec<JournalEntry> = read_lines(&out.join("decisions.jsonl")).unwrap();
+    let out_at = journal
+        .iter()
+        .find(|e| {
+            e.decisions
+                .iter()
+                .any(|d| matches!(d, JournalDecision::Probe { engine: 1, .. }))
+        })
+        .map(|e| match &e.input {
+            CoreInput::Failed {
+                t, unreachable: true, ..
+            } => *t,
+            other => panic!("taken out on {other:?}"),
+        })
+        .expect("the dead replica was taken out of routing");
+    let after: Vec<&RequestRecord> = reqs
+        .iter()
+        .filter(|r| r.engine.ends_with(&b) && r.send_ns > out_at)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "attempts on the dead replica after it was taken out: {after:?}"
+    );
+    assert!(
+        journal.iter().any(|e| matches!(
+            e.input,
+            CoreInput::Probe {
+                engine: 1,
+                healthy: false,
+                ..
+            }
+        )),
+        "its /health was probed"
+    );
+    assert!(
+        reqs.iter()
+            .filter(|r| r.send_ns > out_at && r.engine.ends_with(&a))
+            .count()
+            > 10,
+        "the run went on on the live replica"
+    );
     let failed: Vec<&RequestRecord> = reqs.iter().filter(|r| r.status == "failed").collect();
     assert!(
         !failed.is_empty(),
@@ -463,6 +507,84 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
     assert!(mets
         .iter()
         .any(|m| m.engine.ends_with(&a) && m.sample.running.is_some()));
+}
+
+/// A second replay, or a --resume, into a folder that a running replay writes is refused
+/// (before the lock both ran and the folder ended with workflows twice).
+#[test]
+fn a_folder_a_running_replay_writes_is_locked() {
+    let _serial = serial();
+    let dir = common::tmpdir("replay-lock");
+    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
+    let scen = small_scenario(&dir, 12, 200, 3.0);
+    let eps = endpoints(&dir, &[("Qwen2.5-1.5B", vec![a])], "metrics_interval_ms: 0\n");
+    let out = dir.join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)])
+        .spawn()
+        .unwrap();
+    let mut child = common::Child(child);
+    let t0 = Instant::now();
+    while !out.join("requests.jsonl").exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the first replay did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.0.id().to_string();
+    for extra in [&[][..], &["--resume"][..]] {
+        let mut args = vec!["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = chimera(&args);
+        assert!(!ok, "{extra:?} ran beside a running replay");
+        assert!(err.contains("a running replay (process") && err.contains(&pid), "{err}");
+    }
+    assert!(child.0.wait().unwrap().success());
+    let (_, wfs) = records(&out);
+    assert_eq!(wfs.len(), 12, "each workflow once");
+}
+
+/// vLLM 0.32 cuts max_tokens where the sequence reaches its context length and refuses a
+/// min_tokens above the cut (the emulator answers as it does). The replay asks for the cut
+/// length, as the simulated engine stops there (regression: HTTP 400 and failed workflows).
+#[test]
+fn outputs_past_the_context_length_are_cut_as_vllm_cuts_them() {
+    let _serial = serial();
+    let dir = common::tmpdir("replay-maxlen");
+    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &["max_model_len=200"]);
+    // One stage each: a second stage would resend more context than the engine holds.
+    let scen = small_scenario(&dir, 4, 300, 20.0);
+    let one = std::fs::read_to_string(&scen)
+        .unwrap()
+        .replace("{dist: constant, value: 2}", "{dist: constant, value: 1}");
+    let scen = write(&dir, "one-stage.yaml", &one);
+    let eps = endpoints(&dir, &[("Qwen2.5-1.5B", vec![a])], "metrics_interval_ms: 0\n");
+    let out = dir.join("out");
+    let (ok, _, err) = chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)]);
+    assert!(ok, "{err}");
+    assert_eq!(records(&out).0.len(), 4);
+    let (reqs, wfs) = records(&out);
+    assert!(wfs.iter().all(|w| w.status == "ok"), "{wfs:?}");
+    for r in &reqs {
+        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(r.max_tokens, 200 - r.prompt_tokens, "{r:?}");
+        assert_eq!(r.output_tokens, r.max_tokens, "{r:?}");
+    }
+    // The simulation of the same engine stops at the same lengths.
+    let sim = dir.join("sim");
+    let (ok, _, err) = chimera(&[
+        "run",
+        "-q",
+        s(&scen),
+        "--set",
+        "cluster.engines[0].max_model_len=200",
+        "--out",
+        s(&sim),
+    ]);
+    assert!(ok, "{err}");
+    let mut simulated = common::column(&sim.join("requests.parquet"), "output_tokens");
+    let mut measured: Vec<f64> = reqs.iter().map(|r| r.output_tokens as f64).collect();
+    simulated.sort_by(f64::total_cmp);
+    measured.sort_by(f64::total_cmp);
+    assert_eq!(simulated, measured);
 }
 
 #[test]

@@ -388,3 +388,149 @@ mod chimera_parts {
         assert_eq!(order[..3], [2, 3, 1], "{order:?}");
     }
 }
+
+/// A router that always picks one engine.
+struct Always(EngineId);
+
+impl Router for Always {
+    fn name(&self) -> &'static str {
+        "always"
+    }
+    fn route(&mut self, _: Nanos, _: &RequestInfo, _: &ClusterView) -> EngineId {
+        self.0
+    }
+}
+
+#[test]
+fn an_unreachable_engine_is_taken_out_probed_with_backoff_and_taken_back() {
+    let s = 1_000_000_000;
+    let mut core = PolicyCore::new(
+        engines(&["m", "m"]),
+        Box::new(Always(0)),
+        Box::new(Fcfs),
+        CoreOptions {
+            max_retries: 10,
+            retry_backoff_ns: 0,
+            ..CoreOptions::default()
+        },
+    );
+    let unreachable = || FailureKind::Unreachable("refused".into());
+    // Two failures to connect are not enough, and a request finished there resets the count.
+    for r in 0..2 {
+        core.handle_request(0, req(r, r, 0));
+        assert_eq!(engine_of(&drain(&mut core)[0]), 0);
+        core.handle_failed(0, r, unreachable());
+        assert_eq!(engine_of(&drain(&mut core)[0]), 1, "retried on the other replica");
+        core.handle_finished(0, r, 1);
+    }
+    core.handle_request(0, req(2, 2, 0));
+    let _ = drain(&mut core);
+    core.handle_finished(0, 2, 1);
+    assert_eq!(core.health()[0].consecutive_unreachable, 0);
+    // Three in a row take engine 0 out, with a probe a second later.
+    let mut probes = Vec::new();
+    for r in 10..13 {
+        core.handle_request(s, req(r, r, 0));
+        assert_eq!(engine_of(&drain(&mut core)[0]), 0);
+        core.handle_failed(s, r, unreachable());
+        for d in drain(&mut core) {
+            match d {
+                Decision::Probe { engine, not_before } => probes.push((engine, not_before)),
+                d => assert_eq!(engine_of(&d), 1),
+            }
+        }
+    }
+    assert_eq!(probes, vec![(0, 2 * s)]);
+    assert!(!core.health()[0].up);
+    // Out of routing: the router still picks 0, new workflows go to engine 1.
+    for r in 20..30 {
+        core.handle_request(2 * s, req(r, r, 0));
+        assert_eq!(engine_of(&drain(&mut core)[0]), 1);
+    }
+    // Failed probes back off (2 s, 4 s, then capped at 8 s); a healthy answer takes it back.
+    let mut t = 2 * s;
+    for wait in [2, 4, 8, 8] {
+        core.handle_probe(t, 0, false);
+        assert_eq!(
+            drain(&mut core),
+            vec![Decision::Probe {
+                engine: 0,
+                not_before: t + wait * s
+            }]
+        );
+        t += wait * s;
+    }
+    core.handle_probe(t, 0, true);
+    assert!(drain(&mut core).is_empty() && core.health()[0].up);
+    core.handle_request(t, req(40, 40, 0));
+    assert_eq!(engine_of(&drain(&mut core)[0]), 0, "back in routing");
+}
+
+#[test]
+fn the_journal_replays_probes_and_unreachable_failures() {
+    use super::journal::{feed, CoreInput};
+    let build = || {
+        PolicyCore::new(
+            engines(&["m", "m"]),
+            Box::new(RoundRobin::default()),
+            Box::new(Fcfs),
+            CoreOptions {
+                down_after_failures: 1,
+                ..CoreOptions::default()
+            },
+        )
+    };
+    let inputs = vec![
+        CoreInput::Request {
+            t: 0,
+            request: 0,
+            workflow: 0,
+            stage: 0,
+            prompt_tokens: 10,
+            context_tokens: 0,
+            workflow_output_so_far: 0,
+            text: None,
+            task: None,
+            oracle: false,
+        },
+        CoreInput::Failed {
+            t: 5,
+            request: 0,
+            transient: true,
+            unreachable: true,
+            why: "refused".into(),
+        },
+        CoreInput::Probe {
+            t: 1_000_000_005,
+            engine: 0,
+            healthy: false,
+        },
+        CoreInput::Probe {
+            t: 3_000_000_005,
+            engine: 0,
+            healthy: true,
+        },
+    ];
+    let run = |core: &mut PolicyCore| -> Vec<Vec<Decision>> { inputs.iter().map(|i| feed(core, i, || None)).collect() };
+    let a = run(&mut build());
+    assert_eq!(a, run(&mut build()));
+    assert!(
+        a[1].contains(&Decision::Probe {
+            engine: 0,
+            not_before: 1_000_000_005
+        }),
+        "{a:?}"
+    );
+    assert_eq!(
+        a[2],
+        vec![Decision::Probe {
+            engine: 0,
+            not_before: 3_000_000_005
+        }]
+    );
+    // Journal lines round-trip, the new fields included.
+    for i in &inputs {
+        let line = serde_json::to_string(i).unwrap();
+        assert_eq!(&serde_json::from_str::<CoreInput>(&line).unwrap(), i, "{line}");
+    }
+}

@@ -865,7 +865,7 @@ pub fn single_engine(model: &str, gpu: &str, calibration: Option<&str>, sets: &[
          workload:\n  kind: synthetic\n  workflows: 1\n  stages: {{dist: constant, value: 1}}\n\
          \x20 first_prompt_tokens: {{dist: constant, value: 16}}\n  stage_prompt_tokens: {{dist: constant, value: 1}}\n\
          \x20 output_tokens: {{dist: constant, value: 1}}\n  observation_tokens: {{dist: constant, value: 0}}\n\
-         \x20 tool_delay_ms: {{dist: constant, value: 0}}\n  arrivals: {{process: poisson, rate_per_s: 1.0}}\n\
+         \x20 tool_delay_ms: {{dist: constant, value: 0}}\n  max_prompt_tokens: 17\n  arrivals: {{process: poisson, rate_per_s: 1.0}}\n\
          policy:\n  routing: {{kind: round_robin}}\n",
         calibration.unwrap_or("auto")
     );
