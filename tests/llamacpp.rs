@@ -67,14 +67,7 @@ fn free_port() -> u16 {
 }
 
 fn chimera(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_chimera")).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "chimera {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::chimera_ok(args)
 }
 
 #[test]

@@ -152,14 +152,7 @@ fn first_token_after(port: u16, t0: Instant, prompt: &[u32], max_tokens: u32, pr
 }
 
 fn chimera(args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_chimera")).args(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "chimera {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    common::chimera_ok(args)
 }
 
 fn medians(cmp: &str) -> HashMap<String, f64> {

@@ -126,3 +126,18 @@ pub fn schema_names(file: &Path) -> Vec<String> {
     let b = ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
     b.schema().fields().iter().map(|f| f.name().clone()).collect()
 }
+
+/// Run the chimera binary; its stdout, or a panic with both outputs when it fails.
+pub fn chimera_ok(args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "chimera {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
