@@ -127,14 +127,20 @@ fn concurrent_requests_are_batched_and_metrics_use_vllm_names() {
     let (status, body) = http(&srv.addr, "POST", "/v1/completions", r#"{"max_tokens": 4}"#);
     assert_eq!(status, 400);
     assert!(body.contains("`prompt` is required"), "{body}");
+    // As vLLM 0.32: a prompt that alone fills the context is refused; otherwise max_tokens is
+    // cut to what the context leaves, and a min_tokens above the cut is refused.
+    let long = format!(r#"{{"prompt": "{}", "max_tokens": 4}}"#, "x".repeat(4 * 33_000));
+    let (status, body) = http(&srv.addr, "POST", "/v1/completions", &long);
+    assert_eq!(status, 400);
+    assert!(body.contains("maximum context length"), "{body}");
     let (status, body) = http(
         &srv.addr,
         "POST",
         "/v1/completions",
-        r#"{"prompt": "x", "max_tokens": 40000}"#,
+        r#"{"prompt": "x", "max_tokens": 40000, "min_tokens": 40000}"#,
     );
     assert_eq!(status, 400);
-    assert!(body.contains("maximum context length"), "{body}");
+    assert!(body.contains("min_tokens must be less than or equal to max_tokens=32767, got 40000"), "{body}");
     // Like vLLM under its default fcfs policy, a priority is refused.
     let (status, body) = http(
         &srv.addr,
