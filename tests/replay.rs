@@ -576,6 +576,8 @@ fn outputs_past_the_context_length_are_cut_as_vllm_cuts_them() {
         s(&scen),
         "--set",
         "cluster.engines[0].max_model_len=200",
+        "--set",
+        "workload.max_prompt_tokens=100",
         "--out",
         s(&sim),
     ]);
