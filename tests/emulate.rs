@@ -140,7 +140,10 @@ fn concurrent_requests_are_batched_and_metrics_use_vllm_names() {
         r#"{"prompt": "x", "max_tokens": 40000, "min_tokens": 40000}"#,
     );
     assert_eq!(status, 400);
-    assert!(body.contains("min_tokens must be less than or equal to max_tokens=32767, got 40000"), "{body}");
+    assert!(
+        body.contains("min_tokens must be less than or equal to max_tokens=32767, got 40000"),
+        "{body}"
+    );
     // Like vLLM under its default fcfs policy, a priority is refused.
     let (status, body) = http(
         &srv.addr,

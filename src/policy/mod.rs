@@ -313,13 +313,6 @@ impl PolicyCore {
         exclude: Option<EngineId>,
         prefer: Option<EngineId>,
     ) -> Option<EngineId> {
-        let nan = vec![f64::NAN; self.engines.len()];
-        let view = ClusterView {
-            engines: &self.engines,
-            load: &self.load,
-            predicted_remaining: &nan,
-            confidence: &nan,
-        };
         let candidates = |up_only: bool| {
             self.engines
                 .iter()
@@ -328,8 +321,24 @@ impl PolicyCore {
                 .map(|e| e.id)
         };
         // Engines in routing first; when every replica is out, any (its failure is retried).
-        view.least_loaded(candidates(true), prefer)
-            .or_else(|| view.least_loaded(candidates(false), prefer))
+        self.least_loaded_of(candidates(true), prefer)
+            .or_else(|| self.least_loaded_of(candidates(false), prefer))
+    }
+
+    /// [`ClusterView::least_loaded`] over the core's own load, without predictions.
+    fn least_loaded_of(
+        &self,
+        candidates: impl Iterator<Item = EngineId>,
+        prefer: Option<EngineId>,
+    ) -> Option<EngineId> {
+        let nan = vec![f64::NAN; self.engines.len()];
+        let view = ClusterView {
+            engines: &self.engines,
+            load: &self.load,
+            predicted_remaining: &nan,
+            confidence: &nan,
+        };
+        view.least_loaded(candidates, prefer)
     }
 
     /// A router's choice, unless that engine is out of routing: then the least loaded replica
@@ -346,14 +355,7 @@ impl PolicyCore {
         {
             return e;
         }
-        let nan = vec![f64::NAN; self.engines.len()];
-        let view = ClusterView {
-            engines: &self.engines,
-            load: &self.load,
-            predicted_remaining: &nan,
-            confidence: &nan,
-        };
-        view.least_loaded(
+        self.least_loaded_of(
             self.engines
                 .iter()
                 .map(|e| e.id)
