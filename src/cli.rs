@@ -467,7 +467,7 @@ fn bench_policy(predictor: &Path, router: &Path, text_trace: Option<&Path>, requ
         ));
     }
     let r = scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new("."))?;
-    let mut core = crate::sim::build_policy(&r, 1);
+    let mut core = crate::factory::build_policy(&r, 1);
     let texts: Vec<Arc<str>> = match text_trace {
         Some(p) => crate::trace::read_trace(p)?.workflows.iter().filter_map(|w| w.text.clone()).collect(),
         None => vec![Arc::from("Let $f(x) = x^3 - 3x + 1$. Find the number of real solutions of $f(f(x)) = 0$, and compute the sum of the squares of all real solutions. Express your answer as a common fraction if it is not an integer. Recall that the composition of two cubic polynomials has degree nine; count carefully, using the intermediate value theorem on suitable intervals, and justify why no solution is repeated.")],

@@ -85,17 +85,17 @@ fn the_simulators_core_inputs_replayed_into_a_fresh_core_give_its_decisions() {
         .unwrap();
     assert_eq!(plain.event_log_hash, rep.event_log_hash, "recording changes nothing");
     let io = rep.core_io.unwrap();
-    let mut src = chimera::sim::open_source(&r, r.scenario.seed).unwrap();
+    let mut src = chimera::factory::open_source(&r, r.scenario.seed).unwrap();
     let mut specs = std::collections::HashMap::new();
     while let Some(w) = src.next_workflow().unwrap() {
         specs.insert(w.id, w);
     }
-    let mut core = chimera::sim::build_policy(&r, r.scenario.seed);
+    let mut core = chimera::factory::build_policy(&r, r.scenario.seed);
     let mut got = Vec::new();
     for input in &io.inputs {
         let oracle = || match input {
             CoreInput::Request { workflow, stage, .. } => {
-                Some(Arc::new(chimera::sim::oracle_of(&specs[workflow], *stage as usize)))
+                Some(Arc::new(chimera::runtime::oracle_of(&specs[workflow], *stage as usize)))
             }
             _ => None,
         };
@@ -169,7 +169,7 @@ fn a_replica_that_dies_is_taken_out_probed_and_taken_back_in_virtual_time() {
     let mut out_since: Option<i64> = None;
     let mut dispatched_while_out = 0;
     let mut dispatched_after = 0;
-    let mut core = chimera::sim::build_policy(&r, r.scenario.seed);
+    let mut core = chimera::factory::build_policy(&r, r.scenario.seed);
     let mut k = 0;
     for input in &io.inputs {
         let t = match input {

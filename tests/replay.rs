@@ -184,11 +184,11 @@ fn the_replay_makes_the_decisions_a_fresh_core_makes_on_the_same_inputs() {
         .enumerate()
         .map(|(i, ep)| {
             let se = r.engines.iter().find(|e| e.model == ep.model).unwrap();
-            chimera::sim::engine_info(i as u32, &ep.name, se)
+            chimera::factory::engine_info(i as u32, &ep.name, se)
         })
         .collect();
-    let mut core = chimera::sim::build_policy_for(&r, r.scenario.seed, infos, Some((2, 200_000_000)));
-    let mut src = chimera::sim::open_source(&r, r.scenario.seed).unwrap();
+    let mut core = chimera::factory::build_policy_for(&r, r.scenario.seed, infos, Some((2, 200_000_000)));
+    let mut src = chimera::factory::open_source(&r, r.scenario.seed).unwrap();
     let mut specs = HashMap::new();
     while let Some(w) = src.next_workflow().unwrap() {
         specs.insert(w.id, w);
@@ -198,7 +198,7 @@ fn the_replay_makes_the_decisions_a_fresh_core_makes_on_the_same_inputs() {
     for (k, e) in journal.iter().enumerate() {
         let oracle = || match &e.input {
             CoreInput::Request { workflow, stage, .. } => {
-                Some(Arc::new(chimera::sim::oracle_of(&specs[workflow], *stage as usize)))
+                Some(Arc::new(chimera::runtime::oracle_of(&specs[workflow], *stage as usize)))
             }
             _ => None,
         };

@@ -647,6 +647,15 @@ impl Engine {
         Some(dur)
     }
 
+    /// Stretch the step in progress by `factor` (a slowed engine, `faults: kind: slow`);
+    /// returns its new duration.
+    pub fn stretch_step(&mut self, factor: f64) -> Nanos {
+        assert!(self.in_step, "engine {}: stretch_step without a step", self.id);
+        let d = ((self.step.duration_ns as f64) * factor).round().max(1.0) as Nanos;
+        self.step.duration_ns = d;
+        d
+    }
+
     /// Apply the running step at its end time `now`: advance computed tokens, sample, finish.
     /// Finished requests are appended to `out`. Returns the step's report.
     pub fn end_step(&mut self, now: Nanos, out: &mut Vec<FinishedRequest>) -> StepReport {

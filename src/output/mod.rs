@@ -5,6 +5,7 @@
 //! number of finished requests; summaries use fixed-size quantile sketches. This module
 //! never decides anything about the simulation; it records what it is given.
 
+pub mod schema;
 pub mod sketch;
 pub mod summary;
 pub mod table;

@@ -1,6 +1,8 @@
 //! Running aggregates of a run and the `summary.json` they become.
 
 use super::Sketch;
+use crate::output::schema::RequestRow;
+use crate::runtime::WorkflowOutcome;
 use crate::time::{ns_to_secs, Nanos};
 use serde::Serialize;
 
@@ -90,6 +92,58 @@ impl Aggregates {
             by_model: models.iter().map(|m| (m.clone(), ModelAgg::default())).collect(),
         }
     }
+
+    /// Count one request row (every driver's rows come through here). `queue_ns`: the wait
+    /// the driver measures (the simulator: until first scheduled; a replay: until sent).
+    pub fn add_request(&mut self, r: &RequestRow, queue_ns: Option<i64>) {
+        use crate::output::schema::RequestStatus;
+        self.requests += 1;
+        self.preemptions += r.preemptions as u64;
+        self.cached_tokens += r.cached_tokens.unwrap_or(0) as u64;
+        match r.status {
+            RequestStatus::Ok => {
+                if let (Some(a), Some(b)) = (r.ttft_ns(), r.e2e_ns()) {
+                    self.ttft.add(a as f64);
+                    self.e2e.add(b as f64);
+                }
+                if let Some(q) = queue_ns {
+                    self.queue.add(q as f64);
+                }
+                if let Some(t) = r.tpot_ns() {
+                    self.tpot.add(t);
+                }
+                self.prompt_tokens += r.prompt_tokens as u64;
+                self.output_tokens += r.output_tokens as u64;
+            }
+            RequestStatus::Rejected => self.rejected += 1,
+            RequestStatus::Failed => {}
+        }
+        self.first_arrival_ns = Some(self.first_arrival_ns.map_or(r.arrival_ns, |a| a.min(r.arrival_ns)));
+        self.last_finish_ns = self.last_finish_ns.max(r.finish_ns.unwrap_or(r.dispatch_ns));
+    }
+
+    /// Count one finished workflow of model `model` (index into the models).
+    pub fn add_workflow(&mut self, model: u32, w: &WorkflowOutcome) {
+        let e2e = w.e2e_ns();
+        self.workflows += 1;
+        let m = &mut self.by_model[model as usize].1;
+        m.workflows += 1;
+        m.output_tokens += w.output_tokens;
+        if let Some(s) = w.success {
+            m.known += 1;
+            m.solved += s as u64;
+        }
+        if w.failed() {
+            self.workflows_failed += 1;
+        } else {
+            m.e2e.add(e2e as f64);
+            self.wf_e2e.add(e2e as f64);
+            if w.output_tokens > 0 {
+                self.wf_e2e_per_token.add(e2e as f64 / w.output_tokens as f64);
+            }
+        }
+        self.last_finish_ns = self.last_finish_ns.max(w.finish_ns);
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +155,10 @@ pub struct RequestSummary {
     pub tpot_ms: Stats,
     pub e2e_ms: Stats,
     pub queue_ms: Stats,
+    /// Attempts that failed without an answer and were retried or gave up (runs with faults,
+    /// replays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_attempts: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +261,7 @@ impl Aggregates {
                 tpot_ms: Stats::from_sketch(&self.tpot, ms),
                 e2e_ms: Stats::from_sketch(&self.e2e, ms),
                 queue_ms: Stats::from_sketch(&self.queue, ms),
+                failed_attempts: None,
             },
             workflows: WorkflowSummary {
                 count: self.workflows,

@@ -117,9 +117,36 @@ impl Table {
         })
     }
 
+    /// Append one row given as (column name, value) pairs: each name must be the declared
+    /// column's at that position (a row built for another schema is refused, not written).
+    pub fn push_named(&mut self, row: &[(&str, Val)]) -> Result<()> {
+        if row.len() != self.cols.len() {
+            return Err(Error::other(format!(
+                "{}: a row of {} values for {} columns",
+                self.path.display(),
+                row.len(),
+                self.cols.len()
+            )));
+        }
+        for (i, (name, _)) in row.iter().enumerate() {
+            let want = self.schema.field(i).name();
+            if want != name {
+                return Err(Error::other(format!(
+                    "{}: column {i} is `{want}`, the row gives `{name}`",
+                    self.path.display()
+                )));
+            }
+        }
+        self.push_vals(row.iter().map(|(_, v)| v))
+    }
+
     /// Append one row; `row` must match the declared columns in order and type.
     pub fn push(&mut self, row: &[Val]) -> Result<()> {
         debug_assert_eq!(row.len(), self.cols.len());
+        self.push_vals(row.iter())
+    }
+
+    fn push_vals<'v>(&mut self, row: impl Iterator<Item = &'v Val>) -> Result<()> {
         for (c, v) in self.cols.iter_mut().zip(row) {
             match (c, *v) {
                 (Buf::I64(b), Val::I64(x)) => b.push(x),

@@ -23,9 +23,9 @@ pub enum CoreInput {
         context_tokens: u32,
         workflow_output_so_far: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        text: Option<String>,
+        text: Option<Arc<str>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        task: Option<String>,
+        task: Option<Arc<str>>,
         /// Whether the trace's per-model truths were attached (oracle policies).
         #[serde(default)]
         oracle: bool,
@@ -147,8 +147,8 @@ pub fn feed(
                 prompt_tokens: *prompt_tokens,
                 context_tokens: *context_tokens,
                 workflow_output_so_far: *workflow_output_so_far,
-                text: text.as_deref().map(Arc::from),
-                task: task.as_deref().map(Arc::from),
+                text: text.clone(),
+                task: task.clone(),
                 oracle: if *with_oracle { oracle() } else { None },
             },
         ),

@@ -2,14 +2,15 @@
 //! OpenAI-compatible endpoints in real time, with the scenario's own policy core deciding
 //! where and in what order requests go, and record what really happened.
 //!
-//! This is the second driver of [`PolicyCore`]: a tokio loop on one thread owns the core, the
+//! This is the second driver of [`PolicyCore`](crate::policy::PolicyCore): a tokio loop on one thread owns the core, the
 //! workload source and the timers; HTTP requests and /metrics scrapes run as tasks that report
 //! back over a bounded channel. Time is integer nanoseconds since the replay began (the
 //! simulation's timeline: workflows arrive at their `arrival_ns` as in `chimera run`). Every
-//! input to the core goes through [`journal::feed`] and is journalled with its decisions.
+//! input to the core goes through [`feed`](crate::policy::journal::feed) and is journalled with its decisions.
 //!
 //! It deliberately does not contain any policy: routing, priorities, retries and re-routing
-//! after a failure are the core's decisions (built by `sim::build_policy_for`).
+//! after a failure are the core's decisions (built by `factory::build_policy_for`), and the workflow lifecycle is the shared
+//! [`Runtime`]'s, as in the simulator.
 
 pub mod client;
 pub mod endpoints;
@@ -18,8 +19,7 @@ pub mod records;
 
 use crate::error::{Error, Result};
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
-use crate::policy::journal::{feed, CoreInput, JournalDecision, JournalEntry};
-use crate::policy::{Decision, PolicyCore};
+use crate::runtime::{Action, Runtime, Wake, WorkflowOutcome};
 use crate::scenario::Resolved;
 use crate::time::Nanos;
 use crate::workload::{WorkflowSpec, WorkloadSource};
@@ -28,7 +28,7 @@ use endpoints::{Endpoint, Endpoints, Kind, PromptForm, Timeouts};
 use records::{Appender, MetricsRecord, RequestRecord, WorkflowRecord};
 use serde_json::{json, Value};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
@@ -68,30 +68,9 @@ pub struct ReplayReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Arrival,
-    StageReady(u64),
+    Wake(Wake),
     Send(u64),
     Probe(u32),
-}
-
-struct Wf {
-    spec: WorkflowSpec,
-    plan: Option<usize>,
-    stage: u32,
-    first_engine: u32,
-    output_so_far: u64,
-    prompt_tokens: u64,
-    /// The last finished stage's sequence: its prompt, then the tokens the server generated.
-    seq: Vec<u32>,
-}
-
-struct Pending {
-    workflow: u64,
-    stage: u32,
-    arrival_ns: Nanos,
-    engine: u32,
-    priority: i64,
-    attempt: u32,
-    scheduled_ns: Nanos,
 }
 
 /// One attempt of one request, as its HTTP task reports it.
@@ -238,6 +217,19 @@ pub fn request_body(ep: &Endpoint, ids: &[u32], max_tokens: u32, priority: Optio
     b
 }
 
+/// The replay's own data per workflow: the last finished stage's sequence (its prompt, then
+/// the tokens the server generated), which the next stage resends.
+#[derive(Default)]
+struct WfExt {
+    seq: Vec<u32>,
+}
+
+/// The replay's own data per request: when the driver meant to send its latest attempt.
+#[derive(Default)]
+struct ReqExt {
+    scheduled_ns: Nanos,
+}
+
 struct Driver {
     /// Seeds the prompts' token ids: the scenario's seed mixed with this replay's salt.
     prompt_seed: u64,
@@ -246,13 +238,10 @@ struct Driver {
     max_len: Vec<u32>,
     send_priority: Vec<bool>,
     timeouts: Timeouts,
-    core: PolicyCore,
-    needs_oracle: bool,
+    rt: Runtime<WfExt, ReqExt>,
     source: Box<dyn WorkloadSource>,
     next_wf: Option<WorkflowSpec>,
     skip: HashSet<u64>,
-    workflows: HashMap<u64, Wf>,
-    pending: HashMap<u64, Pending>,
     heap: BinaryHeap<Reverse<(Nanos, u64, Ev)>>,
     seq: u64,
     start: Instant,
@@ -264,11 +253,9 @@ struct Driver {
     workflows_out: Appender,
     metrics_out: Appender,
     journal_out: Appender,
-    next_request: u64,
     segment: u32,
     replayed: u64,
     skipped: u64,
-    failed_attempts: u64,
     lags: Vec<i64>,
     quiet: bool,
 }
@@ -287,70 +274,34 @@ impl Driver {
         self.seq += 1;
     }
 
-    /// The single way into the core: apply, journal, then carry out the decisions.
-    fn input(&mut self, input: CoreInput) -> Result<()> {
-        let oracle = match &input {
-            CoreInput::Request {
-                workflow,
-                stage,
-                oracle: true,
-                ..
-            } => self
-                .workflows
-                .get(workflow)
-                .map(|w| Arc::new(crate::sim::oracle_of(&w.spec, *stage as usize))),
-            _ => None,
-        };
-        let decisions = feed(&mut self.core, &input, || oracle);
-        self.journal_out.append(&JournalEntry {
-            input,
-            decisions: decisions.iter().map(JournalDecision::from).collect(),
-        })?;
-        for d in decisions {
-            self.apply(d)?;
+    /// After every call into the runtime: journal what the core got and decided, then carry
+    /// out the runtime's actions.
+    fn settle(&mut self) -> Result<()> {
+        for entry in self.rt.take_journal() {
+            self.journal_out.append(&entry)?;
         }
-        Ok(())
-    }
-
-    fn apply(&mut self, d: Decision) -> Result<()> {
-        let now = self.now();
-        match d {
-            Decision::Dispatch {
-                request,
-                engine,
-                priority,
-                not_before,
-            } => {
-                let p = self
-                    .pending
-                    .get_mut(&request)
-                    .ok_or_else(|| Error::other(format!("policy dispatched unknown request {request}")))?;
-                p.engine = engine;
-                p.priority = priority;
-                p.scheduled_ns = now.max(not_before);
-                let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
-                if wf.plan.is_none() {
-                    wf.plan = Some(wf.spec.plan_index(&self.eps[engine as usize].model));
-                    wf.first_engine = engine;
+        while let Some(a) = self.rt.poll_action() {
+            match a {
+                Action::Send { request, at, .. } => {
+                    if let Some(p) = self.rt.pending_mut(request) {
+                        p.ext.scheduled_ns = at;
+                    }
+                    self.push(at, Ev::Send(request));
                 }
-                let t = p.scheduled_ns;
-                self.push(t, Ev::Send(request));
-            }
-            Decision::Abandon { request, reason } => {
-                let p = self
-                    .pending
-                    .remove(&request)
-                    .ok_or_else(|| Error::other(format!("policy abandoned unknown request {request}")))?;
-                self.finish_workflow(p.workflow, Some(reason))?;
-            }
-            Decision::Probe { engine, not_before } => {
-                if !self.quiet {
-                    eprintln!(
-                        "replay: {} is out of routing after repeated connection failures; probing its /health",
-                        self.eps[engine as usize].name
-                    );
+                Action::Wake { at, wake } => self.push(at, Ev::Wake(wake)),
+                Action::Probe { engine, at } => {
+                    if !self.quiet {
+                        eprintln!(
+                            "replay: {} is out of routing after repeated connection failures; probing its /health",
+                            self.eps[engine as usize].name
+                        );
+                    }
+                    self.push(at, Ev::Probe(engine));
                 }
-                self.push(now.max(not_before), Ev::Probe(engine));
+                Action::Done(w) => self.record_workflow(w)?,
+            }
+            for entry in self.rt.take_journal() {
+                self.journal_out.append(&entry)?;
             }
         }
         Ok(())
@@ -375,24 +326,10 @@ impl Driver {
 
     fn on_arrival(&mut self) -> Result<()> {
         let spec = self.next_wf.take().expect("an arrival has its workflow");
-        if spec.plans.is_empty() || spec.plans.iter().any(|p| p.stages.is_empty()) {
-            return Err(Error::bad(format!("workflow {} has no stages", spec.id)));
-        }
-        let id = spec.id;
-        self.workflows.insert(
-            id,
-            Wf {
-                spec,
-                plan: None,
-                stage: 0,
-                first_engine: 0,
-                output_so_far: 0,
-                prompt_tokens: 0,
-                seq: Vec::new(),
-            },
-        );
+        let now = self.now();
         self.replayed += 1;
-        self.issue(id)?;
+        self.rt.arrive(now, spec)?;
+        self.settle()?;
         self.pull_next()
     }
 
@@ -411,47 +348,13 @@ impl Driver {
         Ok(())
     }
 
-    fn issue(&mut self, wf_id: u64) -> Result<()> {
-        let now = self.now();
-        let wf = &self.workflows[&wf_id];
-        let plan = &wf.spec.plans[wf.plan.unwrap_or(0)];
-        let st = plan.stages[wf.stage as usize];
-        let request = self.next_request;
-        self.next_request += 1;
-        self.pending.insert(
-            request,
-            Pending {
-                workflow: wf_id,
-                stage: wf.stage,
-                arrival_ns: now,
-                engine: 0,
-                priority: 0,
-                attempt: 0,
-                scheduled_ns: now,
-            },
-        );
-        let input = CoreInput::Request {
-            t: now,
-            request,
-            workflow: wf_id,
-            stage: wf.stage,
-            prompt_tokens: st.prompt_tokens,
-            context_tokens: st.context_tokens,
-            workflow_output_so_far: wf.output_so_far,
-            text: wf.spec.text.as_deref().map(str::to_string),
-            task: wf.spec.task.as_deref().map(str::to_string),
-            oracle: self.needs_oracle,
-        };
-        self.input(input)
-    }
-
     fn send(&mut self, request: u64) {
-        let Some(p) = self.pending.get(&request) else { return };
-        let wf = &self.workflows[&p.workflow];
-        let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
+        let Some(p) = self.rt.pending(request) else { return };
+        let wf = self.rt.workflow(p.workflow).expect("live workflow");
+        let st = wf.stage_spec(p.stage);
         let e = p.engine as usize;
         let ep = &self.eps[e];
-        let ids = stage_prompt(self.prompt_seed, p.workflow, p.stage, &st, &wf.seq, ep.vocab);
+        let ids = stage_prompt(self.prompt_seed, p.workflow, p.stage, &st, &wf.ext.seq, ep.vocab);
         let body = serde_json::to_vec(&request_body(
             ep,
             &ids,
@@ -466,7 +369,7 @@ impl Driver {
             self.sems[e].clone(),
             self.tx.clone(),
         );
-        let (attempt, scheduled_ns, engine) = (p.attempt, p.scheduled_ns, p.engine);
+        let (attempt, scheduled_ns, engine) = (p.attempt, p.ext.scheduled_ns, p.engine);
         let (start, offset) = (self.start, self.offset_ns);
         tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
@@ -496,14 +399,14 @@ impl Driver {
             result,
         } = a;
         let now = self.now();
-        let Some(p) = self.pending.get_mut(&request) else {
+        let Some(p) = self.rt.pending(request) else {
             return Ok(());
         };
         if p.attempt != attempt {
             return Ok(());
         }
-        let wf = self.workflows.get_mut(&p.workflow).expect("live workflow");
-        let st = wf.spec.plans[wf.plan.expect("routed")].stages[p.stage as usize];
+        let wf = self.rt.workflow(p.workflow).expect("live workflow");
+        let st = wf.stage_spec(p.stage);
         let ep = &self.eps[engine as usize];
         self.lags.push(send_ns - scheduled_ns);
         let mut rec = RequestRecord {
@@ -550,8 +453,8 @@ impl Driver {
                 }
                 self.requests_out.append(&rec)?;
                 let (wf_id, stage) = (p.workflow, p.stage);
-                let prompt = stage_prompt(self.prompt_seed, wf_id, stage, &st, &wf.seq, ep.vocab);
-                wf.seq = stage_sequence(
+                let prompt = stage_prompt(self.prompt_seed, wf_id, stage, &st, &wf.ext.seq, ep.vocab);
+                let seq = stage_sequence(
                     self.prompt_seed,
                     wf_id,
                     stage,
@@ -560,74 +463,41 @@ impl Driver {
                     rec.output_tokens,
                     ep.vocab,
                 );
-                self.pending.remove(&request);
-                wf.output_so_far += rec.output_tokens as u64;
-                wf.prompt_tokens += st.prompt_tokens as u64;
-                wf.stage += 1;
-                let more = (wf.stage as usize) < wf.spec.plans[wf.plan.expect("routed")].stages.len();
-                self.input(CoreInput::Finished {
-                    t: now,
-                    request,
-                    output_tokens: rec.output_tokens,
-                })?;
-                if more {
-                    self.push(now + st.tool_delay_ns, Ev::StageReady(wf_id));
-                } else {
-                    self.finish_workflow(wf_id, None)?;
-                }
+                self.rt.workflow_mut(wf_id).expect("live workflow").ext.seq = seq;
+                self.rt.finished(now, request, rec.output_tokens, 0)?;
             }
             Err(e) => {
                 let kind = e.failure_kind();
-                let unreachable = matches!(kind, crate::policy::FailureKind::Unreachable(_));
-                let transient = unreachable || matches!(kind, crate::policy::FailureKind::Transient(_));
+                let transient = !matches!(kind, crate::policy::FailureKind::Rejected(_));
                 rec.status = if transient { "failed" } else { "rejected" }.into();
                 rec.error = Some(e.to_string());
                 rec.http_status = e.http_status();
                 self.requests_out.append(&rec)?;
-                self.failed_attempts += 1;
-                p.attempt += 1;
                 if !self.quiet {
                     eprintln!("replay: request {request} attempt {attempt} on {}: {e}", ep.name);
                 }
-                self.input(CoreInput::Failed {
-                    t: now,
-                    request,
-                    transient,
-                    unreachable,
-                    why: e.to_string(),
-                })?;
+                self.rt.failed(now, request, kind)?;
             }
         }
-        Ok(())
+        self.settle()
     }
 
-    fn finish_workflow(&mut self, id: u64, error: Option<String>) -> Result<()> {
-        let now = self.now();
-        let Some(wf) = self.workflows.remove(&id) else {
-            return Ok(());
-        };
-        let plan = &wf.spec.plans[wf.plan.unwrap_or(0)];
-        let success = if error.is_some() {
-            plan.success.map(|_| false)
-        } else {
-            plan.success
-        };
-        let ep = &self.eps[wf.first_engine as usize];
+    fn record_workflow(&mut self, w: WorkflowOutcome) -> Result<()> {
+        let ep = &self.eps[w.engine as usize];
         self.workflows_out.append(&WorkflowRecord {
-            workflow_id: id,
+            workflow_id: w.id,
             model: ep.model.clone(),
             engine: ep.name.clone(),
-            status: if error.is_some() { "failed" } else { "ok" }.into(),
-            error,
-            arrival_ns: wf.spec.arrival_ns,
-            finish_ns: now,
-            stages: wf.stage,
-            prompt_tokens: wf.prompt_tokens,
-            output_tokens: wf.output_so_far,
-            success,
+            status: if w.failed() { "failed" } else { "ok" }.into(),
+            error: w.error,
+            arrival_ns: w.arrival_ns,
+            finish_ns: w.finish_ns,
+            stages: w.stages,
+            prompt_tokens: w.prompt_tokens,
+            output_tokens: w.output_tokens,
+            success: w.success,
             segment: self.segment,
-        })?;
-        self.input(CoreInput::WorkflowDone { t: now, workflow: id })
+        })
     }
 
     fn on_metrics(
@@ -648,13 +518,14 @@ impl Driver {
         })?;
         if let Ok(s) = result {
             let now = self.now();
-            self.input(CoreInput::Report {
-                t: now,
+            self.rt.report(
+                now,
                 engine,
-                running: s.running.unwrap_or(0.0).max(0.0) as u32,
-                waiting: s.waiting.unwrap_or(0.0).max(0.0) as u32,
-                kv_usage: s.kv_usage.unwrap_or(0.0),
-            })?;
+                s.running.unwrap_or(0.0).max(0.0) as u32,
+                s.waiting.unwrap_or(0.0).max(0.0) as u32,
+                s.kv_usage.unwrap_or(0.0),
+            );
+            self.settle()?;
         }
         Ok(())
     }
@@ -714,12 +585,16 @@ impl Driver {
                 self.heap.pop();
                 match ev {
                     Ev::Arrival => self.on_arrival()?,
-                    Ev::StageReady(w) => self.issue(w)?,
+                    Ev::Wake(w) => {
+                        let now = self.now();
+                        self.rt.wake(now, w);
+                        self.settle()?;
+                    }
                     Ev::Send(r) => self.send(r),
                     Ev::Probe(e) => self.probe(e),
                 }
             }
-            if self.next_wf.is_none() && self.workflows.is_empty() {
+            if self.next_wf.is_none() && self.rt.in_flight() == 0 {
                 break;
             }
             if !self.quiet && last_progress.elapsed().as_secs() >= 5 {
@@ -727,8 +602,8 @@ impl Driver {
                 eprintln!(
                     "replay: {} workflows started, {} in flight, {} failed attempts",
                     self.replayed,
-                    self.workflows.len(),
-                    self.failed_attempts
+                    self.rt.in_flight(),
+                    self.rt.failed_attempts()
                 );
             }
             // tokio's timers tick in whole milliseconds: wait on them until close to the next
@@ -757,19 +632,13 @@ impl Driver {
                 Some(Msg::Metrics { engine, t_ns, result }) => self.on_metrics(engine, t_ns, result)?,
                 Some(Msg::Probe { engine, healthy }) => {
                     let t = self.now();
-                    self.input(CoreInput::Probe { t, engine, healthy })?;
+                    self.rt.probe_answer(t, engine, healthy);
+                    self.settle()?;
                 }
                 None => {}
             }
         }
-        if !self.pending.is_empty() || self.core.tracked() != 0 {
-            return Err(Error::other(format!(
-                "replay ended with {} requests pending and {} tracked by the policy",
-                self.pending.len(),
-                self.core.tracked()
-            )));
-        }
-        Ok(())
+        self.rt.check_end().map_err(|m| Error::other(format!("replay: {m}")))
     }
 }
 
@@ -901,14 +770,14 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
                 .iter()
                 .find(|e| e.model == ep.model)
                 .expect("every scenario model has an engine");
-            crate::sim::engine_info(i as u32, &ep.name, se)
+            crate::factory::engine_info(i as u32, &ep.name, se)
         })
         .collect();
     let retry = (
         eps.retries.max.unwrap_or(r.scenario.policy.max_retries),
         (eps.retries.backoff_ms as Nanos) * 1_000_000,
     );
-    let core = crate::sim::build_policy_for(r, seed, infos, Some(retry));
+    let core = crate::factory::build_policy_for(r, seed, infos, Some(retry));
     let policy = core.describe();
     let send_priority = endpoints
         .iter()
@@ -957,13 +826,10 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
             eps: endpoints.clone(),
             send_priority,
             timeouts: eps.timeouts.clone(),
-            needs_oracle: core.needs_oracle(),
-            core,
-            source: crate::sim::open_source(r, seed)?,
+            rt: Runtime::new(core).with_journal().starting_at_request(next_request),
+            source: crate::factory::open_source(r, seed)?,
             next_wf: None,
             skip,
-            workflows: HashMap::new(),
-            pending: HashMap::new(),
             heap: BinaryHeap::new(),
             seq: 0,
             start: Instant::now(),
@@ -974,11 +840,9 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
             workflows_out: Appender::open(&paths[1])?,
             metrics_out: Appender::open(&paths[2])?,
             journal_out: Appender::open(&paths[3])?,
-            next_request,
             segment,
             replayed: 0,
             skipped: 0,
-            failed_attempts: 0,
             lags: Vec::new(),
             quiet: opts.quiet,
         };
@@ -991,7 +855,12 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
         }
         d.start = Instant::now();
         d.run(eps.metrics_interval_ms).await?;
-        Ok((d.replayed, d.skipped, d.failed_attempts, std::mem::take(&mut d.lags)))
+        Ok((
+            d.replayed,
+            d.skipped,
+            d.rt.failed_attempts(),
+            std::mem::take(&mut d.lags),
+        ))
     });
     let (replayed, skipped, failed_attempts, mut lags) = match result {
         Ok(x) => x,
@@ -1010,6 +879,8 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
         pct(&mut lags, 0.99),
         lags.iter().copied().max().unwrap_or(0),
     );
+    let mut summary = summary;
+    summary.requests.failed_attempts = Some(failed_attempts);
     let mut sj = serde_json::to_value(&summary).expect("summary serialises");
     sj["replay"] = json!({
         "wall_s": wall_s,

@@ -7,17 +7,18 @@
 //! request) is null.
 
 use crate::error::{Error, Result};
+use crate::output::schema::{
+    request_columns, str_col, workflow_columns, workflow_row, RequestRow, RequestStatus, REQUEST_STATUS,
+    WORKFLOW_STATUS,
+};
 use crate::output::summary::Aggregates;
 use crate::output::{ColType, Table, Val};
-use crate::sim::{request_columns, str_col, workflow_columns};
+use crate::runtime::WorkflowOutcome;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-pub const REQUEST_STATUS: [&str; 3] = ["ok", "rejected", "failed"];
-pub const WORKFLOW_STATUS: [&str; 2] = ["ok", "failed"];
 
 /// One attempt of one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,64 +253,58 @@ pub fn write_tables(
             .ok_or_else(|| Error::bad(format!("record names model `{n}`, which is not in the scenario")))
     };
     for r in requests {
-        let status = REQUEST_STATUS
-            .iter()
-            .position(|s| *s == r.status)
-            .ok_or_else(|| Error::bad(format!("request {}: unknown status `{}`", r.request_id, r.status)))?;
-        let ttft = r.ttft_ns();
-        let e2e = r.e2e_ns();
-        t.push(&[
-            Val::U64(r.request_id),
-            Val::U64(r.workflow_id),
-            Val::U32(r.stage),
-            Val::Str(eng(&r.engine)?),
-            Val::Str(model(&r.model)?),
-            Val::Str(status as u32),
-            Val::I64(r.priority),
-            Val::I64(r.arrival_ns),
-            Val::I64(r.send_ns),
-            Val::OptI64(None),
-            Val::OptI64(r.first_token_ns),
-            Val::OptI64(r.finish_ns),
-            Val::OptI64(None),
-            Val::OptI64(ttft),
-            Val::F64(r.tpot_ns()),
-            Val::OptI64(e2e),
-            Val::U32(r.prompt_tokens),
-            Val::U32(r.context_tokens),
-            Val::U32(r.output_tokens),
-            Val::U32(0),
-            Val::OptI64(r.cached_tokens.map(i64::from)),
-            Val::U32(r.attempt),
-            Val::I64(r.scheduled_ns),
-            Val::I64(r.send_ns),
-            Val::I64(r.send_ns - r.scheduled_ns),
-            Val::OptI64(r.first_token_ns.map(|f| f - r.send_ns)),
-            Val::OptI64(r.finish_ns.map(|f| f - r.send_ns)),
-            Val::U32(r.max_tokens),
-            Val::OptI64(r.server_prompt_tokens.map(i64::from)),
-            Val::U32(r.chunk_ns.len() as u32),
-            Val::OptI64(r.http_status.map(i64::from)),
-            Val::Str(index_of(&errors, r.error.as_deref().unwrap_or(""))),
-            Val::U32(r.segment),
-        ])?;
-        agg.requests += 1;
-        if r.status == "ok" {
-            if let (Some(a), Some(b)) = (ttft, e2e) {
-                agg.ttft.add(a as f64);
-                agg.e2e.add(b as f64);
+        let status = match r.status.as_str() {
+            "ok" => RequestStatus::Ok,
+            "rejected" => RequestStatus::Rejected,
+            "failed" => RequestStatus::Failed,
+            other => {
+                return Err(Error::bad(format!(
+                    "request {}: unknown status `{other}`",
+                    r.request_id
+                )))
             }
-            if let Some(x) = r.tpot_ns() {
-                agg.tpot.add(x);
-            }
-            agg.queue.add((r.send_ns - r.arrival_ns) as f64);
-            agg.prompt_tokens += r.prompt_tokens as u64;
-            agg.output_tokens += r.output_tokens as u64;
-        } else if r.status == "rejected" {
-            agg.rejected += 1;
-        }
-        agg.first_arrival_ns = Some(agg.first_arrival_ns.map_or(r.arrival_ns, |a| a.min(r.arrival_ns)));
-        agg.last_finish_ns = agg.last_finish_ns.max(r.finish_ns.unwrap_or(r.send_ns));
+        };
+        let row = RequestRow {
+            request_id: r.request_id,
+            workflow_id: r.workflow_id,
+            stage: r.stage,
+            engine: eng(&r.engine)?,
+            model: model(&r.model)?,
+            status,
+            priority: r.priority,
+            arrival_ns: r.arrival_ns,
+            dispatch_ns: r.send_ns,
+            first_scheduled_ns: None,
+            first_token_ns: r.first_token_ns,
+            finish_ns: r.finish_ns,
+            queue_ns: None,
+            prompt_tokens: r.prompt_tokens,
+            context_tokens: r.context_tokens,
+            output_tokens: r.output_tokens,
+            preemptions: 0,
+            cached_tokens: r.cached_tokens,
+        };
+        let mut vals: Vec<(&str, Val)> = row.named(true).to_vec();
+        vals.extend([
+            ("attempt", Val::U32(r.attempt)),
+            ("scheduled_ns", Val::I64(r.scheduled_ns)),
+            ("send_ns", Val::I64(r.send_ns)),
+            ("send_lag_ns", Val::I64(r.send_ns - r.scheduled_ns)),
+            ("client_ttft_ns", Val::OptI64(r.first_token_ns.map(|f| f - r.send_ns))),
+            ("client_e2e_ns", Val::OptI64(r.finish_ns.map(|f| f - r.send_ns))),
+            ("max_tokens", Val::U32(r.max_tokens)),
+            (
+                "server_prompt_tokens",
+                Val::OptI64(r.server_prompt_tokens.map(i64::from)),
+            ),
+            ("chunks", Val::U32(r.chunk_ns.len() as u32)),
+            ("http_status", Val::OptI64(r.http_status.map(i64::from))),
+            ("error", Val::Str(index_of(&errors, r.error.as_deref().unwrap_or("")))),
+            ("segment", Val::U32(r.segment)),
+        ]);
+        t.push_named(&vals)?;
+        // The wait a replay sees: from the stage being ready to the request being sent.
+        agg.add_request(&row, Some(r.send_ns - r.arrival_ns));
     }
     t.finish()?;
 
@@ -317,45 +312,26 @@ pub fn write_tables(
     cols.extend([("error", ColType::Str(errors.clone())), ("segment", U32)]);
     let mut t = Table::create(&dir.join("workflows.parquet"), &cols)?;
     for w in workflows {
-        let failed = w.status != "ok";
-        let e2e = w.finish_ns - w.arrival_ns;
-        let per_tok = (w.output_tokens > 0).then(|| e2e as f64 / w.output_tokens as f64);
         let m = model(&w.model)?;
-        t.push(&[
-            Val::U64(w.workflow_id),
-            Val::Str(m),
-            Val::Str(eng(&w.engine)?),
-            Val::Str(failed as u32),
-            Val::I64(w.arrival_ns),
-            Val::I64(w.finish_ns),
-            Val::I64(e2e),
-            Val::F64(per_tok),
-            Val::U32(w.stages),
-            Val::U64(w.prompt_tokens),
-            Val::U64(w.output_tokens),
-            Val::Bool(w.success),
-            Val::U32(0),
-            Val::Str(index_of(&errors, w.error.as_deref().unwrap_or(""))),
-            Val::U32(w.segment),
-        ])?;
-        agg.workflows += 1;
-        let ma = &mut agg.by_model[m as usize].1;
-        ma.workflows += 1;
-        ma.output_tokens += w.output_tokens;
-        if let Some(s) = w.success {
-            ma.known += 1;
-            ma.solved += s as u64;
-        }
-        if failed {
-            agg.workflows_failed += 1;
-        } else {
-            ma.e2e.add(e2e as f64);
-            agg.wf_e2e.add(e2e as f64);
-            if let Some(x) = per_tok {
-                agg.wf_e2e_per_token.add(x);
-            }
-        }
-        agg.last_finish_ns = agg.last_finish_ns.max(w.finish_ns);
+        let outcome = WorkflowOutcome {
+            id: w.workflow_id,
+            engine: eng(&w.engine)?,
+            arrival_ns: w.arrival_ns,
+            finish_ns: w.finish_ns,
+            stages: w.stages,
+            prompt_tokens: w.prompt_tokens,
+            output_tokens: w.output_tokens,
+            preemptions: 0,
+            success: w.success,
+            error: (w.status != "ok").then(|| w.error.clone().unwrap_or_default()),
+        };
+        let mut vals: Vec<(&str, Val)> = workflow_row(&outcome, m).to_vec();
+        vals.extend([
+            ("error", Val::Str(index_of(&errors, w.error.as_deref().unwrap_or("")))),
+            ("segment", Val::U32(w.segment)),
+        ]);
+        t.push_named(&vals)?;
+        agg.add_workflow(m, &outcome);
     }
     t.finish()?;
 

@@ -68,16 +68,108 @@ pub struct Scenario {
     pub faults: Vec<FaultSpec>,
 }
 
-/// An engine replica that dies at `at_s` (its running and waiting requests are lost, and
-/// connections to it are refused) and comes back empty `for_s` seconds later, as a vLLM server
-/// killed and restarted.
+/// A fault injected in virtual time, on one engine (`engine`) or on every replica of a model
+/// (`model`), from `at_s` for `for_s` seconds:
+/// - `down` (default): the engine dies (its running and waiting requests are lost, and
+///   connections to it are refused) and comes back empty, as a vLLM server killed and restarted;
+/// - `slow`: its steps take `factor` times as long (thermal throttling, a noisy neighbour);
+/// - `fail`: a `fraction` of the attempts sent to it fail at once, with a `transient` error
+///   (an HTTP 5xx: retried) or a `permanent` one (an HTTP 4xx: the workflow fails).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultSpec {
     /// The engine's name (with `-r<k>` for a replica).
-    pub engine: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// Every engine serving this model (instead of `engine`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     pub at_s: f64,
     pub for_s: f64,
+    #[serde(default, skip_serializing_if = "FaultKind::is_down")]
+    pub kind: FaultKind,
+    /// `slow`: step-time multiplier (> 1 slows down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
+    /// `fail`: fraction of attempts that fail, in (0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fraction: Option<f64>,
+    /// `fail`: the error's kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<FaultError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    #[default]
+    Down,
+    Slow,
+    Fail,
+}
+
+impl FaultKind {
+    fn is_down(&self) -> bool {
+        *self == FaultKind::Down
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultError {
+    Transient,
+    Permanent,
+}
+
+/// A fault on one engine, in nanoseconds of the run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fault {
+    pub engine: u32,
+    pub start_ns: crate::time::Nanos,
+    pub end_ns: crate::time::Nanos,
+    pub effect: FaultEffect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultEffect {
+    Down,
+    Slow(f64),
+    Fail { fraction: f64, permanent: bool },
+}
+
+impl Resolved {
+    /// The scenario's faults, one per engine they hit, in the order written.
+    pub fn faults(&self) -> Vec<Fault> {
+        let mut out = Vec::new();
+        for f in &self.scenario.faults {
+            let effect = match f.kind {
+                FaultKind::Down => FaultEffect::Down,
+                FaultKind::Slow => FaultEffect::Slow(f.factor.unwrap_or(1.0)),
+                FaultKind::Fail => FaultEffect::Fail {
+                    fraction: f.fraction.unwrap_or(1.0),
+                    permanent: f.error == Some(FaultError::Permanent),
+                },
+            };
+            let start_ns = crate::time::secs_to_ns(f.at_s);
+            let end_ns = start_ns + crate::time::secs_to_ns(f.for_s);
+            for (i, e) in self.engines.iter().enumerate() {
+                let hit = match (&f.engine, &f.model) {
+                    (Some(n), _) => *n == e.name,
+                    (None, Some(m)) => *m == e.model,
+                    (None, None) => false,
+                };
+                if hit {
+                    out.push(Fault {
+                        engine: i as u32,
+                        start_ns,
+                        end_ns,
+                        effect,
+                    });
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -365,6 +457,78 @@ pub struct Resolved {
     /// Loaded policy models (length predictor, semantic router), when the policy uses them.
     pub predictor: Option<std::sync::Arc<crate::predictor::LengthPredictor>>,
     pub router: Option<std::sync::Arc<crate::router::Router>>,
+}
+
+fn check_fault(i: usize, f: &FaultSpec, engines: &[ResolvedEngine]) -> Result<()> {
+    match (&f.engine, &f.model) {
+        (Some(n), None) => {
+            if !engines.iter().any(|e| e.name == *n) {
+                let names: Vec<&str> = engines.iter().map(|e| e.name.as_str()).collect();
+                return Err(Error::bad(format!(
+                    "faults[{i}].engine: no engine named `{n}`; engines: {}",
+                    names.join(", ")
+                )));
+            }
+        }
+        (None, Some(m)) => {
+            if !engines.iter().any(|e| e.model == *m) {
+                let mut models: Vec<&str> = engines.iter().map(|e| e.model.as_str()).collect();
+                models.dedup();
+                return Err(Error::bad(format!(
+                    "faults[{i}].model: no engine serves `{m}`; models: {}",
+                    models.join(", ")
+                )));
+            }
+        }
+        _ => {
+            return Err(Error::bad(format!(
+                "faults[{i}]: name either `engine` (one engine) or `model` (all its replicas), not both or neither"
+            )))
+        }
+    }
+    if !(f.at_s.is_finite() && (0.0..=1e7).contains(&f.at_s)) {
+        return Err(Error::bad(format!(
+            "faults[{i}].at_s: expected a time between 0 and 1e7 s, got {}",
+            f.at_s
+        )));
+    }
+    if !(f.for_s.is_finite() && f.for_s > 0.0 && f.for_s <= 1e6) {
+        return Err(Error::bad(format!(
+            "faults[{i}].for_s: expected 0 < for_s <= 1e6 s, got {}",
+            f.for_s
+        )));
+    }
+    let (factor, fraction, error) = (f.factor.is_some(), f.fraction.is_some(), f.error.is_some());
+    match f.kind {
+        FaultKind::Down if factor || fraction || error => Err(Error::bad(format!(
+            "faults[{i}]: `factor`, `fraction` and `error` belong to kind `slow` or `fail`, not `down`"
+        ))),
+        FaultKind::Slow => match f.factor {
+            _ if fraction || error => Err(Error::bad(format!(
+                "faults[{i}]: `fraction` and `error` belong to kind `fail`, not `slow`"
+            ))),
+            Some(x) if x.is_finite() && (0.01..=1000.0).contains(&x) => Ok(()),
+            Some(x) => Err(Error::bad(format!(
+                "faults[{i}].factor: expected a step-time multiplier between 0.01 and 1000, got {x}"
+            ))),
+            None => Err(Error::bad(format!(
+                "faults[{i}].factor: kind `slow` needs a step-time multiplier (e.g. 2.0)"
+            ))),
+        },
+        FaultKind::Fail => match f.fraction {
+            _ if factor => Err(Error::bad(format!(
+                "faults[{i}]: `factor` belongs to kind `slow`, not `fail`"
+            ))),
+            Some(x) if x.is_finite() && x > 0.0 && x <= 1.0 => Ok(()),
+            Some(x) => Err(Error::bad(format!(
+                "faults[{i}].fraction: expected a fraction of attempts in (0, 1], got {x}"
+            ))),
+            None => Err(Error::bad(format!(
+                "faults[{i}].fraction: kind `fail` needs the fraction of attempts that fail (e.g. 0.1)"
+            ))),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// Load a scenario file with overrides, and resolve it.
@@ -821,26 +985,7 @@ impl Scenario {
             return Err(Error::bad("limits.max_events: expected at least 1"));
         }
         for (i, f) in sc.faults.iter().enumerate() {
-            if !engines.iter().any(|e| e.name == f.engine) {
-                let names: Vec<&str> = engines.iter().map(|e| e.name.as_str()).collect();
-                return Err(Error::bad(format!(
-                    "faults[{i}].engine: no engine named `{}`; engines: {}",
-                    f.engine,
-                    names.join(", ")
-                )));
-            }
-            if !(f.at_s.is_finite() && f.at_s >= 0.0) {
-                return Err(Error::bad(format!(
-                    "faults[{i}].at_s: expected a time >= 0 s, got {}",
-                    f.at_s
-                )));
-            }
-            if !(f.for_s.is_finite() && f.for_s > 0.0 && f.for_s <= 1e6) {
-                return Err(Error::bad(format!(
-                    "faults[{i}].for_s: expected 0 < for_s <= 1e6 s, got {}",
-                    f.for_s
-                )));
-            }
+            check_fault(i, f, &engines)?;
         }
         let (predictor, router) = resolve_policy_models(&mut sc.policy, &models, base_dir)?;
         Ok(Resolved {
