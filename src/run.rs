@@ -104,6 +104,9 @@ pub fn run_to_dir(
     let result = Simulation::new(r, out_dir).and_then(|sim| sim.run(progress));
     match result {
         Ok(rep) => {
+            if let Some(j) = &rep.journal {
+                write_journal(&out_dir.join("decisions.jsonl"), j)?;
+            }
             write_json(&out_dir.join("summary.json"), &summary_json(&rep))?;
             write_json(
                 &mpath,
@@ -129,6 +132,18 @@ pub fn run_to_dir(
             Err(e)
         }
     }
+}
+
+/// The policy core's journal as JSON lines (the replay's `decisions.jsonl` format).
+fn write_journal(path: &Path, j: &[crate::policy::journal::JournalEntry]) -> Result<()> {
+    use std::io::Write;
+    let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut w = std::io::BufWriter::new(f);
+    for e in j {
+        serde_json::to_writer(&mut w, e).map_err(|e| Error::other(format!("{}: {e}", path.display())))?;
+        w.write_all(b"\n").map_err(|e| Error::io(path, e))?;
+    }
+    w.flush().map_err(|e| Error::io(path, e))
 }
 
 pub fn summary_json(rep: &RunReport) -> Value {

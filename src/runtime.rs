@@ -163,6 +163,7 @@ pub struct Runtime<W, P> {
     journal: Option<Vec<JournalEntry>>,
     finished_requests: u64,
     failed_attempts: u64,
+    abandoned: u64,
 }
 
 impl<W: Default, P: Default> Runtime<W, P> {
@@ -183,6 +184,7 @@ impl<W: Default, P: Default> Runtime<W, P> {
             journal: None,
             finished_requests: 0,
             failed_attempts: 0,
+            abandoned: 0,
         }
     }
 
@@ -234,6 +236,10 @@ impl<W: Default, P: Default> Runtime<W, P> {
     }
     pub fn failed_attempts(&self) -> u64 {
         self.failed_attempts
+    }
+    /// Requests the core gave up on.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned
     }
 
     /// The next thing to do, in the order the core decided it.
@@ -493,6 +499,7 @@ impl<W: Default, P: Default> Runtime<W, P> {
                     debug_assert!(false, "policy abandoned unknown request {request}");
                     return;
                 };
+                self.abandoned += 1;
                 if let Some(wf) = self.workflows.get_mut(&p.workflow) {
                     wf.error = Some(reason);
                 }

@@ -17,13 +17,14 @@ pub fn request_columns(names: &ColType, models: &ColType, status: &[&str]) -> Ve
         ("priority", I64),
         ("arrival_ns", I64),
         ("dispatch_ns", I64),
-        ("first_scheduled_ns", I64),
-        ("first_token_ns", I64),
-        ("finish_ns", I64),
-        ("queue_ns", I64),
-        ("ttft_ns", I64),
+        // Null where the attempt got no answer (it failed) or the driver cannot see it.
+        ("first_scheduled_ns", OptI64),
+        ("first_token_ns", OptI64),
+        ("finish_ns", OptI64),
+        ("queue_ns", OptI64),
+        ("ttft_ns", OptI64),
         ("tpot_ns", F64),
-        ("e2e_ns", I64),
+        ("e2e_ns", OptI64),
         ("prompt_tokens", U32),
         ("context_tokens", U32),
         ("output_tokens", U32),
@@ -114,15 +115,9 @@ impl RequestRow {
     }
 
     /// The row's values by column name, in `request_columns` order; `nullable` for a table
-    /// whose unobservable columns are nullable (a replay's).
+    /// whose `cached_tokens` is nullable (a replay's: not every server reports it).
     pub fn named(&self, nullable: bool) -> [(&'static str, Val); 21] {
-        let t = |x: Option<i64>| {
-            if nullable {
-                Val::OptI64(x)
-            } else {
-                Val::I64(x.unwrap_or(0))
-            }
-        };
+        let t = Val::OptI64;
         [
             ("request_id", Val::U64(self.request_id)),
             ("workflow_id", Val::U64(self.workflow_id)),

@@ -128,12 +128,23 @@ impl Table {
                 self.cols.len()
             )));
         }
-        for (i, (name, _)) in row.iter().enumerate() {
+        for (i, ((name, v), c)) in row.iter().zip(&self.cols).enumerate() {
             let want = self.schema.field(i).name();
-            if want != name {
+            let fits = matches!(
+                (c, v),
+                (Buf::I64(_), Val::I64(_))
+                    | (Buf::OptI64(_), Val::OptI64(_))
+                    | (Buf::U32(_), Val::U32(_))
+                    | (Buf::U64(_), Val::U64(_))
+                    | (Buf::F64(_), Val::F64(_))
+                    | (Buf::Bool(_), Val::Bool(_))
+                    | (Buf::Str(..), Val::Str(_))
+            );
+            if want != name || !fits {
                 return Err(Error::other(format!(
-                    "{}: column {i} is `{want}`, the row gives `{name}`",
-                    self.path.display()
+                    "{}: column {i} is `{want}` ({:?}), the row gives `{name}` ({v:?})",
+                    self.path.display(),
+                    self.schema.field(i).data_type()
                 )));
             }
         }

@@ -208,17 +208,8 @@ pub fn write_tables(
     );
     // requests.parquet: the simulator's columns, then what only a replay measures.
     let mut cols = request_columns(&names, &model_col, &REQUEST_STATUS);
-    let nullable = [
-        "first_scheduled_ns",
-        "first_token_ns",
-        "finish_ns",
-        "queue_ns",
-        "ttft_ns",
-        "e2e_ns",
-    ];
-    let nullable_u32 = ["cached_tokens"];
     for c in &mut cols {
-        if nullable.contains(&c.0) || nullable_u32.contains(&c.0) {
+        if c.0 == "cached_tokens" {
             c.1 = ColType::OptI64;
         }
     }

@@ -399,12 +399,17 @@ pub struct OutputSpec {
     /// Record one engines.parquet row every N steps of each engine (1 = every step, 0 = none).
     #[serde(default = "one_u32")]
     pub engine_log_every_steps: u32,
+    /// Write `decisions.jsonl`: every input the policy core got and the decisions it made, in
+    /// the replay's journal format (costs memory per request).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub journal: bool,
 }
 
 impl Default for OutputSpec {
     fn default() -> Self {
         OutputSpec {
             engine_log_every_steps: 1,
+            journal: false,
         }
     }
 }

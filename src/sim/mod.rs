@@ -14,11 +14,11 @@ use crate::engine::{Engine, FinishedRequest, NewRequest, PromptContent};
 use crate::error::{Error, Result};
 use crate::factory::{build_policy, open_source};
 use crate::output::schema::{
-    request_columns, workflow_columns, workflow_row, RequestRow, RequestStatus, WORKFLOW_STATUS,
+    request_columns, workflow_columns, workflow_row, RequestRow, RequestStatus, REQUEST_STATUS, WORKFLOW_STATUS,
 };
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
 use crate::output::{ColType, Table, Val};
-use crate::policy::journal::{CoreInput, JournalDecision};
+use crate::policy::journal::{CoreInput, JournalDecision, JournalEntry};
 use crate::policy::FailureKind;
 use crate::rng::{fnv1a64, stream};
 use crate::runtime::{Action, Runtime, Wake, WorkflowOutcome};
@@ -76,6 +76,8 @@ pub struct RunReport {
     pub event_log_hash: u64,
     /// Every input the policy core got and every decision it made, when recorded.
     pub core_io: Option<CoreIo>,
+    /// The same, input by input with its decisions (`decisions.jsonl`), when recorded.
+    pub journal: Option<Vec<JournalEntry>>,
     /// Every served request's timing, when collected (see [`Simulation::collect_timings`]).
     pub timings: Option<Vec<RequestTiming>>,
     /// Attempts that failed without an answer (faults).
@@ -99,9 +101,6 @@ pub struct CoreIo {
     pub inputs: Vec<CoreInput>,
     pub decisions: Vec<JournalDecision>,
 }
-
-/// A simulation writes requests that were served or refused.
-const REQUEST_STATUS: [&str; 2] = ["ok", "rejected"];
 
 struct Tables {
     requests: Table,
@@ -215,6 +214,8 @@ struct WfExt {
 #[derive(Default)]
 struct ReqExt {
     content: Option<PromptContent>,
+    /// When the latest attempt reached its engine.
+    dispatch_ns: Nanos,
 }
 
 /// The simulation of one resolved scenario.
@@ -252,13 +253,20 @@ pub struct Simulation<'a> {
     /// Attempts that failed because their engine died, refused the connection, or a `fail`
     /// fault answered them with an error.
     failed_attempts: u64,
+    /// Requests that ended with an answer.
+    answered: u64,
 }
 
 impl<'a> Simulation<'a> {
     pub fn new(r: &'a Resolved, out_dir: &Path) -> Result<Self> {
         let names: Vec<String> = r.engines.iter().map(|e| e.name.clone()).collect();
         let tables = Tables::create(out_dir, &names, &r.models)?;
-        Self::with_tables(r, Some(tables))
+        let sim = Self::with_tables(r, Some(tables))?;
+        Ok(if r.scenario.output.journal {
+            sim.record_core_io()
+        } else {
+            sim
+        })
     }
 
     /// A simulation that writes no tables: only the summary comes out (sweeps).
@@ -306,6 +314,7 @@ impl<'a> Simulation<'a> {
             fault_rng: stream(seed, "faults"),
             faults,
             failed_attempts: 0,
+            answered: 0,
         };
         for i in 0..s.faults.len() {
             let f = s.faults[i];
@@ -355,7 +364,7 @@ impl<'a> Simulation<'a> {
         let journal = self.rt.take_journal();
         let core_io = (!journal.is_empty()).then(|| CoreIo {
             decisions: journal.iter().flat_map(|e| e.decisions.iter().cloned()).collect(),
-            inputs: journal.into_iter().map(|e| e.input).collect(),
+            inputs: journal.iter().map(|e| e.input.clone()).collect(),
         });
         Ok(RunReport {
             summary,
@@ -363,6 +372,7 @@ impl<'a> Simulation<'a> {
             sim_end_ns: self.now,
             event_log_hash: self.hash,
             core_io,
+            journal: (!journal.is_empty()).then_some(journal),
             timings: self.timings.take(),
             failed_attempts: self.failed_attempts,
         })
@@ -428,11 +438,13 @@ impl<'a> Simulation<'a> {
                 e.outstanding()
             )));
         }
-        if self.agg.requests != self.rt.issued() {
+        // Every request was answered (a row) or given up on (after its failed attempts' rows).
+        if self.answered + self.rt.abandoned() != self.rt.issued() {
             return Err(self.fail(format!(
-                "{} requests issued but {} recorded",
+                "{} requests issued but {} answered and {} given up",
                 self.rt.issued(),
-                self.agg.requests
+                self.answered,
+                self.rt.abandoned()
             )));
         }
         Ok(())
@@ -477,6 +489,37 @@ impl<'a> Simulation<'a> {
     /// connection while down, or a `fail` fault answered it): tell the runtime.
     fn fail_attempt(&mut self, request: u64, kind: FailureKind) -> Result<()> {
         self.failed_attempts += 1;
+        let p = self.rt.pending(request).expect("a failed attempt is pending");
+        let wf = self.rt.workflow(p.workflow).expect("live workflow");
+        let st = wf.stage_spec(p.stage);
+        // One row per failed attempt, as the replay writes: no answer, so no times.
+        let row = RequestRow {
+            request_id: request,
+            workflow_id: p.workflow,
+            stage: p.stage,
+            engine: p.engine,
+            model: self.engine_model[p.engine as usize],
+            status: match kind {
+                FailureKind::Rejected(_) => RequestStatus::Rejected,
+                _ => RequestStatus::Failed,
+            },
+            priority: p.priority,
+            arrival_ns: p.arrival_ns,
+            dispatch_ns: p.ext.dispatch_ns,
+            first_scheduled_ns: None,
+            first_token_ns: None,
+            finish_ns: None,
+            queue_ns: None,
+            prompt_tokens: st.prompt_tokens,
+            context_tokens: st.context_tokens,
+            output_tokens: 0,
+            preemptions: 0,
+            cached_tokens: Some(0),
+        };
+        if let Some(t) = &mut self.tables {
+            t.requests.push_named(&row.named(false))?;
+        }
+        self.agg.add_request(&row, None);
         self.rt.failed(self.now, request, kind)
     }
 
@@ -536,9 +579,11 @@ impl<'a> Simulation<'a> {
     }
 
     fn on_dispatch(&mut self, request: u64) -> Result<()> {
-        let Some(p) = self.rt.pending(request) else {
+        let now = self.now;
+        let Some(p) = self.rt.pending_mut(request) else {
             return Err(self.fail(format!("dispatch of unknown request {request}")));
         };
+        p.ext.dispatch_ns = now;
         let e = p.engine;
         if self.now < self.down_until[e as usize] {
             return self.fail_attempt(
@@ -674,10 +719,11 @@ impl<'a> Simulation<'a> {
             priority: q.priority,
             arrival_ns: q.arrival_ns,
             dispatch_ns: q.dispatch_ns,
-            first_scheduled_ns: Some(f.first_scheduled_ns),
-            first_token_ns: Some(f.first_token_ns),
+            // A refused request was never scheduled and got no token.
+            first_scheduled_ns: (!f.rejected).then_some(f.first_scheduled_ns),
+            first_token_ns: (!f.rejected).then_some(f.first_token_ns),
             finish_ns: Some(f.finish_ns),
-            queue_ns: Some(f.first_scheduled_ns - q.dispatch_ns),
+            queue_ns: (!f.rejected).then_some(f.first_scheduled_ns - q.dispatch_ns),
             prompt_tokens: q.prompt_tokens,
             context_tokens,
             output_tokens: f.output_tokens,
@@ -704,6 +750,7 @@ impl<'a> Simulation<'a> {
     }
 
     fn complete_request(&mut self, f: FinishedRequest) -> Result<()> {
+        self.answered += 1;
         let id = f.req.id;
         let Some(p) = self.rt.pending(id) else {
             return Err(self.fail(format!("engine finished unknown request {id}")));
