@@ -172,3 +172,32 @@ fn bad_faults_name_the_field() {
         assert!(e.contains(want), "{fault}: `{e}` lacks `{want}`");
     }
 }
+
+/// `faults:` works in sweeps: a grid over a fault's duration, with the failed attempts and
+/// the latency it costs as columns of the sweep table.
+#[test]
+fn a_sweep_grids_over_a_fault() {
+    let dir = tmpdir("faults-sweep");
+    let scen = dir.join("f.yaml");
+    std::fs::write(
+        &scen,
+        scenario_at("faults:\n  - {engine: small-r2, at_s: 2, for_s: 5}\n", 600, 80.0),
+    )
+    .unwrap();
+    let out = dir.join("sweep");
+    chimera_ok(&[
+        "sweep",
+        "-q",
+        scen.to_str().unwrap(),
+        "--grid",
+        "faults[0].for_s=0.001,20",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let t = out.join("sweep.parquet");
+    let fa = column(&t, "requests.failed_attempts");
+    let p99 = column(&t, "workflows.e2e_s.p99");
+    assert_eq!(strings(&t, "param.faults[0].for_s"), ["0.001", "20"]);
+    assert!(fa[0] < fa[1], "failed attempts {fa:?}");
+    assert!(p99[0] < p99[1], "p99 {p99:?}");
+}
