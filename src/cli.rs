@@ -396,13 +396,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Validate { files, sets } => {
             let mut bad = 0;
             for f in &files {
-                match scenario::load(f, &sets) {
-                    Ok(r) => println!(
-                        "ok    {}  ({} engines, models {})",
-                        f.display(),
-                        r.engines.len(),
-                        r.models.join(", ")
-                    ),
+                match validate_file(f, &sets) {
+                    Ok(what) => println!("ok    {}  ({what})", f.display()),
                     Err(e) => {
                         bad += 1;
                         println!("error {e}");
@@ -1195,7 +1190,7 @@ fn replay_cmd(r: &Resolved, endpoints: &Path, out: &Path, resume: bool, quiet: b
 
 #[cfg(not(feature = "live"))]
 fn replay_cmd(_: &Resolved, _: &Path, _: &Path, _: bool, _: bool, _: bool) -> Result<i32> {
-    Err(Error::bad("replay: this binary was built without `--features live`"))
+    Err(Error::bad("replay: this binary was built without the `live` feature (on by default); rebuild with `cargo build --release` (or `--features live` after `--no-default-features`)"))
 }
 
 #[cfg(feature = "live")]
@@ -1205,5 +1200,38 @@ async fn chimera_emulate(listener: tokio::net::TcpListener, e: &scenario::Resolv
 
 #[cfg(not(feature = "live"))]
 fn emulate(_: &str, _: &str, _: Option<&str>, _: &str, _: u16, _: &[String]) -> Result<i32> {
-    Err(Error::bad("emulate: this binary was built without `--features live`"))
+    Err(Error::bad("emulate: this binary was built without the `live` feature (on by default); rebuild with `cargo build --release` (or `--features live` after `--no-default-features`)"))
+}
+
+/// Check a scenario, a sweep plan (it has `series`) or an endpoints file (it has `models` and no
+/// `cluster`), whichever `f` is; say what it holds.
+fn validate_file(f: &Path, sets: &[String]) -> Result<String> {
+    let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+    let tree = scenario::yaml::parse_tree(&text).map_err(|e| e.context(f.display()))?;
+    let has = |k: &str| tree.get(k).is_some();
+    if has("series") {
+        let spec = crate::sweep::SweepSpec::load_plan(f)?;
+        let points = spec.points().map_err(|e| e.context(f.display()))?;
+        spec.check_points(&points).map_err(|e| e.context(f.display()))?;
+        return Ok(format!(
+            "sweep plan: {} series, {} points",
+            spec.series.len(),
+            points.len()
+        ));
+    }
+    if has("models") && !has("cluster") {
+        #[cfg(feature = "live")]
+        {
+            let eps = crate::replay::endpoints::Endpoints::load(f)?;
+            let urls: usize = eps.models.values().map(|m| m.urls.len()).sum();
+            return Ok(format!("endpoints: {} models, {urls} URLs", eps.models.len()));
+        }
+        #[cfg(not(feature = "live"))]
+        return Err(Error::bad(format!(
+            "{}: an endpoints file; checking it needs the `live` feature (on by default): rebuild with `cargo build --release`",
+            f.display()
+        )));
+    }
+    let r = scenario::load(f, sets)?;
+    Ok(format!("{} engines, models {}", r.engines.len(), r.models.join(", ")))
 }

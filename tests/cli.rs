@@ -180,3 +180,41 @@ fn the_azure_trace_bench_scenario_runs_on_the_shared_trace() {
     let m = json(&dir.join("manifest.json"));
     assert_eq!(m["inputs"]["files"][0]["bytes"], 719_188);
 }
+
+/// `validate` checks scenarios, sweep plans and endpoint files alike, and names the bad field.
+#[test]
+fn validate_checks_scenarios_plans_and_endpoints() {
+    let r = common::repo();
+    let out = common::chimera_ok(&[
+        "validate",
+        r.join("scenarios/default.yaml").to_str().unwrap(),
+        r.join("scenarios/sweeps/sq-chimera.yaml").to_str().unwrap(),
+        r.join("scenarios/endpoints/emulators-local.yaml").to_str().unwrap(),
+    ]);
+    assert!(out.contains("sweep plan: 1 series, 84 points"), "{out}");
+    assert!(out.contains("endpoints: 2 models"), "{out}");
+    let d = common::tmpdir("validate-kinds");
+    let plan = d.join("p.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "scenario: {}\nseries:\n  - label: x\n    grid: {{policy.priority: [fcfs, sideways]}}\n",
+            r.join("scenarios/default.yaml").display()
+        ),
+    )
+    .unwrap();
+    let eps = d.join("e.yaml");
+    std::fs::write(
+        &eps,
+        "models:\n  Qwen2.5-1.5B: {urls: ['http://127.0.0.1:1'], kind: tgi}\n",
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(["validate", plan.to_str().unwrap(), eps.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("policy.priority"), "{text}");
+    assert!(text.contains("kind"), "{text}");
+}

@@ -444,7 +444,7 @@ fn cpu_timer() -> Result<Box<dyn calib::profile::OpTimer>> {
 #[cfg(not(feature = "profile"))]
 fn cpu_timer() -> Result<Box<dyn calib::profile::OpTimer>> {
     Err(Error::bad(
-        "--device cpu: this binary was built without CPU profiling; rebuild with `--features profile`",
+        "--device cpu: this binary was built without the `profile` feature (candle); rebuild with `cargo build --release --features profile`",
     ))
 }
 
@@ -455,7 +455,7 @@ fn cuda_timer(ordinal: usize) -> Result<Box<dyn calib::profile::OpTimer>> {
 #[cfg(not(feature = "cuda"))]
 fn cuda_timer(_ordinal: usize) -> Result<Box<dyn calib::profile::OpTimer>> {
     Err(Error::bad(
-        "--device cuda: this binary was built without GPU profiling; rebuild with `--features cuda`",
+        "--device cuda: this binary was built without the `cuda` feature (cudarc); rebuild with `cargo build --release --features cuda`",
     ))
 }
 
@@ -646,6 +646,6 @@ fn host_cpu() -> String {
 #[cfg(not(feature = "live"))]
 fn server(_: &ServerArgs, _: &Path) -> Result<i32> {
     Err(Error::bad(
-        "calibrate server: this binary was built without `--features live`",
+        "calibrate server: this binary was built without the `live` feature (on by default); rebuild with `cargo build --release`",
     ))
 }

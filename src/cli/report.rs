@@ -87,6 +87,6 @@ pub fn run(a: ReportArgs) -> Result<i32> {
 pub fn run(a: ReportArgs) -> Result<i32> {
     let _ = a;
     Err(Error::bad(
-        "report: this binary was built without polars; rebuild with `--features analysis`",
+        "report: this binary was built without the `analysis` feature (polars); rebuild with `cargo build --release --features analysis`",
     ))
 }

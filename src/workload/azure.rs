@@ -381,7 +381,12 @@ mod tests {
     fn the_shared_azure_trace_reads_whole() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/arrivals/AzureLLMInferenceTrace_conv.csv");
         if !p.exists() {
-            eprintln!("skipping: {} not present", p.display());
+            // No test passes by skipping: only an explicit opt-out, which CI never sets.
+            assert!(
+                std::env::var("CHIMERA_SKIP_SHARED_DATA").as_deref() == Ok("1"),
+                "{} is missing; set CHIMERA_SKIP_SHARED_DATA=1 to skip the tests that read ../shared/data",
+                p.display()
+            );
             return;
         }
         let ts = read_timestamps(&p).unwrap();
