@@ -14,6 +14,7 @@ mod calibrate;
 mod fidelity;
 mod plot;
 mod report;
+mod show;
 mod sweep;
 
 #[derive(Parser, Debug)]
@@ -137,6 +138,8 @@ pub enum Command {
     },
     /// Simulated against measured: TTFT, TPOT and E2E per request and workflow of two results folders.
     Compare(plot::CompareArgs),
+    /// Key figures of finished runs or replays side by side (a what-if against its base).
+    Summary(show::SummaryArgs),
     /// The simulator against real vLLM measurements: recreate every measured experiment under
     /// the folders as a scenario, simulate it, and report TTFT and E2E per load stage.
     Fidelity(fidelity::FidelityArgs),
@@ -354,6 +357,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plot { what } => plot::run(what),
         Command::Report(a) => report::run(a),
         Command::Compare(a) => plot::compare(a),
+        Command::Summary(a) => show::run(a),
         Command::Fidelity(a) => fidelity::run(a),
         Command::Replay {
             scenario: path,

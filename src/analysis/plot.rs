@@ -235,6 +235,8 @@ struct HeatmapFig {
     x_desc: String,
     y_desc: String,
     title: String,
+    /// The colour bar's caption: the metric's unit.
+    unit: String,
 }
 
 fn heat(t: f64) -> RGBColor {
@@ -259,8 +261,11 @@ impl Figure for HeatmapFig {
         let vals: Vec<f64> = self.cells.iter().flatten().flatten().copied().collect();
         let lo = vals.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, ("sans-serif", 26))
+        let root = root.titled(&self.title, ("sans-serif", 26)).map_err(pe)?;
+        let (w, _) = root.dim_in_pixel();
+        let (root, bar) = root.split_horizontally(w.saturating_sub(170));
+        self.colour_bar(&bar, lo, hi)?;
+        let mut chart = ChartBuilder::on(&root)
             .margin(20)
             .x_label_area_size(60)
             .y_label_area_size(80)
@@ -287,7 +292,7 @@ impl Figure for HeatmapFig {
         for (yi, row) in self.cells.iter().enumerate() {
             for (xi, v) in row.iter().enumerate() {
                 let (fill, text) = match v {
-                    Some(v) => (heat((v - lo) / (hi - lo).max(1e-12)), format!("{v:.3}")),
+                    Some(v) => (heat((v - lo) / (hi - lo).max(1e-12)), format_value(*v)),
                     None => (RGBColor(230, 230, 230), "n/a".to_string()),
                 };
                 let (a, b) = (
@@ -314,9 +319,91 @@ impl Figure for HeatmapFig {
     }
 }
 
+impl HeatmapFig {
+    /// The colour scale, with the metric's unit, beside the map.
+    fn colour_bar<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, lo: f64, hi: f64) -> Result<()> {
+        let (lo, hi) = if hi > lo { (lo, hi) } else { (lo - 0.5, hi + 0.5) };
+        let mut cb = ChartBuilder::on(area)
+            .margin_top(40)
+            .margin_bottom(80)
+            .margin_right(10)
+            .y_label_area_size(100)
+            .build_cartesian_2d(0.0..1.0, lo..hi)
+            .map_err(pe)?;
+        cb.configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(6)
+            .y_label_formatter(&|v| format_value(*v))
+            .y_desc(&self.unit)
+            .axis_desc_style(("sans-serif", 18))
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(pe)?;
+        let n = 120;
+        cb.draw_series((0..n).map(|k| {
+            let (a, b) = (k as f64 / n as f64, (k + 1) as f64 / n as f64);
+            Rectangle::new([(0.0, lo + (hi - lo) * a), (1.0, lo + (hi - lo) * b)], heat(a).filled())
+        }))
+        .map_err(pe)?;
+        Ok(())
+    }
+}
+
+/// A cell value: three significant decimals at most, no trailing noise.
+fn format_value(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// A summary metric's dotted name in words, its unit, and the factor to that unit
+/// (`workflows.e2e_s.p99` -> "workflow E2E p99", "s", 1; accuracy in percent).
+pub fn metric_words(metric: &str) -> (String, String, f64) {
+    let parts: Vec<&str> = metric.split('.').collect();
+    if parts.last() == Some(&"accuracy") || parts.last() == Some(&"share") {
+        let who = if parts.len() >= 3 && parts[0] == "by_model" {
+            format!("{} ", parts[1..parts.len() - 1].join("."))
+        } else {
+            String::new()
+        };
+        return (format!("{who}{}", parts.last().unwrap()), "%".into(), 100.0);
+    }
+    let (subject, rest) = match parts.first() {
+        Some(&"workflows") => ("workflow ".to_string(), &parts[1..]),
+        Some(&"requests") => ("request ".to_string(), &parts[1..]),
+        Some(&"by_model") if parts.len() > 2 => (format!("{} workflow ", parts[1]), &parts[2..]),
+        _ => (String::new(), &parts[..]),
+    };
+    let (what, unit) = match rest.first().copied() {
+        Some("e2e_s") => ("E2E", "s"),
+        Some("e2e_ms") => ("E2E", "ms"),
+        Some("ttft_ms") => ("TTFT", "ms"),
+        Some("tpot_ms") => ("TPOT", "ms"),
+        Some("queue_ms") => ("queue time", "ms"),
+        Some("e2e_per_output_token_ms") => ("E2E per output token", "ms"),
+        _ => return (metric.to_string(), String::new(), 1.0),
+    };
+    let stat = rest.get(1).copied().unwrap_or("");
+    (
+        format!("{subject}{what} {stat}").trim_end().to_string(),
+        unit.into(),
+        1.0,
+    )
+}
+
 /// A heatmap of `metric` (mean over seeds) over grid axes `x_param` x `y_param`.
 pub fn heatmap(t: &SweepTable, x_param: &str, y_param: &str, metric: &str, prefix: &Path) -> Result<Vec<PathBuf>> {
     let pts = means(t, &[metric])?;
+    let (words, unit, scale) = metric_words(metric);
+    let seeds = t.seeds();
     let xs = sorted_values(pts.iter().filter_map(|p| p.param(x_param).map(String::from)).collect());
     let ys = sorted_values(pts.iter().filter_map(|p| p.param(y_param).map(String::from)).collect());
     if xs.is_empty() || ys.is_empty() {
@@ -334,7 +421,7 @@ pub fn heatmap(t: &SweepTable, x_param: &str, y_param: &str, metric: &str, prefi
                     let v: Vec<f64> = pts
                         .iter()
                         .filter(|p| p.param(x_param) == Some(x) && p.param(y_param) == Some(y))
-                        .map(|p| p.get(metric))
+                        .map(|p| p.get(metric) * scale)
                         .filter(|v| v.is_finite())
                         .collect();
                     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
@@ -348,7 +435,21 @@ pub fn heatmap(t: &SweepTable, x_param: &str, y_param: &str, metric: &str, prefi
         cells,
         x_desc: short(x_param),
         y_desc: short(y_param),
-        title: format!("{metric} (mean over seeds)"),
+        title: format!(
+            "{}{}, mean over {seeds} seed{}",
+            words,
+            if unit.is_empty() {
+                String::new()
+            } else {
+                format!(" ({unit})")
+            },
+            if seeds == 1 { "" } else { "s" }
+        ),
+        unit: if unit.is_empty() {
+            words.clone()
+        } else {
+            format!("{words} ({unit})")
+        },
     };
     save(&fig, prefix, (1000, 800))
 }

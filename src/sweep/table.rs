@@ -165,6 +165,17 @@ impl SweepTable {
             ))
         })
     }
+    /// Distinct seeds in the table (the number each mean is taken over).
+    pub fn seeds(&self) -> usize {
+        let mut v: Vec<u64> = self
+            .num("seed")
+            .map(|c| c.iter().flatten().map(|x| *x as u64).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v.dedup();
+        v.len().max(1)
+    }
+
     /// The grid paths of the table (`param.<path>` columns), in order.
     pub fn params(&self) -> Vec<String> {
         self.text
