@@ -320,6 +320,18 @@ pub enum ImportCmd {
 pub enum ScenarioCmd {
     /// Print the embedded default scenario as YAML.
     Default,
+    /// Every scenario field: its type, default, unit and meaning.
+    Reference {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A scenario as the simulator sees it: every default filled in (JSON).
+    Show {
+        file: PathBuf,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+    },
 }
 
 /// Entry point; returns the process exit code.
@@ -347,6 +359,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
             what: ScenarioCmd::Default,
         } => {
             print!("{DEFAULT_SCENARIO}");
+            Ok(0)
+        }
+        Command::Scenario {
+            what: ScenarioCmd::Reference { json },
+        } => {
+            print!("{}", scenario::reference::render(json));
+            Ok(0)
+        }
+        Command::Scenario {
+            what: ScenarioCmd::Show { file, sets },
+        } => {
+            let r = scenario::load(&file, &sets)?;
+            let v = serde_json::to_value(&r.scenario).map_err(|e| Error::other(e.to_string()))?;
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
             Ok(0)
         }
         Command::Trace { what } => trace_cmd(what),

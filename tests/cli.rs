@@ -218,3 +218,75 @@ fn validate_checks_scenarios_plans_and_endpoints() {
     assert!(text.contains("policy.priority"), "{text}");
     assert!(text.contains("kind"), "{text}");
 }
+
+/// `chimera scenario reference` covers every field of every shipped scenario (defaults filled
+/// in), and prints them.
+#[test]
+fn the_scenario_reference_covers_every_shipped_field() {
+    fn walk<'a>(v: &'a serde_json::Value, keys: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    keys.push(k.clone());
+                    walk(x, keys, out);
+                    keys.pop();
+                }
+            }
+            serde_json::Value::Array(a) => {
+                let last = keys.pop().unwrap();
+                keys.push(format!("{last}[]"));
+                if a.iter().all(|x| !x.is_object()) {
+                    out.push(keys.clone());
+                }
+                for x in a {
+                    walk(x, keys, out);
+                }
+                keys.pop();
+                keys.push(last);
+            }
+            _ => out.push(keys.clone()),
+        }
+    }
+    let repo = common::repo();
+    let mut files = Vec::new();
+    for d in [
+        "scenarios",
+        "scenarios/bench",
+        "scenarios/replay",
+        "scenarios/fidelity",
+        "scenarios/paper",
+    ] {
+        for e in std::fs::read_dir(repo.join(d)).unwrap() {
+            let p = e.unwrap().path();
+            let n = p.to_string_lossy().to_string();
+            if n.ends_with(".yaml") && !n.ends_with(".plan.yaml") {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 12, "{files:?}");
+    let (mut missing, mut seen) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for f in &files {
+        let r = chimera::scenario::load(f, &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let v = serde_json::to_value(&r.scenario).unwrap();
+        let mut paths = Vec::new();
+        walk(&v, &mut Vec::new(), &mut paths);
+        for p in paths {
+            let keys: Vec<&str> = p.iter().map(String::as_str).collect();
+            if !chimera::scenario::reference::covers(&keys) {
+                missing.insert(p.join("."));
+            }
+            seen.insert(p.join("."));
+        }
+    }
+    assert!(missing.is_empty(), "fields not in the scenario reference: {missing:?}");
+    assert!(seen.len() > 60, "{seen:?}");
+    let out = common::chimera_ok(&["scenario", "reference"]);
+    assert!(
+        out.contains("faults[].kind\n    down | slow | fail; default: down"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&common::chimera_ok(&["scenario", "reference", "--json"])).unwrap();
+    assert!(json.as_array().unwrap().len() >= 90);
+}

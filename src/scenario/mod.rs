@@ -6,6 +6,7 @@
 //! and step-time models. Every error names the field path and what was expected. This module
 //! never runs a simulation and never writes files.
 
+pub mod reference;
 pub mod yaml;
 
 use crate::engine::kv::{plan_kv, KvPlan, KvSizing};
