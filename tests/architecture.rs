@@ -30,8 +30,14 @@ fn the_policy_core_and_engine_touch_no_clock_file_socket_or_thread() {
         "thread_rng",
         "rand::rng",
     ];
-    for dir in ["src/policy", "src/engine", "src/router", "src/predictor"] {
-        for (path, text) in sources(dir) {
+    let runtime = repo().join("src/runtime.rs");
+    let runtime = vec![(runtime.display().to_string(), std::fs::read_to_string(&runtime).unwrap())];
+    for files in ["src/policy", "src/engine", "src/router", "src/predictor"]
+        .map(sources)
+        .into_iter()
+        .chain([runtime])
+    {
+        for (path, text) in files {
             // Module docs may name what the module must not do; check code lines only.
             for (n, line) in text.lines().enumerate() {
                 let code = line.trim_start();
@@ -72,6 +78,40 @@ fn every_module_says_what_it_is_for() {
                 text.trim_start().starts_with("//!"),
                 "{path} starts without a //! module doc"
             );
+        }
+    }
+}
+
+/// One workflow lifecycle: only the runtime feeds the policy core; the simulator and the replay
+/// go through `runtime::Runtime` and never call the core's handlers or keep a workflow map.
+#[test]
+fn the_drivers_share_one_workflow_runtime() {
+    let mut files = sources("src/sim");
+    files.extend(sources("src/replay"));
+    for (path, text) in files {
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            for f in [
+                ".handle_request(",
+                ".handle_finished(",
+                ".handle_failed(",
+                ".handle_probe(",
+                ".handle_engine_report(",
+                ".handle_workflow_done(",
+                "poll_decision(",
+                "journal::feed",
+                "feed(&mut",
+                "HashMap<u64, Wf",
+            ] {
+                assert!(
+                    !code.contains(f),
+                    "{path}:{}: `{f}`: a driver must go through runtime::Runtime: {line}",
+                    n + 1
+                );
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The policy core's inputs as data: a [`CoreInput`] is one `handle_*` call with its time, and
-//! [`feed`] applies one and collects the decisions the core answers with. The replay sends
-//! every input through `feed` and journals it (`decisions.jsonl`); the simulator can record
-//! the inputs it gives and the decisions it gets (`Simulation::record_core_io`). Feeding either
-//! record to a fresh core built by `sim::build_policy*` must give the same decisions
+//! [`feed`] applies one and collects the decisions the core answers with. The workflow runtime
+//! (`runtime.rs`) sends every input of both drivers through `feed` and can journal it
+//! (`decisions.jsonl`: always in a replay, with `output.journal` in a run). Feeding either
+//! record to a fresh core built by `factory::build_policy*` must give the same decisions
 //! (`tests/replay.rs`, `tests/determinism.rs`). Plain data: no clock, file or socket.
 
 use crate::policy::{Decision, FailureKind, PolicyCore, RequestInfo};
