@@ -550,8 +550,8 @@ fn bench_policy(predictor: &Path, router: &Path, text_trace: Option<&Path>, requ
             break;
         }
     }
-    costs_ns.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    let q = |p: f64| costs_ns[((p * costs_ns.len() as f64).ceil() as usize).clamp(1, costs_ns.len()) - 1] / 1e3;
+    costs_ns.sort_by(f64::total_cmp);
+    let q = |p: f64| crate::stats::quantile_sorted(&costs_ns, p) / 1e3;
     let mean_us = costs_ns.iter().sum::<f64>() / costs_ns.len() as f64 / 1e3;
     // Share of workflow latency: the same policy on the default scenario.
     let out = std::env::temp_dir().join(format!("chimera-bench-policy-{}", std::process::id()));

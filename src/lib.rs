@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod calib;
 pub mod cli;
+pub mod csvfile;
 #[cfg(feature = "live")]
 pub mod emulate;
 #[cfg(feature = "encoder")]
@@ -24,6 +25,7 @@ pub mod run;
 pub mod runtime;
 pub mod scenario;
 pub mod sim;
+pub mod stats;
 pub mod sweep;
 pub mod time;
 pub mod trace;

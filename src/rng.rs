@@ -20,7 +20,20 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
-fn splitmix64(mut z: u64) -> u64 {
+/// Combine two 64-bit values into one well-mixed value (content ids, block hashes, salted
+/// seeds): the one seed mixer of the crate.
+#[inline]
+pub fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// SplitMix64: one step of the generator whose state advances by the golden gamma; a
+/// sequence of draws is `splitmix64(s), splitmix64(s + gamma), ...`.
+#[inline]
+pub fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -31,7 +31,10 @@ fn the_policy_core_and_engine_touch_no_clock_file_socket_or_thread() {
         "rand::rng",
     ];
     let runtime = repo().join("src/runtime.rs");
-    let runtime = vec![(runtime.display().to_string(), std::fs::read_to_string(&runtime).unwrap())];
+    let runtime = vec![(
+        runtime.display().to_string(),
+        std::fs::read_to_string(&runtime).unwrap(),
+    )];
     for files in ["src/policy", "src/engine", "src/router", "src/predictor"]
         .map(sources)
         .into_iter()

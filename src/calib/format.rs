@@ -118,11 +118,7 @@ impl OpPoint {
 }
 
 pub(crate) fn median_sorted(v: &[f64]) -> f64 {
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
-    }
+    crate::stats::quantile_sorted(v, 0.5)
 }
 
 /// Where and how a profile was measured.
@@ -218,15 +214,9 @@ pub const LAYER_OPS: &[&str] = &[
 /// Read a Vidur `*.mlp.csv` profile. The GPU is taken from the parent folder's name
 /// (`a40/`, `a100/`) when it is in the catalogue.
 pub fn load_vidur_csv(path: &Path) -> Result<Profile> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or_else(|| Error::bad(format!("profile {}: empty file", path.display())))?
-        .split(',')
-        .collect();
-    let col = |name: &str| -> Result<usize> {
-        header.iter().position(|h| *h == name).ok_or_else(|| {
+    let mut csv = crate::csvfile::CsvFile::open(path).map_err(|e| e.context("profile"))?;
+    let col = |csv: &crate::csvfile::CsvFile, name: &str| -> Result<usize> {
+        csv.col(name).map_err(|_| {
             Error::bad(format!(
                 "profile {}: line 1: missing column `{name}` (not a Vidur *.mlp.csv operator profile?)",
                 path.display()
@@ -234,18 +224,18 @@ pub fn load_vidur_csv(path: &Path) -> Result<Profile> {
         })
     };
     let shape_cols = [
-        col("n_head")?,
-        col("n_kv_head")?,
-        col("n_embd")?,
-        col("n_expanded_embd")?,
-        col("vocab_size")?,
-        col("use_gated_mlp")?,
-        col("num_tokens")?,
-        col("num_tensor_parallel_workers")?,
+        col(&csv, "n_head")?,
+        col(&csv, "n_kv_head")?,
+        col(&csv, "n_embd")?,
+        col(&csv, "n_expanded_embd")?,
+        col(&csv, "vocab_size")?,
+        col(&csv, "use_gated_mlp")?,
+        col(&csv, "num_tokens")?,
+        col(&csv, "num_tensor_parallel_workers")?,
     ];
     let mut op_cols = Vec::new();
     for op in LAYER_OPS {
-        let stats = ["median", "mean", "min", "max", "std"].map(|s| col(&format!("time_stats.{op}.{s}")));
+        let stats = ["median", "mean", "min", "max", "std"].map(|s| col(&csv, &format!("time_stats.{op}.{s}")));
         if stats.iter().all(|s| s.is_ok()) {
             op_cols.push((*op, stats.map(|s| s.unwrap())));
         }
@@ -256,40 +246,9 @@ pub fn load_vidur_csv(path: &Path) -> Result<Profile> {
         .file_name()
         .map(|f| f.to_string_lossy().trim_end_matches(".mlp.csv").to_string())
         .unwrap_or_default();
-    for (ln, line) in lines.enumerate() {
-        let row = ln + 2;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != header.len() {
-            return Err(Error::bad(format!(
-                "profile {}: line {row}: {} fields, the header has {}",
-                path.display(),
-                f.len(),
-                header.len()
-            )));
-        }
-        let int = |c: usize| -> Result<u64> {
-            f[c].trim().parse::<u64>().map_err(|_| {
-                Error::bad(format!(
-                    "profile {}: line {row}, column `{}`: expected a whole number, got `{}`",
-                    path.display(),
-                    header[c],
-                    f[c]
-                ))
-            })
-        };
-        let num = |c: usize| -> Result<f64> {
-            f[c].trim().parse::<f64>().map_err(|_| {
-                Error::bad(format!(
-                    "profile {}: line {row}, column `{}`: expected a number, got `{}`",
-                    path.display(),
-                    header[c],
-                    f[c]
-                ))
-            })
-        };
+    while csv.next_record().map_err(|e| e.context("profile"))? {
+        let int = |c: usize| -> Result<u64> { csv.parse::<u64>(c, "a whole number").map_err(|e| e.context("profile")) };
+        let num = |c: usize| -> Result<f64> { csv.parse::<f64>(c, "a number").map_err(|e| e.context("profile")) };
         let (heads, kv_heads, hidden) = (int(shape_cols[0])?, int(shape_cols[1])?, int(shape_cols[2])?);
         let s = LayerShape {
             name: name.clone(),
@@ -299,15 +258,16 @@ pub fn load_vidur_csv(path: &Path) -> Result<Profile> {
             kv_heads,
             head_dim: hidden / heads.max(1),
             vocab: int(shape_cols[4])?,
-            gated: f[shape_cols[5]].trim().eq_ignore_ascii_case("true"),
+            gated: csv.get(shape_cols[5]).eq_ignore_ascii_case("true"),
             dtype_bytes: 2,
         };
         match &shape {
             None => shape = Some(s),
             Some(old) if *old != s => {
                 return Err(Error::bad(format!(
-                    "profile {}: line {row}: layer shape changes within the file",
-                    path.display()
+                    "profile {}: line {}: layer shape changes within the file",
+                    path.display(),
+                    csv.line()
                 )))
             }
             _ => {}

@@ -346,13 +346,7 @@ pub struct Seg {
     pub end: u32,
 }
 
-#[inline]
-pub fn mix(a: u64, b: u64) -> u64 {
-    let mut x = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).rotate_left(17);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+pub use crate::rng::mix;
 
 /// Chained hash of full block `b` (tokens `bs*b..bs*(b+1)`) of a sequence whose runs are `segs`
 /// followed by `tail_id` up to any length, given the hash of block `b - 1` (`prev`, 0 for the

@@ -51,11 +51,7 @@ impl Dist {
             return Dist::default();
         }
         xs.sort_by(f64::total_cmp);
-        let q = |p: f64| {
-            let r = p * (xs.len() - 1) as f64;
-            let (lo, hi) = (r.floor() as usize, r.ceil() as usize);
-            xs[lo] + (xs[hi] - xs[lo]) * (r - lo as f64)
-        };
+        let q = |p: f64| crate::stats::quantile_sorted(xs, p);
         Dist {
             mean: xs.iter().sum::<f64>() / xs.len() as f64,
             p50: q(0.5),
@@ -666,18 +662,7 @@ pub struct Summary {
 
 pub fn summarize(stages: &[StageReport]) -> Summary {
     let ok: Vec<&StageReport> = stages.iter().filter(|s| !s.measured.overloaded).collect();
-    let med = |mut v: Vec<f64>| -> f64 {
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
+    let med = |mut v: Vec<f64>| -> f64 { crate::stats::median(&mut v) };
     let e2e: Vec<f64> = ok.iter().map(|s| s.e2e_err.p50.abs()).collect();
     let ttft: Vec<f64> = ok.iter().map(|s| s.ttft_err.p50.abs()).collect();
     Summary {

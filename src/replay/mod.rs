@@ -108,12 +108,8 @@ fn token_ids(key: &str, n: u32, vocab: u32) -> Vec<u32> {
     let span = (vocab.max(1001) - 1000) as u64;
     (0..n)
         .map(|_| {
-            // splitmix64
+            let z = crate::rng::splitmix64(x);
             x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
             1000 + (z % span) as u32
         })
         .collect()
@@ -648,12 +644,14 @@ fn write_json(path: &Path, v: &Value) -> Result<()> {
     std::fs::write(path, s).map_err(|e| Error::io(path, e))
 }
 
-fn pct(v: &mut [i64], q: f64) -> i64 {
-    if v.is_empty() {
-        return 0;
+fn pct(v: &[i64], q: f64) -> i64 {
+    let mut f: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+    let x = crate::stats::quantile(&mut f, q);
+    if x.is_nan() {
+        0
+    } else {
+        x.round() as i64
     }
-    v.sort_unstable();
-    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 /// The lock file of a replay folder.
@@ -862,7 +860,7 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
             std::mem::take(&mut d.lags),
         ))
     });
-    let (replayed, skipped, failed_attempts, mut lags) = match result {
+    let (replayed, skipped, failed_attempts, lags) = match result {
         Ok(x) => x,
         Err(e) => {
             let _ = write_json(
@@ -875,8 +873,8 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
     let wall_s = wall.elapsed().as_secs_f64();
     let summary = build_tables(r, &endpoints, out, policy)?;
     let send_lag_ns = (
-        pct(&mut lags, 0.5),
-        pct(&mut lags, 0.99),
+        pct(&lags, 0.5),
+        pct(&lags, 0.99),
         lags.iter().copied().max().unwrap_or(0),
     );
     let mut summary = summary;

@@ -49,15 +49,7 @@ pub struct ProbePoint {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+    crate::stats::median(v)
 }
 
 async fn one(ep: &Endpoint, t: &Timeouts, prompt: u32, out: u32, salt: u64) -> Result<Streamed> {

@@ -12,52 +12,8 @@ use crate::hw::Catalog;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// A small CSV reader (RFC 4180 quoting). Returns the header and the rows.
-pub fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut rows = Vec::new();
-    let mut field = String::new();
-    let mut row = Vec::new();
-    let mut in_quotes = false;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, in_quotes) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            ('"', true) => in_quotes = false,
-            ('"', false) if field.is_empty() => in_quotes = true,
-            (',', false) => row.push(std::mem::take(&mut field)),
-            ('\n', false) => {
-                row.push(std::mem::take(&mut field));
-                rows.push(std::mem::take(&mut row));
-            }
-            ('\r', false) => {}
-            (c, _) => field.push(c),
-        }
-    }
-    if !field.is_empty() || !row.is_empty() {
-        row.push(field);
-        rows.push(row);
-    }
-    if rows.is_empty() {
-        return Err(Error::bad(format!("{}: empty CSV", path.display())));
-    }
-    let header = rows.remove(0);
-    for (i, r) in rows.iter().enumerate() {
-        if r.len() != header.len() {
-            return Err(Error::bad(format!(
-                "{}: line {}: expected {} fields, found {}",
-                path.display(),
-                i + 2,
-                header.len(),
-                r.len()
-            )));
-        }
-    }
-    Ok((header, rows))
-}
+/// Read a whole CSV file (the one CSV reader, `csvfile`): its header and rows.
+pub use crate::csvfile::read_all as read_csv;
 
 /// Column index by name, or an error naming the file.
 pub fn col(header: &[String], name: &str, path: &Path) -> Result<usize> {
@@ -842,6 +798,7 @@ mod tests {
         assert_eq!(h, vec!["a", "b"]);
         assert_eq!(rows[0], vec!["x, y", "he said \"hi\""]);
         std::fs::write(&p, "a,b\n1\n").unwrap();
-        assert!(read_csv(&p).unwrap_err().to_string().contains("line 2"));
+        let e = read_csv(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
     }
 }

@@ -42,11 +42,7 @@ pub struct DataStats {
 }
 
 fn pct(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+    crate::stats::quantile(v, q)
 }
 
 fn shares(h: &[u64; 4]) -> [f64; 4] {

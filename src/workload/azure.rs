@@ -10,7 +10,6 @@ use super::{Stage, WorkflowSpec, WorkloadSource};
 use crate::error::{Error, Result};
 use crate::rng::StreamRng;
 use crate::time::Nanos;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// One parsed row.
@@ -23,102 +22,48 @@ pub struct AzureRow {
 
 /// Streaming reader of an Azure-format CSV.
 pub struct AzureReader {
-    path: PathBuf,
-    lines: std::io::Lines<BufReader<std::fs::File>>,
-    line_no: u64,
+    csv: crate::csvfile::CsvFile,
     cols: [usize; 3],
-    ncols: usize,
 }
 
 impl AzureReader {
     pub fn open(path: &Path) -> Result<AzureReader> {
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut lines = BufReader::new(f).lines();
-        let header = match lines.next() {
-            Some(h) => h.map_err(|e| Error::io(path, e))?,
-            None => {
-                return Err(Error::bad(format!(
-                    "{}: empty file, expected a header line",
-                    path.display()
-                )))
-            }
-        };
-        let names: Vec<&str> = header
-            .trim_start_matches('\u{feff}')
-            .trim()
-            .split(',')
-            .map(str::trim)
-            .collect();
+        let csv = crate::csvfile::CsvFile::open(path)?;
         let mut cols = [0usize; 3];
         for (k, want) in ["TIMESTAMP", "ContextTokens", "GeneratedTokens"].iter().enumerate() {
-            cols[k] = names.iter().position(|n| n.eq_ignore_ascii_case(want)).ok_or_else(|| {
+            cols[k] = csv.col(want).map_err(|_| {
                 Error::bad(format!(
                     "{}: line 1: missing column `{want}`; expected TIMESTAMP,ContextTokens,GeneratedTokens, found {}",
                     path.display(),
-                    header.trim()
+                    csv.header().join(",")
                 ))
             })?;
         }
-        Ok(AzureReader {
-            path: path.to_path_buf(),
-            lines,
-            line_no: 1,
-            cols,
-            ncols: names.len(),
-        })
+        Ok(AzureReader { csv, cols })
     }
 
     pub fn next_row(&mut self) -> Result<Option<AzureRow>> {
-        loop {
-            let Some(line) = self.lines.next() else {
-                return Ok(None);
-            };
-            self.line_no += 1;
-            let line = line.map_err(|e| Error::io(&self.path, e))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-            let at = |col: &str, msg: String| {
-                Error::bad(format!(
-                    "{}: line {}: column {col}: {msg}",
-                    self.path.display(),
-                    self.line_no
-                ))
-            };
-            if fields.len() != self.ncols {
-                return Err(Error::bad(format!(
-                    "{}: line {}: expected {} fields, found {}",
-                    self.path.display(),
-                    self.line_no,
-                    self.ncols,
-                    fields.len()
-                )));
-            }
-            let ts = fields[self.cols[0]];
-            let timestamp_ns = parse_timestamp(ts).ok_or_else(|| {
-                at(
-                    "TIMESTAMP",
-                    format!("`{ts}` is not a timestamp like 2023-11-16 18:15:46.6805900"),
-                )
-            })?;
-            let num = |k: usize, name: &str| -> Result<u32> {
-                let s = fields[self.cols[k]];
-                s.parse::<u32>()
-                    .map_err(|_| at(name, format!("`{s}` is not a non-negative integer")))
-            };
-            let context_tokens = num(1, "ContextTokens")?;
-            let generated_tokens = num(2, "GeneratedTokens")?;
-            return Ok(Some(AzureRow {
-                timestamp_ns,
-                context_tokens,
-                generated_tokens,
-            }));
+        if !self.csv.next_record()? {
+            return Ok(None);
         }
+        let ts = self.csv.get(self.cols[0]);
+        let Some(timestamp_ns) = parse_timestamp(ts) else {
+            return Err(self.csv.bad_field(
+                self.cols[0],
+                format!("`{ts}` is not a timestamp like 2023-11-16 18:15:46.6805900"),
+            ));
+        };
+        let context_tokens = self.csv.parse::<u32>(self.cols[1], "a non-negative integer")?;
+        let generated_tokens = self.csv.parse::<u32>(self.cols[2], "a non-negative integer")?;
+        Ok(Some(AzureRow {
+            timestamp_ns,
+            context_tokens,
+            generated_tokens,
+        }))
     }
 
     pub fn line(&self) -> u64 {
-        self.line_no
+        self.csv.line()
     }
 }
 
@@ -259,7 +204,7 @@ impl WorkloadSource for AzureWorkload {
                 if rel < 0 {
                     return Err(Error::bad(format!(
                         "{}: line {}: column TIMESTAMP: earlier than the first row; the trace must be sorted by time",
-                        self.reader.path.display(),
+                        self.reader.csv.path().display(),
                         self.reader.line()
                     )));
                 }
@@ -352,12 +297,12 @@ mod tests {
             (
                 "badnum",
                 "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.1,10,5\n2023-11-16 18:15:47.1,ten,5\n",
-                "line 3: column ContextTokens",
+                "line 3: column `ContextTokens`",
             ),
             (
                 "badts",
                 "TIMESTAMP,ContextTokens,GeneratedTokens\nnot-a-time,10,5\n",
-                "line 2: column TIMESTAMP",
+                "line 2: column `TIMESTAMP`",
             ),
             (
                 "short",

@@ -197,34 +197,26 @@ pub struct TraceRow {
 
 /// Read a per-request trace: JSON lines (`.jsonl`) or CSV with a header naming the columns.
 pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let p = path.display();
     let jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
-    let mut rows = Vec::new();
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let header: Vec<String> = if jsonl {
-        Vec::new()
-    } else {
-        let (_, h) = lines
-            .next()
-            .ok_or_else(|| Error::bad(format!("{p}: empty trace (expected a header line)")))?;
-        h.split(',').map(|c| c.trim().to_string()).collect()
-    };
-    for (i, line) in lines {
-        let row = i + 1;
-        let r: TraceRow = if jsonl {
-            serde_json::from_str(line).map_err(|e| Error::bad(format!("{p}:{row}: {e}")))?
-        } else {
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            if cells.len() != header.len() {
-                return Err(Error::bad(format!(
-                    "{p}:{row}: {} cells, the header has {}",
-                    cells.len(),
-                    header.len()
-                )));
+    let mut parsed: Vec<(u64, TraceRow)> = Vec::new();
+    if jsonl {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let r: TraceRow = serde_json::from_str(line).map_err(|e| Error::bad(format!("{p}:{}: {e}", i + 1)))?;
+            if parsed.len() as u64 >= MAX_REQUESTS {
+                return Err(Error::bad(format!("{p}: more than {MAX_REQUESTS} rows")));
             }
+            parsed.push((i as u64 + 1, r));
+        }
+    } else {
+        let mut csv = crate::csvfile::CsvFile::open(path)?;
+        let header = csv.header().to_vec();
+        while csv.next_record()? {
+            let row = csv.line();
             let mut m = serde_json::Map::new();
-            for (h, c) in header.iter().zip(&cells) {
+            for (k, h) in header.iter().enumerate() {
+                let c = csv.get(k);
                 if c.is_empty() {
                     continue;
                 }
@@ -242,12 +234,19 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
                 };
                 m.insert(h.clone(), v);
             }
-            serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| {
+            let r: TraceRow = serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| {
                 Error::bad(format!(
                     "{p}:{row}: {e} (columns: arrival_s, prompt_tokens, output_tokens, prefix_group, prefix_tokens)"
                 ))
-            })?
-        };
+            })?;
+            if parsed.len() as u64 >= MAX_REQUESTS {
+                return Err(Error::bad(format!("{p}: more than {MAX_REQUESTS} rows")));
+            }
+            parsed.push((row, r));
+        }
+    }
+    let mut rows = Vec::with_capacity(parsed.len());
+    for (row, r) in parsed {
         if r.prompt_tokens == 0 || r.output_tokens == 0 {
             return Err(Error::bad(format!(
                 "{p}:{row}: prompt_tokens and output_tokens must be at least 1"
@@ -257,9 +256,6 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
             if !(a >= 0.0 && a < 1e7) {
                 return Err(Error::bad(format!("{p}:{row}: arrival_s must be in [0, 1e7), got {a}")));
             }
-        }
-        if rows.len() as u64 >= MAX_REQUESTS {
-            return Err(Error::bad(format!("{p}: more than {MAX_REQUESTS} rows")));
         }
         rows.push(r);
     }
