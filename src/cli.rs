@@ -403,7 +403,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 None => scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new("."))
                     .map_err(|e| e.context("embedded default scenario"))?,
             };
-            replay_cmd(&resolved, &endpoints, &out, resume, quiet, json)
+            let opts = ReplayCli {
+                resume,
+                quiet,
+                json,
+                sets,
+                scenario_path: path,
+            };
+            replay_cmd(&resolved, &endpoints, &out, opts)
         }
         Command::Emulate {
             model,
@@ -1191,13 +1198,26 @@ fn emulate(model: &str, gpu: &str, calibration: Option<&str>, host: &str, port: 
     Ok(0)
 }
 
+/// The replay's command-line options.
+#[cfg_attr(not(feature = "live"), allow(dead_code))]
+struct ReplayCli {
+    resume: bool,
+    quiet: bool,
+    json: bool,
+    sets: Vec<String>,
+    scenario_path: Option<PathBuf>,
+}
+
 #[cfg(feature = "live")]
-fn replay_cmd(r: &Resolved, endpoints: &Path, out: &Path, resume: bool, quiet: bool, json: bool) -> Result<i32> {
+fn replay_cmd(r: &Resolved, endpoints: &Path, out: &Path, o: ReplayCli) -> Result<i32> {
+    let (quiet, json) = (o.quiet, o.json);
     let eps = crate::replay::endpoints::Endpoints::load(endpoints)?;
     eps.engines(&r.models).map_err(|e| e.context(endpoints.display()))?;
     let opts = crate::replay::ReplayOptions {
-        resume,
+        resume: o.resume,
         quiet: quiet || json,
+        sets: o.sets,
+        scenario_path: o.scenario_path,
     };
     let rep = crate::replay::replay(r, &eps, out, &opts)?;
     if json {
@@ -1219,7 +1239,7 @@ fn replay_cmd(r: &Resolved, endpoints: &Path, out: &Path, resume: bool, quiet: b
 }
 
 #[cfg(not(feature = "live"))]
-fn replay_cmd(_: &Resolved, _: &Path, _: &Path, _: bool, _: bool, _: bool) -> Result<i32> {
+fn replay_cmd(_: &Resolved, _: &Path, _: &Path, _: ReplayCli) -> Result<i32> {
     Err(Error::bad("replay: this binary was built without the `live` feature (on by default); rebuild with `cargo build --release` (or `--features live` after `--no-default-features`)"))
 }
 

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::scenario::{Resolved, Workload};
 use crate::sim::{file_fingerprint, RunReport, Simulation};
 use crate::workload::arrivals::ArrivalSpec;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -76,19 +77,115 @@ pub fn inputs_provenance(r: &Resolved) -> Result<Value> {
     Ok(json!({"files": files, "workload": workload, "engines": engines}))
 }
 
-fn manifest(r: &Resolved, sets: &[String], scenario_path: Option<&Path>, status: Value) -> Result<Value> {
-    Ok(json!({
-        "chimera_version": VERSION,
-        "git_commit": GIT_COMMIT,
-        "scenario_path": scenario_path.map(|p| p.display().to_string()),
-        "overrides": sets,
-        "seed": r.scenario.seed,
-        "scenario": r.scenario,
-        "inputs": inputs_provenance(r)?,
-        "outputs": ["requests.parquet", "workflows.parquet", "engines.parquet", "summary.json", "manifest.json"],
-        "status": status,
-    }))
+/// What a results folder holds and how it was made (`manifest.json`), for a run and a replay
+/// alike: version, scenario file and overrides, seed, the resolved scenario, the provenance of
+/// every input, the files written, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub chimera_version: String,
+    pub git_commit: String,
+    pub kind: RunKind,
+    pub scenario_path: Option<String>,
+    pub overrides: Vec<String>,
+    pub seed: u64,
+    pub scenario: Value,
+    pub inputs: Value,
+    pub outputs: Vec<String>,
+    /// A replay's endpoints, timeouts, retries and prompt salt.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayInfo>,
+    pub status: Status,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Run,
+    Replay,
+}
+
+/// The replay's own part of its manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayInfo {
+    pub endpoints: Vec<Value>,
+    pub timeouts: Value,
+    pub retries: Value,
+    pub metrics_interval_ms: u64,
+    /// Salt of the prompts' token ids (kept by `--resume`).
+    pub prompt_salt: u64,
+}
+
+/// How a run or replay stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Status {
+    Running {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        segment: Option<u32>,
+    },
+    Complete {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        events: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sim_end_ns: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_log_hash: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        segment: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wall_s: Option<f64>,
+    },
+    Failed {
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        segment: Option<u32>,
+    },
+}
+
+impl Manifest {
+    /// The manifest of `r` (scenario file `scenario_path` with `sets`), with its inputs'
+    /// provenance; `outputs` are the files the folder will hold.
+    pub fn new(
+        kind: RunKind,
+        r: &Resolved,
+        sets: &[String],
+        scenario_path: Option<&Path>,
+        outputs: &[&str],
+        status: Status,
+    ) -> Result<Manifest> {
+        Ok(Manifest {
+            chimera_version: VERSION.into(),
+            git_commit: GIT_COMMIT.into(),
+            kind,
+            scenario_path: scenario_path.map(|p| p.display().to_string()),
+            overrides: sets.to_vec(),
+            seed: r.scenario.seed,
+            scenario: serde_json::to_value(&r.scenario).expect("a scenario serialises"),
+            inputs: inputs_provenance(r)?,
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            replay: None,
+            status,
+        })
+    }
+
+    /// Read a folder's manifest.json.
+    pub fn read(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::bad(format!("{}: not a chimera manifest: {e}", path.display())))
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_json(path, self)
+    }
+}
+
+const RUN_OUTPUTS: [&str; 5] = [
+    "requests.parquet",
+    "workflows.parquet",
+    "engines.parquet",
+    "summary.json",
+    "manifest.json",
+];
 
 /// Run `r` and write every result file into `out_dir`.
 pub fn run_to_dir(
@@ -100,7 +197,19 @@ pub fn run_to_dir(
 ) -> Result<RunReport> {
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mpath = out_dir.join("manifest.json");
-    write_json(&mpath, &manifest(r, sets, scenario_path, json!({"state": "running"}))?)?;
+    let mut outputs = RUN_OUTPUTS.to_vec();
+    if r.scenario.output.journal {
+        outputs.push("decisions.jsonl");
+    }
+    let mut manifest = Manifest::new(
+        RunKind::Run,
+        r,
+        sets,
+        scenario_path,
+        &outputs,
+        Status::Running { segment: None },
+    )?;
+    manifest.write(&mpath)?;
     let result = Simulation::new(r, out_dir).and_then(|sim| sim.run(progress));
     match result {
         Ok(rep) => {
@@ -108,27 +217,22 @@ pub fn run_to_dir(
                 write_journal(&out_dir.join("decisions.jsonl"), j)?;
             }
             write_json(&out_dir.join("summary.json"), &summary_json(&rep))?;
-            write_json(
-                &mpath,
-                &manifest(
-                    r,
-                    sets,
-                    scenario_path,
-                    json!({"state": "complete", "events": rep.events, "sim_end_ns": rep.sim_end_ns, "event_log_hash": format!("{:016x}", rep.event_log_hash)}),
-                )?,
-            )?;
+            manifest.status = Status::Complete {
+                events: Some(rep.events),
+                sim_end_ns: Some(rep.sim_end_ns),
+                event_log_hash: Some(format!("{:016x}", rep.event_log_hash)),
+                segment: None,
+                wall_s: None,
+            };
+            manifest.write(&mpath)?;
             Ok(rep)
         }
         Err(e) => {
-            let _ = write_json(
-                &mpath,
-                &manifest(
-                    r,
-                    sets,
-                    scenario_path,
-                    json!({"state": "failed", "error": e.to_string()}),
-                )?,
-            );
+            manifest.status = Status::Failed {
+                error: e.to_string(),
+                segment: None,
+            };
+            let _ = manifest.write(&mpath);
             Err(e)
         }
     }

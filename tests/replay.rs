@@ -791,4 +791,14 @@ fn the_simulator_and_the_replay_make_the_same_decisions_under_faults() {
     let sum: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sim.join("summary.json")).unwrap()).unwrap();
     assert_eq!(sum["requests"]["failed_attempts"], serde_json::json!(to_r1));
+    // Both folders say how they were made, in one manifest format.
+    for (d, kind) in [(&sim, "run"), (&rep, "replay")] {
+        let m = chimera::run::Manifest::read(&d.join("manifest.json")).unwrap();
+        assert_eq!(serde_json::to_value(m.kind).unwrap(), kind);
+        assert_eq!(m.seed, 5);
+        assert_eq!(m.scenario_path.as_deref(), Some(s(&scen)));
+        assert!(m.inputs["engines"][0]["step_time"].is_object(), "{}", m.inputs);
+        assert!(matches!(m.status, chimera::run::Status::Complete { .. }));
+        assert_eq!(m.replay.is_some(), kind == "replay");
+    }
 }

@@ -19,6 +19,7 @@ pub mod records;
 
 use crate::error::{Error, Result};
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
+use crate::run::{Manifest, ReplayInfo, RunKind, Status};
 use crate::runtime::{Action, Runtime, Wake, WorkflowOutcome};
 use crate::scenario::Resolved;
 use crate::time::Nanos;
@@ -49,6 +50,9 @@ pub struct ReplayOptions {
     pub resume: bool,
     /// No progress lines.
     pub quiet: bool,
+    /// The overrides the scenario was loaded with, and its file (for the manifest).
+    pub sets: Vec<String>,
+    pub scenario_path: Option<std::path::PathBuf>,
 }
 
 /// What a finished replay reports besides its files.
@@ -714,14 +718,11 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     if opts.resume && started_before {
-        let old: Value = std::fs::read_to_string(&mpath)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
-        if let Some(x) = old["prompt_salt"].as_u64() {
-            prompt_salt = x;
+        let old = Manifest::read(&mpath)?;
+        if let Some(x) = &old.replay {
+            prompt_salt = x.prompt_salt;
         }
-        if old["scenario"] != scenario_json {
+        if old.scenario != scenario_json {
             return Err(Error::bad(format!(
                 "{}: --resume needs the same scenario (and overrides) as the interrupted replay; its manifest.json differs",
                 out.display()
@@ -741,22 +742,33 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
             .max()
             .unwrap_or(0);
     }
-    let manifest = |state: Value| -> Value {
-        json!({
-            "chimera_version": crate::run::VERSION,
-            "git_commit": crate::run::GIT_COMMIT,
-            "kind": "replay",
-            "scenario": scenario_json,
-            "endpoints": endpoints.iter().map(|e| json!({"engine": e.name, "model": e.model, "url": e.base.url, "kind": e.kind.as_str(), "served_model": e.served_model, "max_concurrency": e.max_concurrency})).collect::<Vec<_>>(),
-            "timeouts": eps.timeouts,
-            "retries": eps.retries,
-            "metrics_interval_ms": eps.metrics_interval_ms,
-            "outputs": ["requests.parquet", "workflows.parquet", "itl.parquet", "metrics.parquet", "summary.json", REQUESTS_JSONL, WORKFLOWS_JSONL, METRICS_JSONL, JOURNAL_JSONL],
-            "prompt_salt": prompt_salt,
-            "status": state,
-        })
-    };
-    write_json(&mpath, &manifest(json!({"state": "running", "segment": segment})))?;
+    let mut manifest = Manifest::new(
+        RunKind::Replay,
+        r,
+        &opts.sets,
+        opts.scenario_path.as_deref(),
+        &[
+            "requests.parquet",
+            "workflows.parquet",
+            "itl.parquet",
+            "metrics.parquet",
+            "summary.json",
+            "manifest.json",
+            REQUESTS_JSONL,
+            WORKFLOWS_JSONL,
+            METRICS_JSONL,
+            JOURNAL_JSONL,
+        ],
+        Status::Running { segment: Some(segment) },
+    )?;
+    manifest.replay = Some(ReplayInfo {
+        endpoints: endpoints.iter().map(|e| json!({"engine": e.name, "model": e.model, "url": e.base.url, "kind": e.kind.as_str(), "served_model": e.served_model, "max_concurrency": e.max_concurrency})).collect(),
+        timeouts: serde_json::to_value(&eps.timeouts).expect("timeouts serialise"),
+        retries: serde_json::to_value(&eps.retries).expect("retries serialise"),
+        metrics_interval_ms: eps.metrics_interval_ms,
+        prompt_salt,
+    });
+    manifest.write(&mpath)?;
 
     let seed = r.scenario.seed;
     let infos = endpoints
@@ -863,10 +875,11 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
     let (replayed, skipped, failed_attempts, lags) = match result {
         Ok(x) => x,
         Err(e) => {
-            let _ = write_json(
-                &mpath,
-                &manifest(json!({"state": "failed", "error": e.to_string(), "segment": segment})),
-            );
+            manifest.status = Status::Failed {
+                error: e.to_string(),
+                segment: Some(segment),
+            };
+            let _ = manifest.write(&mpath);
             return Err(e);
         }
     };
@@ -889,10 +902,14 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
         "segments": segment + 1,
     });
     write_json(&out.join("summary.json"), &sj)?;
-    write_json(
-        &mpath,
-        &manifest(json!({"state": "complete", "segment": segment, "wall_s": wall_s})),
-    )?;
+    manifest.status = Status::Complete {
+        events: None,
+        sim_end_ns: None,
+        event_log_hash: None,
+        segment: Some(segment),
+        wall_s: Some(wall_s),
+    };
+    manifest.write(&mpath)?;
     Ok(ReplayReport {
         summary,
         replayed,
