@@ -1,0 +1,77 @@
+//! `chimera trace`: generate, import, inspect and fit workflow traces.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) fn trace_cmd(what: TraceCmd) -> Result<i32> {
+    use crate::trace::{self, FittedParams, Task};
+    match what {
+        TraceCmd::Gen {
+            task,
+            models,
+            workflows,
+            seed,
+            out,
+        } => {
+            let task = Task::parse(&task).map_err(|e| e.context("--task"))?;
+            if workflows == 0 {
+                return Err(Error::bad("--workflows: expected at least 1"));
+            }
+            let t = trace::gen::generate(FittedParams::embedded(), task, &models, workflows, seed)?;
+            trace::write_trace(&out, &t)?;
+            println!(
+                "wrote {} ({} workflows of {} for {})",
+                out.display(),
+                t.workflows.len(),
+                task.name(),
+                t.models.join(", ")
+            );
+        }
+        TraceCmd::Import {
+            what:
+                ImportCmd::MathL5 {
+                    outcomes,
+                    problems,
+                    models,
+                    seed,
+                    out,
+                },
+        } => {
+            let t = trace::import::import_math_l5(&outcomes, &problems, &models, seed, FittedParams::embedded())?;
+            trace::write_trace(&out, &t)?;
+            println!(
+                "wrote {} ({} workflows with real problem text and outcomes for {})",
+                out.display(),
+                t.workflows.len(),
+                t.models.join(", ")
+            );
+        }
+        TraceCmd::Stats {
+            file,
+            compare_data,
+            json,
+        } => {
+            let t = trace::read_trace(&file)?;
+            let rows = trace::stats::stats(&t, compare_data.as_deref(), FittedParams::embedded())?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!(
+                    "{}: {} workflows, models {}",
+                    file.display(),
+                    t.workflows.len(),
+                    t.models.join(", ")
+                );
+                print!("{}", trace::stats::table(&rows));
+            }
+        }
+        TraceCmd::Fit { data, out } => {
+            let p = trace::fit::fit(&data)?;
+            let mut text = String::from("# Generator parameters fitted by `chimera trace fit --data ../shared/data`.\n# Do not edit by hand: refit. Each note says which file and columns a part came from.\n");
+            text += &serde_saphyr::to_string(&p).map_err(|e| Error::other(e.to_string()))?;
+            std::fs::write(&out, text).map_err(|e| Error::io(&out, e))?;
+            println!("wrote {}", out.display());
+        }
+    }
+    Ok(0)
+}
