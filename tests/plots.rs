@@ -122,7 +122,15 @@ fn sq_heatmap_and_lines_come_from_the_grid_axes() {
     let files = plot::heatmap(&t, s, q, "workflows.e2e_s.p99", &d.join("heat")).unwrap();
     check_png(&files[0]);
     let svg = std::fs::read_to_string(&files[1]).unwrap();
-    for text in ["starvation_steps", "quantum_steps", "500", "workflows.e2e_s.p99"] {
+    // Axis names, values, a readable title with the unit and the seeds, and a colour bar
+    // captioned with the metric and its unit.
+    for text in [
+        "starvation_steps",
+        "quantum_steps",
+        "500",
+        "workflow E2E p99 (s), mean over",
+        ">\nworkflow E2E p99 (s)\n<",
+    ] {
         assert!(svg.contains(text), "heatmap SVG lacks `{text}`");
     }
     let files = plot::lines(
@@ -134,9 +142,11 @@ fn sq_heatmap_and_lines_come_from_the_grid_axes() {
     )
     .unwrap();
     check_png(&files[0]);
-    assert!(std::fs::read_to_string(&files[1])
-        .unwrap()
-        .contains("quantum_steps = 20"));
+    let svg = std::fs::read_to_string(&files[1]).unwrap();
+    // Accuracy in percent, latency with its unit; intervals over seeds when there are several.
+    for text in ["quantum_steps = 20", "accuracy (%)", "workflow E2E p99 (s)", "mean over"] {
+        assert!(svg.contains(text), "lines SVG lacks `{text}`");
+    }
     // A missing axis or metric is named.
     let e = plot::heatmap(&t, "policy.nope", q, "workflows.e2e_s.p99", &d.join("x"))
         .unwrap_err()

@@ -459,8 +459,8 @@ fn short(path: &str) -> String {
     path.rsplit('.').next().unwrap_or(path).to_string()
 }
 
-/// A named line of (x, y) points.
-type Line = (String, Vec<(f64, f64)>);
+/// A named line of (x, y, half-width of y's 95 % interval over seeds) points.
+type Line = (String, Vec<(f64, f64, f64)>);
 
 struct LinesFig {
     /// (metric, its lines) per panel.
@@ -474,12 +474,12 @@ impl Figure for LinesFig {
         let root = root.titled(&self.title, ("sans-serif", 26)).map_err(pe)?;
         let areas = root.split_evenly((1, self.panels.len()));
         for (area, (metric, lines)) in areas.iter().zip(&self.panels) {
-            let pts: Vec<(f64, f64)> = lines.iter().flat_map(|(_, l)| l.iter().copied()).collect();
+            let pts: Vec<(f64, f64, f64)> = lines.iter().flat_map(|(_, l)| l.iter().copied()).collect();
             let lo = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
             let hi = pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
             let yr = padded(
-                pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
-                pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+                pts.iter().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min),
+                pts.iter().map(|p| p.1 + p.2).fold(f64::NEG_INFINITY, f64::max),
             );
             if lo > 0.0 && hi / lo > 20.0 {
                 self.panel(
@@ -520,10 +520,18 @@ impl LinesFig {
             .y_label_area_size(80)
             .build_cartesian_2d(xr, yr)
             .map_err(pe)?;
+        let (words, unit, _) = metric_words(metric);
         chart
             .configure_mesh()
             .x_desc(format!("{}{scale}", self.x_desc))
-            .y_desc(metric_desc(metric))
+            .y_desc(if unit.is_empty() {
+                words
+            } else {
+                format!("{words} ({unit})")
+            })
+            // Few, compact tick labels: on a log axis plotters' default ones run into each other.
+            .x_labels(7)
+            .x_label_formatter(&|v| compact(*v))
             .axis_desc_style(("sans-serif", 18))
             .label_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
@@ -532,12 +540,19 @@ impl LinesFig {
         for (i, (name, l)) in lines.iter().enumerate() {
             let c = PALETTE[i % PALETTE.len()];
             chart
-                .draw_series(LineSeries::new(l.iter().copied(), c.stroke_width(3)))
+                .draw_series(LineSeries::new(l.iter().map(|p| (p.0, p.1)), c.stroke_width(3)))
                 .map_err(pe)?
                 .label(name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
             chart
-                .draw_series(l.iter().map(|p| Circle::new(*p, 5, c.filled())))
+                .draw_series(l.iter().map(|p| Circle::new((p.0, p.1), 5, c.filled())))
+                .map_err(pe)?;
+            chart
+                .draw_series(
+                    l.iter()
+                        .filter(|p| p.2 > 0.0)
+                        .map(|p| ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, c.stroke_width(2), 10)),
+                )
                 .map_err(pe)?;
         }
         legend(&mut chart, SeriesLabelPosition::UpperRight, 16)?;
@@ -545,14 +560,29 @@ impl LinesFig {
     }
 }
 
-fn metric_desc(m: &str) -> String {
-    match m {
-        "workflows.e2e_s.p99" => "Workflow end-to-end latency, p99 (s)".into(),
-        "workflows.e2e_s.mean" => "Workflow end-to-end latency, mean (s)".into(),
-        "accuracy.accuracy" => "Task accuracy (fraction solved)".into(),
-        "workflows.e2e_per_output_token_ms.mean" => "Latency per output token (ms, mean)".into(),
-        other => other.to_string(),
+/// A tick label: at most three significant digits, thousands as k.
+fn compact(v: f64) -> String {
+    let a = v.abs();
+    if a >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if a >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
     }
+}
+
+/// Half-width of the 95 % interval of a mean of `n` seeds with sample deviation `sd`
+/// (Student's t); 0 with one seed.
+pub fn ci95(sd: f64, n: usize) -> f64 {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    if n < 2 || !sd.is_finite() {
+        return 0.0;
+    }
+    let t = StudentsT::new(0.0, 1.0, (n - 1) as f64).map_or(1.96, |d| d.inverse_cdf(0.975));
+    t * sd / (n as f64).sqrt()
 }
 
 /// Panels of `metrics` against grid axis `x_param`, one line per value of `series_param`.
@@ -577,12 +607,17 @@ pub fn lines(
     }
     let mut panels = Vec::new();
     for m in metrics {
+        let (_, _, scale) = metric_words(m);
         let mut ls = Vec::new();
         for s in &series {
-            let mut l: Vec<(f64, f64)> = pts
+            let mut l: Vec<(f64, f64, f64)> = pts
                 .iter()
                 .filter(|p| p.param(series_param) == Some(s))
-                .filter_map(|p| Some((p.param(x_param)?.parse::<f64>().ok()?, p.get(m))))
+                .filter_map(|p| {
+                    let x = p.param(x_param)?.parse::<f64>().ok()?;
+                    let sd = p.sd.get(*m).copied().unwrap_or(0.0);
+                    Some((x, p.get(m) * scale, ci95(sd, p.seeds) * scale))
+                })
                 .filter(|p| p.1.is_finite())
                 .collect();
             if l.is_empty() {
@@ -596,7 +631,14 @@ pub fn lines(
     let fig = LinesFig {
         panels,
         x_desc: short(x_param),
-        title: format!("Sensitivity to {} for several {}", short(x_param), short(series_param)),
+        title: format!(
+            "Sensitivity to {} for several {} (mean over {} seed{}{})",
+            short(x_param),
+            short(series_param),
+            t.seeds(),
+            if t.seeds() == 1 { "" } else { "s" },
+            if t.seeds() > 1 { ", 95 % intervals" } else { "" }
+        ),
     };
     save(&fig, prefix, (1400, 650))
 }
