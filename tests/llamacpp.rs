@@ -158,6 +158,7 @@ fn replay_against_llama_server_and_compare_with_the_calibrated_simulation() {
         ),
     )
     .unwrap();
+    let noise_before = common::timing_noise();
     chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&rep)]);
 
     // The server honoured the exact lengths: token-id prompts counted as sent, ignore_eos.
@@ -202,9 +203,13 @@ fn replay_against_llama_server_and_compare_with_the_calibrated_simulation() {
         100.0 * med("workflow E2E")
     );
     assert_eq!(v["requests_matched"], reqs.len() as u64);
-    // Stated tolerance (measured on the development machine: 5 % E2E, 5 % TTFT, 16 % TPOT).
-    assert!(med("request E2E") < 0.25, "{out}");
-    assert!(med("workflow E2E") < 0.25, "{out}");
-    assert!(med("request TTFT") < 0.35, "{out}");
-    assert!(med("request TPOT") < 0.35, "{out}");
+    // Stated tolerance (measured on the development machine: 5 % E2E, 5 % TTFT, 16 % TPOT),
+    // plus twice the machine's timing noise measured around the replay (other work on the
+    // cores slows llama.cpp's CPU inference, which the calibration cannot know).
+    let slack = 2.0 * noise_before.max(common::timing_noise());
+    eprintln!("timing noise slack: {:.1} %", 100.0 * slack);
+    assert!(med("request E2E") < 0.25 + slack, "{out}");
+    assert!(med("workflow E2E") < 0.25 + slack, "{out}");
+    assert!(med("request TTFT") < 0.35 + slack, "{out}");
+    assert!(med("request TPOT") < 0.35 + slack, "{out}");
 }

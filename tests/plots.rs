@@ -144,7 +144,12 @@ fn sq_heatmap_and_lines_come_from_the_grid_axes() {
     check_png(&files[0]);
     let svg = std::fs::read_to_string(&files[1]).unwrap();
     // Accuracy in percent, latency with its unit; intervals over seeds when there are several.
-    for text in ["quantum_steps = 20", "accuracy (%)", "workflow E2E p99 (s)", "mean over"] {
+    for text in [
+        "quantum_steps = 20",
+        "accuracy (%)",
+        "workflow E2E p99 (s)",
+        "mean over",
+    ] {
         assert!(svg.contains(text), "lines SVG lacks `{text}`");
     }
     // A missing axis or metric is named.

