@@ -190,10 +190,8 @@ fn the_h100_calibrations_are_what_refitting_the_committed_profiles_gives() {
         std::path::Path::new("."),
     )
     .unwrap();
-    assert!(r.engines[0].step_time_source["path"]
-        .as_str()
-        .unwrap()
-        .contains("h100-vllm-serving"));
+    let src = serde_json::to_value(&r.engines[0].step_time_source).unwrap();
+    assert!(src["path"].as_str().unwrap().contains("h100-vllm-serving"));
 }
 
 #[test]
@@ -242,8 +240,10 @@ fn a_scenario_engine_uses_a_calibration_and_the_manifest_says_so() {
         std::path::Path::new("."),
     )
     .unwrap();
-    assert_eq!(r.engines[0].step_time_source["provenance"]["kind"], "derived");
-    assert!(r.engines[0].step_time_source["provenance"]["source"]
+    assert!(r.engines[0].step_time_source.is_derived());
+    assert_eq!(r.engines[0].step_time_source.label(), "calibration (derived)");
+    let src = serde_json::to_value(&r.engines[0].step_time_source).unwrap();
+    assert!(src["provenance"]["source"]
         .as_str()
         .unwrap()
         .contains("not measured on A100-80GB"));

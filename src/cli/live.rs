@@ -29,7 +29,7 @@ pub(super) fn emulate(
             e.gpu,
             e.kv.num_gpu_blocks,
             e.limits.max_num_seqs,
-            e.step_time_source["kind"].as_str().unwrap_or("?")
+            e.step_time_source.label()
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();

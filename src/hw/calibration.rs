@@ -126,7 +126,7 @@ pub struct Provenance {
     pub details: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FitQuality {
     pub median_rel_err: f64,

@@ -446,9 +446,52 @@ pub struct ResolvedEngine {
     pub kv: KvPlan,
     pub steptime: StepTimeModel,
     /// Where the step-time coefficients came from.
-    pub step_time_source: serde_json::Value,
+    pub step_time_source: StepTimeSource,
     pub model_provenance: String,
     pub gpu_provenance: String,
+}
+
+/// Where an engine's step-time coefficients came from (`manifest.json` keeps it whole; the
+/// summary says it in a word, [`StepTimeSource::label`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StepTimeSource {
+    /// Datasheet figures and published default efficiencies: not measured.
+    RooflineDefault { note: String },
+    /// A calibration file: `provenance.kind` says measured, derived or datasheet.
+    Calibration {
+        path: String,
+        provenance: serde_json::Value,
+        fit: Option<crate::hw::calibration::FitQuality>,
+    },
+}
+
+impl StepTimeSource {
+    /// The provenance kind of a calibration (`measured`, `derived`, `datasheet`).
+    pub fn provenance_kind(&self) -> Option<&str> {
+        match self {
+            StepTimeSource::Calibration { provenance, .. } => provenance["kind"].as_str(),
+            StepTimeSource::RooflineDefault { .. } => None,
+        }
+    }
+
+    /// In a word: `roofline-default`, `calibration (measured)`, `calibration (derived)`, ...
+    pub fn label(&self) -> String {
+        match self.provenance_kind() {
+            Some(k) => format!("calibration ({k})"),
+            None => match self {
+                StepTimeSource::RooflineDefault { .. } => "roofline-default".into(),
+                StepTimeSource::Calibration { .. } => "calibration".into(),
+            },
+        }
+    }
+
+    pub fn is_derived(&self) -> bool {
+        self.provenance_kind() == Some("derived")
+    }
+    pub fn is_default(&self) -> bool {
+        matches!(self, StepTimeSource::RooflineDefault { .. })
+    }
 }
 
 /// A scenario checked and ready to run.
@@ -769,12 +812,23 @@ impl Scenario {
                         Calibration::resolve(c, base_dir).map_err(|x| x.context(format!("{p}.calibration")))?;
                     (
                         cal.coefficients,
-                        serde_json::json!({"kind": "calibration", "path": origin, "provenance": {"kind": "derived", "source": format!("calibration: auto: no calibration ships for {}; the {} fit's efficiencies and fixed costs carried over on {}'s datasheet figures; not measured on {}", gpu.name, cal.gpu, gpu.name, gpu.name), "from": cal.provenance}, "fit": null}),
+                        StepTimeSource::Calibration {
+                            path: origin,
+                            provenance: serde_json::json!({"kind": "derived", "source": format!("calibration: auto: no calibration ships for {}; the {} fit's efficiencies and fixed costs carried over on {}'s datasheet figures; not measured on {}", gpu.name, cal.gpu, gpu.name, gpu.name), "from": cal.provenance}),
+                            fit: None,
+                        },
                     )
                 }
                 None => (
                     Coefficients::default(),
-                    serde_json::json!({"kind": "roofline-default", "note": if e.calibration.is_some() { "no calibration ships for this GPU (calibration: auto); datasheet figures and published default efficiencies; not measured" } else { "datasheet figures and published default efficiencies; not measured" }}),
+                    StepTimeSource::RooflineDefault {
+                        note: if e.calibration.is_some() {
+                            "no calibration ships for this GPU (calibration: auto); datasheet figures and published default efficiencies; not measured"
+                        } else {
+                            "datasheet figures and published default efficiencies; not measured"
+                        }
+                        .into(),
+                    },
                 ),
                 Some(c) => {
                     let (cal, origin) =
@@ -783,7 +837,11 @@ impl Scenario {
                         .map_err(|x| x.context(format!("{p}.calibration")))?;
                     (
                         cal.coefficients,
-                        serde_json::json!({"kind": "calibration", "path": origin, "provenance": cal.provenance, "fit": cal.fit}),
+                        StepTimeSource::Calibration {
+                            path: origin,
+                            provenance: serde_json::to_value(&cal.provenance).expect("provenance serialises"),
+                            fit: cal.fit,
+                        },
                     )
                 }
             };

@@ -801,10 +801,7 @@ impl<'a> Simulation<'a> {
                 decode_tokens_per_s_nominal: crate::output::summary::round6(
                     self.rt.core().engines()[e.id as usize].decode_tokens_per_s,
                 ),
-                step_time_source: match re.step_time_source["provenance"]["kind"].as_str() {
-                    Some(k) => format!("calibration ({k})"),
-                    None => re.step_time_source["kind"].as_str().unwrap_or("?").to_string(),
-                },
+                step_time_source: re.step_time_source.label(),
                 prefix_cache_queries: Some(e.prefix_queries),
                 prefix_cache_hits: Some(e.prefix_hits),
                 prefix_cache_hit_rate: Some(crate::output::summary::round6(
