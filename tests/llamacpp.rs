@@ -165,9 +165,9 @@ fn replay_against_llama_server_and_compare_with_the_calibrated_simulation() {
     let reqs: Vec<RequestRecord> = read_lines(&rep.join("requests.jsonl")).unwrap();
     let wfs: Vec<WorkflowRecord> = read_lines(&rep.join("workflows.jsonl")).unwrap();
     assert_eq!(wfs.len(), 12);
-    assert!(wfs.iter().all(|w| w.status == "ok"), "{wfs:?}");
+    assert!(wfs.iter().all(|w| w.status.as_str() == "ok"), "{wfs:?}");
     for r in &reqs {
-        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(r.status.as_str(), "ok", "{r:?}");
         assert_eq!(r.output_tokens, r.max_tokens, "{r:?}");
         assert_eq!(r.server_prompt_tokens, Some(r.prompt_tokens), "{r:?}");
         assert_eq!(r.chunk_ns.len() as u32, r.output_tokens, "one token per chunk");

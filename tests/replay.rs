@@ -365,19 +365,19 @@ fn each_fault_is_recorded_retried_where_safe_and_the_run_goes_on() {
         let (ok, _, err) = chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)]);
         assert!(ok, "{act:?}: the run must go on: {err}");
         let (reqs, wfs) = records(&out);
-        let failed: Vec<&RequestRecord> = reqs.iter().filter(|r| r.status != "ok").collect();
+        let failed: Vec<&RequestRecord> = reqs.iter().filter(|r| r.status.as_str() != "ok").collect();
         assert_eq!(failed.len(), 1, "{act:?}: {failed:?}");
         let e = failed[0].error.as_deref().unwrap();
         assert!(e.contains(want), "{act:?}: error `{e}` lacks `{want}`");
-        assert_eq!(failed[0].status, if *recovers { "failed" } else { "rejected" });
+        assert_eq!(failed[0].status.as_str(), if *recovers { "failed" } else { "rejected" });
         assert_eq!(wfs.len(), 4, "{act:?}: every workflow has its record");
-        let bad: Vec<&WorkflowRecord> = wfs.iter().filter(|w| w.status != "ok").collect();
+        let bad: Vec<&WorkflowRecord> = wfs.iter().filter(|w| w.status.as_str() != "ok").collect();
         if *recovers {
             assert!(bad.is_empty(), "{act:?}: {bad:?}");
             // The retry of that request succeeded as attempt 1.
             assert!(reqs
                 .iter()
-                .any(|r| r.request_id == failed[0].request_id && r.attempt == 1 && r.status == "ok"));
+                .any(|r| r.request_id == failed[0].request_id && r.attempt == 1 && r.status.as_str() == "ok"));
         } else {
             assert_eq!(bad.len(), 1, "{act:?}");
             assert!(
@@ -408,11 +408,12 @@ fn refused_connections_exhaust_bounded_retries_and_name_the_url() {
     assert_eq!(reqs.len(), 9, "{reqs:?}");
     assert!(reqs
         .iter()
-        .all(|r| r.status == "failed" && r.error.as_deref().unwrap().contains(&format!("connect: http://{url}"))));
+        .all(|r| r.status.as_str() == "failed"
+            && r.error.as_deref().unwrap().contains(&format!("connect: http://{url}"))));
     assert_eq!(wfs.len(), 3);
     assert!(wfs
         .iter()
-        .all(|w| w.status == "failed" && w.error.as_deref().unwrap().contains("gave up after 2 retries")));
+        .all(|w| w.status.as_str() == "failed" && w.error.as_deref().unwrap().contains("gave up after 2 retries")));
     // Retries wait: the backoff doubles (20 ms, then 40 ms).
     let mut by_req: HashMap<u64, Vec<&RequestRecord>> = HashMap::new();
     for r in &reqs {
@@ -449,7 +450,7 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
     drop(a_child);
     let (reqs, wfs) = records(&out);
     assert_eq!(wfs.len(), 40);
-    assert!(wfs.iter().all(|w| w.status == "ok"), "{wfs:?}");
+    assert!(wfs.iter().all(|w| w.status.as_str() == "ok"), "{wfs:?}");
     // The core took the dead replica (engine 1) out after repeated refused connections and
     // probed its /health instead: no attempt was sent to it after that (the bar is fewer
     // than 5 a minute; before endpoint health, 66 in 40 s).
@@ -494,7 +495,7 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
             > 10,
         "the run went on on the live replica"
     );
-    let failed: Vec<&RequestRecord> = reqs.iter().filter(|r| r.status == "failed").collect();
+    let failed: Vec<&RequestRecord> = reqs.iter().filter(|r| r.status.as_str() == "failed").collect();
     assert!(
         !failed.is_empty(),
         "the dead replica's requests failed and were retried"
@@ -503,7 +504,7 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
         assert!(f.engine.ends_with(&b), "{f:?}");
         assert!(reqs
             .iter()
-            .any(|r| r.request_id == f.request_id && r.status == "ok" && r.engine.ends_with(&a)));
+            .any(|r| r.request_id == f.request_id && r.status.as_str() == "ok" && r.engine.ends_with(&a)));
     }
     // Its /metrics scrapes fail from then on, and say so.
     let mets: Vec<chimera::replay::records::MetricsRecord> = read_lines(&out.join("metrics.jsonl")).unwrap();
@@ -566,9 +567,9 @@ fn outputs_past_the_context_length_are_cut_as_vllm_cuts_them() {
     assert!(ok, "{err}");
     assert_eq!(records(&out).0.len(), 4);
     let (reqs, wfs) = records(&out);
-    assert!(wfs.iter().all(|w| w.status == "ok"), "{wfs:?}");
+    assert!(wfs.iter().all(|w| w.status.as_str() == "ok"), "{wfs:?}");
     for r in &reqs {
-        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(r.status.as_str(), "ok", "{r:?}");
         assert_eq!(r.max_tokens, 200 - r.prompt_tokens, "{r:?}");
         assert_eq!(r.output_tokens, r.max_tokens, "{r:?}");
     }
@@ -650,7 +651,7 @@ fn a_killed_replay_resumes_without_redoing_finished_workflows() {
         assert_eq!(again, 1);
         assert!(reqs.iter().all(|r| r.workflow_id != w.workflow_id || r.segment == 0));
     }
-    assert!(wfs.iter().all(|w| w.status == "ok"));
+    assert!(wfs.iter().all(|w| w.status.as_str() == "ok"));
     // The final tables: each workflow once, each of its two stages once (restarted workflows
     // keep only their second run's requests).
     let wf_ids = common::column(&out.join("workflows.parquet"), "workflow_id");
@@ -790,8 +791,8 @@ fn the_simulator_and_the_replay_make_the_same_decisions_under_faults() {
     let to_r1 = a.iter().filter(|d| d.ends_with("-> 1")).count();
     assert!(to_r1 >= 2 && a.len() == 10 + to_r1, "{a:?}");
     let (reqs, wfs) = records(&rep);
-    assert_eq!(reqs.iter().filter(|r| r.status == "failed").count(), to_r1);
-    assert!(wfs.iter().all(|w| w.status == "ok"), "{wfs:?}");
+    assert_eq!(reqs.iter().filter(|r| r.status.as_str() == "failed").count(), to_r1);
+    assert!(wfs.iter().all(|w| w.status.as_str() == "ok"), "{wfs:?}");
     let sum: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sim.join("summary.json")).unwrap()).unwrap();
     assert_eq!(sum["requests"]["failed_attempts"], serde_json::json!(to_r1));

@@ -272,9 +272,9 @@ fn replay_against_vllm_cpu_and_compare_with_the_calibrated_simulation() {
     let reqs: Vec<RequestRecord> = read_lines(&rep.join("requests.jsonl")).unwrap();
     let wfs: Vec<WorkflowRecord> = read_lines(&rep.join("workflows.jsonl")).unwrap();
     assert_eq!(wfs.len(), 16);
-    assert!(wfs.iter().all(|w| w.status == "ok"), "{wfs:?}");
+    assert!(wfs.iter().all(|w| w.status.as_str() == "ok"), "{wfs:?}");
     for r in &reqs {
-        assert_eq!(r.status, "ok", "{r:?}");
+        assert_eq!(r.status.as_str(), "ok", "{r:?}");
         assert_eq!(r.output_tokens, r.max_tokens, "{r:?}");
         assert_eq!(r.server_prompt_tokens, Some(r.prompt_tokens), "{r:?}");
         let streamed: u32 = if r.chunk_tokens.is_empty() {

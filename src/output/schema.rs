@@ -59,7 +59,8 @@ pub fn str_col(values: &[&str]) -> ColType {
 }
 
 /// Request status, as written to `requests.parquet` (`REQUEST_STATUS` order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RequestStatus {
     Ok = 0,
     /// The engine refused it (a prompt over the context, HTTP 4xx).
@@ -68,7 +69,28 @@ pub enum RequestStatus {
     Failed = 2,
 }
 
-/// Request statuses by index; a simulation writes only the first two.
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        REQUEST_STATUS[self as usize]
+    }
+}
+
+/// Workflow status, as written to `workflows.parquet` (`WORKFLOW_STATUS` order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowStatus {
+    Ok = 0,
+    /// The policy core gave up on one of its requests.
+    Failed = 1,
+}
+
+impl WorkflowStatus {
+    pub fn as_str(self) -> &'static str {
+        WORKFLOW_STATUS[self as usize]
+    }
+}
+
+/// Request statuses by index.
 pub const REQUEST_STATUS: [&str; 3] = ["ok", "rejected", "failed"];
 /// Workflow statuses by index.
 pub const WORKFLOW_STATUS: [&str; 2] = ["ok", "failed"];

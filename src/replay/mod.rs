@@ -18,6 +18,7 @@ pub mod probe;
 pub mod records;
 
 use crate::error::{Error, Result};
+use crate::output::schema::{RequestStatus, WorkflowStatus};
 use crate::output::summary::{Aggregates, EngineSummary, Summary};
 use crate::run::{Manifest, ReplayInfo, RunKind, Status};
 use crate::runtime::{Action, Runtime, Wake, WorkflowOutcome};
@@ -416,7 +417,7 @@ impl Driver {
             stage: p.stage,
             engine: ep.name.clone(),
             model: ep.model.clone(),
-            status: "ok".into(),
+            status: RequestStatus::Ok,
             error: None,
             http_status: None,
             priority: p.priority,
@@ -469,7 +470,11 @@ impl Driver {
             Err(e) => {
                 let kind = e.failure_kind();
                 let transient = !matches!(kind, crate::policy::FailureKind::Rejected(_));
-                rec.status = if transient { "failed" } else { "rejected" }.into();
+                rec.status = if transient {
+                    RequestStatus::Failed
+                } else {
+                    RequestStatus::Rejected
+                };
                 rec.error = Some(e.to_string());
                 rec.http_status = e.http_status();
                 self.requests_out.append(&rec)?;
@@ -488,7 +493,11 @@ impl Driver {
             workflow_id: w.id,
             model: ep.model.clone(),
             engine: ep.name.clone(),
-            status: if w.failed() { "failed" } else { "ok" }.into(),
+            status: if w.failed() {
+                WorkflowStatus::Failed
+            } else {
+                WorkflowStatus::Ok
+            },
             error: w.error,
             arrival_ns: w.arrival_ns,
             finish_ns: w.finish_ns,

@@ -8,8 +8,8 @@
 
 use crate::error::{Error, Result};
 use crate::output::schema::{
-    request_columns, str_col, workflow_columns, workflow_row, RequestRow, RequestStatus, REQUEST_STATUS,
-    WORKFLOW_STATUS,
+    request_columns, str_col, workflow_columns, workflow_row, RequestRow, RequestStatus, WorkflowStatus,
+    REQUEST_STATUS, WORKFLOW_STATUS,
 };
 use crate::output::summary::Aggregates;
 use crate::output::{ColType, Table, Val};
@@ -31,7 +31,7 @@ pub struct RequestRecord {
     pub engine: String,
     pub model: String,
     /// ok | rejected (4xx) | failed (anything else).
-    pub status: String,
+    pub status: RequestStatus,
     pub error: Option<String>,
     pub http_status: Option<u16>,
     pub priority: i64,
@@ -85,7 +85,7 @@ pub struct WorkflowRecord {
     pub workflow_id: u64,
     pub model: String,
     pub engine: String,
-    pub status: String,
+    pub status: WorkflowStatus,
     pub error: Option<String>,
     pub arrival_ns: i64,
     pub finish_ns: i64,
@@ -244,17 +244,7 @@ pub fn write_tables(
             .ok_or_else(|| Error::bad(format!("record names model `{n}`, which is not in the scenario")))
     };
     for r in requests {
-        let status = match r.status.as_str() {
-            "ok" => RequestStatus::Ok,
-            "rejected" => RequestStatus::Rejected,
-            "failed" => RequestStatus::Failed,
-            other => {
-                return Err(Error::bad(format!(
-                    "request {}: unknown status `{other}`",
-                    r.request_id
-                )))
-            }
-        };
+        let status = r.status;
         let row = RequestRow {
             request_id: r.request_id,
             workflow_id: r.workflow_id,
@@ -314,7 +304,7 @@ pub fn write_tables(
             output_tokens: w.output_tokens,
             preemptions: 0,
             success: w.success,
-            error: (w.status != "ok").then(|| w.error.clone().unwrap_or_default()),
+            error: (w.status != WorkflowStatus::Ok).then(|| w.error.clone().unwrap_or_default()),
         };
         let mut vals: Vec<(&str, Val)> = workflow_row(&outcome, m).to_vec();
         vals.extend([
@@ -336,7 +326,7 @@ pub fn write_tables(
             ("gap_ns", OptI64),
         ],
     )?;
-    for r in requests.iter().filter(|r| r.status == "ok") {
+    for r in requests.iter().filter(|r| r.status == RequestStatus::Ok) {
         let mut prev = None;
         for (k, &at) in r.chunk_ns.iter().enumerate() {
             t.push(&[
