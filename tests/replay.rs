@@ -514,21 +514,27 @@ fn an_endpoint_that_dies_mid_run_loses_nothing() {
         .any(|m| m.engine.ends_with(&a) && m.sample.running.is_some()));
 }
 
+/// An emulator and a replay of 12 two-stage workflows against it at `rate`, running in the
+/// background into `dir/out`: (emulator, replay, scenario, endpoints, out).
+fn background_replay(dir: &Path, rate: f64) -> (common::Child, common::Child, PathBuf, PathBuf, PathBuf) {
+    let (emu, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
+    let scen = small_scenario(dir, 12, 200, rate);
+    let eps = endpoints(dir, &[("Qwen2.5-1.5B", vec![a])], "metrics_interval_ms: 0\n");
+    let out = dir.join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_chimera"))
+        .args(["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)])
+        .spawn()
+        .unwrap();
+    (emu, common::Child(child), scen, eps, out)
+}
+
 /// A second replay, or a --resume, into a folder that a running replay writes is refused
 /// (before the lock both ran and the folder ended with workflows twice).
 #[test]
 fn a_folder_a_running_replay_writes_is_locked() {
     let _serial = serial();
     let dir = common::tmpdir("replay-lock");
-    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
-    let scen = small_scenario(&dir, 12, 200, 3.0);
-    let eps = endpoints(&dir, &[("Qwen2.5-1.5B", vec![a])], "metrics_interval_ms: 0\n");
-    let out = dir.join("out");
-    let child = Command::new(env!("CARGO_BIN_EXE_chimera"))
-        .args(["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)])
-        .spawn()
-        .unwrap();
-    let mut child = common::Child(child);
+    let (_a, mut child, scen, eps, out) = background_replay(&dir, 3.0);
     let t0 = Instant::now();
     while !out.join("requests.jsonl").exists() {
         assert!(t0.elapsed() < Duration::from_secs(30), "the first replay did not start");
@@ -598,15 +604,7 @@ fn outputs_past_the_context_length_are_cut_as_vllm_cuts_them() {
 fn a_killed_replay_resumes_without_redoing_finished_workflows() {
     let _serial = serial();
     let dir = common::tmpdir("replay-resume");
-    let (_a, a) = common::emulator("Qwen2.5-1.5B", "H100-SXM", &[]);
-    let scen = small_scenario(&dir, 12, 200, 4.0);
-    let eps = endpoints(&dir, &[("Qwen2.5-1.5B", vec![a])], "metrics_interval_ms: 0\n");
-    let out = dir.join("out");
-    let child = Command::new(env!("CARGO_BIN_EXE_chimera"))
-        .args(["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)])
-        .spawn()
-        .unwrap();
-    let mut child = common::Child(child);
+    let (_a, mut child, scen, eps, out) = background_replay(&dir, 4.0);
     let t0 = Instant::now();
     loop {
         let n = std::fs::read_to_string(out.join("workflows.jsonl"))

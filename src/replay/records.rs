@@ -64,22 +64,6 @@ pub struct RequestRecord {
     pub server_timings: Option<serde_json::Value>,
 }
 
-impl RequestRecord {
-    pub fn ttft_ns(&self) -> Option<i64> {
-        self.first_token_ns.map(|f| f - self.arrival_ns)
-    }
-    pub fn e2e_ns(&self) -> Option<i64> {
-        self.finish_ns.map(|f| f - self.arrival_ns)
-    }
-    /// As `vllm bench serve`: (E2E - TTFT) / (output tokens - 1), both from sending.
-    pub fn tpot_ns(&self) -> Option<f64> {
-        match (self.first_token_ns, self.finish_ns) {
-            (Some(a), Some(b)) if self.output_tokens > 1 => Some((b - a) as f64 / (self.output_tokens - 1) as f64),
-            _ => None,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowRecord {
     pub workflow_id: u64,
