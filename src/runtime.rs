@@ -4,7 +4,8 @@
 //! request to the policy core, applies the core's decisions, advances a workflow when a stage
 //! finishes (after its tool delay), retires it when its last stage ends or the core gives up,
 //! and checks at the end that nothing was lost. Every input reaches the core through
-//! [`journal::feed`], and is journalled with its decisions when asked.
+//! [`journal::feed_into`](crate::policy::journal::feed_into), and is journalled with its
+//! decisions when asked.
 //!
 //! Sans-IO like the core: every call takes `now`; nothing here reads a clock, a socket or a
 //! file. What it wants done comes out as typed [`Action`]s, polled by the driver: the
@@ -14,7 +15,7 @@
 //! prompt's cache content, the replay the token ids it sent).
 
 use crate::error::{Error, Result};
-use crate::policy::journal::{feed, CoreInput, JournalDecision, JournalEntry};
+use crate::policy::journal::{feed_into, CoreInput, JournalDecision, JournalEntry};
 use crate::policy::{Decision, FailureKind, Oracle, PolicyCore};
 use crate::time::Nanos;
 use crate::workload::{Stage, WorkflowSpec};
@@ -452,14 +453,14 @@ impl<W: Default, P: Default> Runtime<W, P> {
                 .map(|w| Arc::new(oracle_of(&w.spec, *stage as usize))),
             _ => None,
         };
-        let decisions = feed(&mut self.core, &input, || oracle);
+        let n = feed_into(&mut self.core, &input, || oracle, &mut self.decisions);
         if let Some(j) = &mut self.journal {
+            let new = self.decisions.range(self.decisions.len() - n..);
             j.push(JournalEntry {
-                decisions: decisions.iter().map(JournalDecision::from).collect(),
+                decisions: new.map(JournalDecision::from).collect(),
                 input,
             });
         }
-        self.decisions.extend(decisions);
         self.timer_checked = false;
     }
 

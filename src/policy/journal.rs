@@ -126,6 +126,18 @@ pub fn feed(
     input: &CoreInput,
     oracle: impl FnOnce() -> Option<Arc<crate::policy::Oracle>>,
 ) -> Vec<Decision> {
+    let mut out = std::collections::VecDeque::new();
+    feed_into(core, input, oracle, &mut out);
+    out.into()
+}
+
+/// [`feed`], appending the decisions to `out` (no allocation per input); returns how many.
+pub fn feed_into(
+    core: &mut PolicyCore,
+    input: &CoreInput,
+    oracle: impl FnOnce() -> Option<Arc<crate::policy::Oracle>>,
+    out: &mut std::collections::VecDeque<Decision>,
+) -> usize {
     match input {
         CoreInput::Request {
             t,
@@ -185,5 +197,7 @@ pub fn feed(
         CoreInput::WorkflowDone { t, workflow } => core.handle_workflow_done(*t, *workflow),
         CoreInput::Timeout { t } => core.handle_timeout(*t),
     }
-    std::iter::from_fn(|| core.poll_decision()).collect()
+    let before = out.len();
+    out.extend(std::iter::from_fn(|| core.poll_decision()));
+    out.len() - before
 }
