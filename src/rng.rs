@@ -20,6 +20,28 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// A hasher for integer ids (requests, workflows): one multiplication by the golden ratio, no
+/// per-process random seed (so maps of ids cost little and behave the same on every run).
+#[derive(Default, Clone, Copy)]
+pub struct IdKeyHasher(u64);
+
+impl std::hash::Hasher for IdKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A hash map keyed by integer ids.
+pub type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdKeyHasher>>;
+
 /// Combine two 64-bit values into one well-mixed value (content ids, block hashes, salted
 /// seeds): the one seed mixer of the crate.
 #[inline]

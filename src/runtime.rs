@@ -17,9 +17,10 @@
 use crate::error::{Error, Result};
 use crate::policy::journal::{feed_into, CoreInput, JournalDecision, JournalEntry};
 use crate::policy::{Decision, FailureKind, Oracle, PolicyCore};
+use crate::rng::IdMap;
 use crate::time::Nanos;
 use crate::workload::{Stage, WorkflowSpec};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A workflow in flight.
@@ -152,8 +153,8 @@ pub struct Runtime<W, P> {
     core: PolicyCore,
     needs_oracle: bool,
     engine_model: Vec<Arc<str>>,
-    workflows: HashMap<u64, Workflow<W>>,
-    pending: HashMap<u64, Pending<P>>,
+    workflows: IdMap<u64, Workflow<W>>,
+    pending: IdMap<u64, Pending<P>>,
     next_request: u64,
     /// Decisions the core made, not yet turned into actions (in the core's order).
     decisions: VecDeque<Decision>,
@@ -174,8 +175,8 @@ impl<W: Default, P: Default> Runtime<W, P> {
             needs_oracle: core.needs_oracle(),
             core,
             engine_model,
-            workflows: HashMap::new(),
-            pending: HashMap::new(),
+            workflows: IdMap::default(),
+            pending: IdMap::default(),
             next_request: 0,
             decisions: VecDeque::new(),
             actions: VecDeque::new(),

@@ -291,7 +291,12 @@ fn the_scenario_reference_covers_every_shipped_field() {
     assert!(json.as_array().unwrap().len() >= 90);
     // The default scenario shows the optional engine fields, commented, with their defaults.
     let d = common::chimera_ok(&["scenario", "default"]);
-    for f in ["# tensor_parallel: 1", "# max_num_seqs:", "# scheduling: fcfs", "# block_size: 16"] {
+    for f in [
+        "# tensor_parallel: 1",
+        "# max_num_seqs:",
+        "# scheduling: fcfs",
+        "# block_size: 16",
+    ] {
         assert!(d.contains(f), "`chimera scenario default` lacks `{f}`");
     }
 }

@@ -12,8 +12,9 @@ pub mod baselines;
 pub mod chimera;
 pub mod journal;
 
+use crate::rng::IdMap;
 use crate::time::Nanos;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 pub type EngineId = u32;
@@ -243,8 +244,8 @@ pub struct PolicyCore {
     prioritizer: Box<dyn Prioritizer>,
     opts: CoreOptions,
     /// Engine each live workflow was routed to.
-    workflow_engine: HashMap<u64, EngineId>,
-    requests: HashMap<u64, Tracked>,
+    workflow_engine: IdMap<u64, EngineId>,
+    requests: IdMap<u64, Tracked>,
     /// Middleware queue per engine, ordered by (priority, arrival sequence).
     held: Vec<Vec<Held>>,
     length: Option<Box<dyn LengthModel>>,
@@ -272,8 +273,8 @@ impl PolicyCore {
             router,
             prioritizer,
             opts,
-            workflow_engine: HashMap::new(),
-            requests: HashMap::new(),
+            workflow_engine: IdMap::default(),
+            requests: IdMap::default(),
             held: (0..n).map(|_| Vec::new()).collect(),
             length: None,
             confidence: None,
