@@ -471,7 +471,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 None => scenario::load_str(DEFAULT_SCENARIO, &sets, Path::new("."))
                     .map_err(|e| e.context("embedded default scenario"))?,
             };
-            let out = out.unwrap_or_else(|| PathBuf::from("out").join(&resolved.scenario.name));
+            let out = out.unwrap_or_else(|| default_out(&resolved.scenario.name));
             run_cmd(&resolved, &out, &sets, path.as_deref(), quiet, json)
         }
     }
@@ -508,4 +508,39 @@ fn validate_file(f: &Path, sets: &[String]) -> Result<String> {
     }
     let r = scenario::load(f, sets)?;
     Ok(format!("{} engines, models {}", r.engines.len(), r.models.join(", ")))
+}
+
+/// `out/<name>` for a scenario name, as one safe folder name: characters other than letters,
+/// digits, `.`, `-` and `_` become `_`, and a leading dot gets a `_` before it, so that no
+/// name (`../../x`, `/etc`, `..`) writes outside `out/`.
+pub fn default_out(name: &str) -> PathBuf {
+    let mut s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .take(128)
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        s.insert(0, '_');
+    }
+    PathBuf::from("out").join(s)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn folders_from_scenario_names_stay_inside_out() {
+        for (name, want) in [
+            ("default", "out/default"),
+            ("qwen2.5-7b", "out/qwen2.5-7b"),
+            ("../../x", "out/_.._.._x"),
+            ("/etc/passwd", "out/_etc_passwd"),
+            ("..", "out/_.."),
+            ("", "out/_"),
+            ("a b/c", "out/a_b_c"),
+        ] {
+            let p = super::default_out(name);
+            assert_eq!(p, std::path::PathBuf::from(want), "{name}");
+            assert_eq!(p.components().count(), 2, "{name}");
+        }
+    }
 }

@@ -332,7 +332,9 @@ impl SweepSpec {
     }
 }
 
-/// Flatten a summary into `a.b.c` keys; list entries are keyed by their `model` or `name`.
+/// Flatten a summary into `a.b.c` keys; list entries are keyed by their `name` (engines: two
+/// engines may serve one model, so their model and GPU are columns of their own) or, without
+/// one, their `model` (`by_model`).
 fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
     let key = |k: &str| {
         if prefix.is_empty() {
@@ -349,16 +351,14 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
         }
         Value::Array(items) => {
             for (i, x) in items.iter().enumerate() {
-                let id = x
-                    .get("model")
-                    .or_else(|| x.get("name"))
-                    .and_then(|s| s.as_str())
-                    .map(String::from)
-                    .unwrap_or_else(|| i.to_string());
+                let (id_key, id) = ["name", "model"]
+                    .iter()
+                    .find_map(|k| x.get(*k).and_then(|s| s.as_str()).map(|s| (*k, s.to_string())))
+                    .unwrap_or(("", i.to_string()));
                 let mut sub = Vec::new();
                 flatten("", x, &mut sub);
                 for (k, val) in sub {
-                    if k != "model" && k != "name" {
+                    if k != id_key {
                         out.push((format!("{}.{id}.{k}", prefix), val));
                     }
                 }
@@ -717,10 +717,24 @@ mod tests {
 
     #[test]
     fn summaries_flatten_with_list_entries_keyed_by_name() {
-        let v: Value = serde_json::json!({"a": {"b": 1.5}, "by_model": [{"model": "M", "share": 0.5}], "s": "x"});
+        let v: Value = serde_json::json!({"a": {"b": 1.5}, "by_model": [{"model": "M", "share": 0.5}], "s": "x",
+            "engines": [{"name": "e-r0", "model": "M", "steps": 3}, {"name": "e-r1", "model": "M", "steps": 4}]});
         let mut out = Vec::new();
         flatten("", &v, &mut out);
         let keys: Vec<&str> = out.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, vec!["a.b", "by_model.M.share", "s"]);
+        // Two engines serving one model keep a column each (issue 15: they collided under
+        // the model's name), with the model as a column of its own.
+        assert_eq!(
+            keys,
+            vec![
+                "a.b",
+                "by_model.M.share",
+                "s",
+                "engines.e-r0.model",
+                "engines.e-r0.steps",
+                "engines.e-r1.model",
+                "engines.e-r1.steps"
+            ]
+        );
     }
 }
