@@ -387,7 +387,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Router { what } => router_cmd(what),
         Command::Predictor { what } => predictor_cmd(what),
         Command::Calibrate { what } => calibrate::run(what),
-        Command::Sweep { what, args } => sweep::run(what, args),
+        Command::Sweep { what, args } => {
+            crate::interrupt::install();
+            sweep::run(what, args)
+        }
         Command::Plot { what } => plot::run(what),
         Command::Report(a) => report::run(a),
         Command::Compare(a) => plot::compare(a),
@@ -403,6 +406,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             quiet,
             json,
         } => {
+            crate::interrupt::install();
             if let Some(s) = seed {
                 sets.push(format!("seed={s}"));
             }
@@ -460,6 +464,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             check,
             json,
         } => {
+            crate::interrupt::install();
             if let Some(s) = seed {
                 sets.push(format!("seed={s}"));
             }
@@ -516,7 +521,13 @@ fn validate_file(f: &Path, sets: &[String]) -> Result<String> {
 pub fn default_out(name: &str) -> PathBuf {
     let mut s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(128)
         .collect();
     if s.is_empty() || s.starts_with('.') {

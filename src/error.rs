@@ -1,7 +1,7 @@
 //! Typed errors for the library and the exit codes they map to.
 //!
 //! Library code returns [`Error`]; only `main` turns it into a message and an exit code
-//! (0 ok, 2 bad input, 1 anything else). This module never prints.
+//! (0 ok, 2 bad input, 130 interrupted, 1 anything else). This module never prints.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     /// Anything else (an internal invariant, a writer failure). Exit code 1.
     Other(String),
+    /// Stopped by Ctrl-C or SIGTERM; what was finished is kept. Exit code 130.
+    Interrupted(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -36,6 +38,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::BadInput(_) => 2,
+            Error::Interrupted(_) => 130,
             _ => 1,
         }
     }
@@ -55,6 +58,7 @@ impl fmt::Display for Error {
             Error::BadInput(m) => write!(f, "{m}"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Other(m) => write!(f, "{m}"),
+            Error::Interrupted(m) => write!(f, "interrupted: {m}"),
         }
     }
 }

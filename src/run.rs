@@ -140,6 +140,28 @@ pub enum Status {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         segment: Option<u32>,
     },
+    /// Stopped by Ctrl-C or SIGTERM: the files hold every row finished before.
+    Interrupted {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        segment: Option<u32>,
+    },
+}
+
+impl Status {
+    /// How a run that ended with `e` stands.
+    pub fn of_error(e: &Error, segment: Option<u32>) -> Status {
+        match e {
+            Error::Interrupted(m) => Status::Interrupted {
+                message: m.clone(),
+                segment,
+            },
+            e => Status::Failed {
+                error: e.to_string(),
+                segment,
+            },
+        }
+    }
 }
 
 impl Manifest {
@@ -228,10 +250,7 @@ pub fn run_to_dir(
             Ok(rep)
         }
         Err(e) => {
-            manifest.status = Status::Failed {
-                error: e.to_string(),
-                segment: None,
-            };
+            manifest.status = Status::of_error(&e, None);
             let _ = manifest.write(&mpath);
             Err(e)
         }

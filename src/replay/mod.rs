@@ -36,6 +36,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+/// The longest the driver waits before looking whether Ctrl-C asked it to stop.
+const POLL_STOP: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Within this many ns of the next event the driver sleeps on its own thread, not on a timer.
 const PRECISE_NS: Nanos = 2_000_000;
 
@@ -606,6 +609,12 @@ impl Driver {
             if self.next_wf.is_none() && self.rt.in_flight() == 0 {
                 break;
             }
+            if crate::interrupt::requested() {
+                return Err(Error::Interrupted(format!(
+                    "{} workflows finished or in flight were recorded; continue with --resume",
+                    self.replayed
+                )));
+            }
             if !self.quiet && last_progress.elapsed().as_secs() >= 5 {
                 last_progress = std::time::Instant::now();
                 eprintln!(
@@ -627,14 +636,17 @@ impl Driver {
                         std::thread::sleep(std::time::Duration::from_nanos(wait as u64));
                         self.rx.try_recv().ok()
                     } else {
-                        let d = self.at(t - PRECISE_NS / 2);
+                        let d = self.at(t - PRECISE_NS / 2).min(Instant::now() + POLL_STOP);
                         tokio::select! {
                             m = self.rx.recv() => m,
                             _ = tokio::time::sleep_until(d) => None,
                         }
                     }
                 }
-                None => self.rx.recv().await,
+                None => tokio::select! {
+                    m = self.rx.recv() => m,
+                    _ = tokio::time::sleep(POLL_STOP) => None,
+                },
             };
             match msg {
                 Some(Msg::Done(a)) => self.on_done(a)?,
@@ -884,10 +896,7 @@ pub fn replay(r: &Resolved, eps: &Endpoints, out: &Path, opts: &ReplayOptions) -
     let (replayed, skipped, failed_attempts, lags) = match result {
         Ok(x) => x,
         Err(e) => {
-            manifest.status = Status::Failed {
-                error: e.to_string(),
-                segment: Some(segment),
-            };
+            manifest.status = Status::of_error(&e, Some(segment));
             let _ = manifest.write(&mpath);
             return Err(e);
         }

@@ -398,6 +398,13 @@ impl<'a> Simulation<'a> {
             if self.events > max_events {
                 return Err(self.fail(format!("more than limits.max_events = {max_events} events")));
             }
+            if self.events & 0xfff == 0 && crate::interrupt::requested() {
+                return Err(Error::Interrupted(format!(
+                    "stopped at t = {:.3} s of simulated time after {} workflows; the rows written so far are kept",
+                    self.now as f64 / 1e9,
+                    self.done_workflows
+                )));
+            }
             match ev {
                 Ev::Arrival => self.on_arrival()?,
                 Ev::Wake(w) => self.rt.wake(t, w),

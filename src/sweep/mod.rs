@@ -540,6 +540,9 @@ pub fn run(spec: &SweepSpec, dir: &Path, opts: &RunOptions, progress: &mut dyn F
             let tx = tx.clone();
             let (next, todo) = (&next, &todo);
             scope.spawn(move || loop {
+                if crate::interrupt::requested() {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(p) = todo.get(i) else { break };
                 let r = spec.run_point(p);
@@ -569,7 +572,16 @@ pub fn run(spec: &SweepSpec, dir: &Path, opts: &RunOptions, progress: &mut dyn F
             }
         }
     });
+    if first_err.is_none() && crate::interrupt::requested() {
+        first_err = Some(Error::Interrupted(format!("{n_done} of {total} points done")));
+    }
     if let Some(e) = first_err {
+        if let Error::Interrupted(m) = e {
+            return Err(Error::Interrupted(format!(
+                "{m}; finished points are kept in {} (continue with --resume)",
+                jsonl.display()
+            )));
+        }
         return Err(e.context(format!(
             "sweep stopped; finished points are kept in {} (rerun with --resume)",
             jsonl.display()
