@@ -374,7 +374,7 @@ impl<W: Default, P: Default> Runtime<W, P> {
         });
         if more {
             self.actions.push_back(Action::Wake {
-                at: now + st.tool_delay_ns,
+                at: now.saturating_add(st.tool_delay_ns),
                 wake: Wake::Stage(p.workflow),
             });
         } else {

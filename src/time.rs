@@ -11,6 +11,14 @@ pub const NS_PER_MS: Nanos = 1_000_000;
 pub const NS_PER_S: Nanos = 1_000_000_000;
 
 /// Seconds (float) to nanoseconds, rounded to the nearest nanosecond.
+/// The longest a run may last in simulated time: 10^17 ns, about 3.2 years. Time is `i64`
+/// nanoseconds (up to 292 years); a run past this bound is refused rather than risk
+/// arithmetic near the end of the range.
+pub const MAX_RUN_NS: Nanos = 100_000_000_000_000_000;
+
+/// The largest value a distribution may be given (tokens, milliseconds).
+pub const MAX_DIST_VALUE: f64 = 1e9;
+
 pub fn secs_to_ns(s: f64) -> Nanos {
     (s * NS_PER_S as f64).round() as Nanos
 }

@@ -326,3 +326,19 @@ fn an_interrupted_run_keeps_readable_tables_and_says_so() {
         assert!(!out.join("summary.json").exists());
     }
 }
+
+/// A run that would pass the simulated-time bound (about 3 years) is refused as bad input,
+/// naming the arrival rate, instead of wrapping the clock (issue 15: `rate_per_s: 1e-9` gave
+/// negative arrival times and a negative mean E2E with exit 0).
+#[test]
+fn a_run_past_the_time_bound_is_refused_not_wrapped() {
+    let r = default_with(&["workload.arrivals.rate_per_s=1e-6", "workload.workflows=500"]);
+    let e = chimera::sim::Simulation::summary_only(&r)
+        .unwrap()
+        .run(&mut |_, _| {})
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    let m = e.to_string();
+    assert!(m.contains("about 3 years") && m.contains("workload.arrivals"), "{m}");
+}

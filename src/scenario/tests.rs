@@ -134,7 +134,28 @@ fn bad_fields_name_their_path_and_what_was_expected() {
         ),
         (
             &["workload.arrivals={process: gamma, rate_per_s: 1, cv: 0}"],
-            &["workload.arrivals.cv", "expected a number > 0"],
+            &["workload.arrivals.cv", "between 0.01 and 100"],
+        ),
+        // Issue 15's hostile inputs: numbers the simulation cannot represent are refused.
+        (
+            &["workload.arrivals={process: gamma, rate_per_s: 1, cv: 1e200}"],
+            &["workload.arrivals.cv", "between 0.01 and 100", "got 1e200"],
+        ),
+        (
+            &["workload.arrivals={process: poisson, rate_per_s: 1e300, rate_scale: 1e300}"],
+            &["workload.arrivals.rate_scale", "(0, 1e6]"],
+        ),
+        (
+            &["workload.arrivals.rate_per_s=1e-9"],
+            &["workload.arrivals.rate_per_s", "between 1e-6 and 1e7"],
+        ),
+        (
+            &["workload.output_tokens={dist: lognormal, mean: 100, cv: 1e200}"],
+            &["workload.output_tokens", "cannot be simulated"],
+        ),
+        (
+            &["workload.tool_delay_ms={dist: constant, value: 1e300}"],
+            &["workload.tool_delay_ms", "cannot be simulated"],
         ),
         (
             &["workload.success_probability={Qwen2.5-7B: 0.5}"],
@@ -162,6 +183,7 @@ fn bad_fields_name_their_path_and_what_was_expected() {
                 "workload.stages",
                 "workload.success_probability",
                 "workload.max_prompt_tokens",
+                "workload.tool_delay_ms",
             ]
             .iter()
             .any(|f| s.starts_with(f))

@@ -391,6 +391,14 @@ impl<'a> Simulation<'a> {
             if t < self.now {
                 return Err(self.fail(format!("time went back from {} to {t}", self.now)));
             }
+            if t > crate::time::MAX_RUN_NS {
+                return Err(Error::bad(format!(
+                    "scenario `{}`: the run passes {:.1e} s of simulated time (about 3 years, the most a run may last) after {} workflows; the arrival rate (workload.arrivals) is too low for the number of workflows, or a delay too long",
+                    self.r.scenario.name,
+                    crate::time::MAX_RUN_NS as f64 / 1e9,
+                    self.done_workflows
+                )));
+            }
             self.now = t;
             self.events += 1;
             self.hash = (self.hash ^ (t as u64)).wrapping_mul(0x0100_0000_01b3);

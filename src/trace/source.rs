@@ -48,7 +48,7 @@ impl Clock {
 
     fn tick(&mut self) -> Nanos {
         if !self.first {
-            self.now += self.ia.gap_ns(&mut self.rng);
+            self.now = self.now.saturating_add(self.ia.gap_ns(&mut self.rng));
         }
         self.first = false;
         self.now

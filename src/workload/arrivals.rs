@@ -49,22 +49,37 @@ impl ArrivalSpec {
 
     pub fn validate(&self, path: &str) -> Result<()> {
         let s = self.rate_scale();
-        if !(s > 0.0 && s.is_finite()) {
-            return Err(Error::bad(format!("{path}.rate_scale: expected a number > 0, got {s}")));
+        if !(s > 0.0 && s <= 1e6) {
+            return Err(Error::bad(format!(
+                "{path}.rate_scale: expected a number in (0, 1e6], got {}",
+                num(s)
+            )));
         }
         match self {
             ArrivalSpec::Poisson { rate_per_s, .. } | ArrivalSpec::Gamma { rate_per_s, .. }
-                if !(*rate_per_s > 0.0 && rate_per_s.is_finite()) =>
+                if !((1e-6..=1e7).contains(rate_per_s) && (1e-6..=1e7).contains(&(rate_per_s * s))) =>
             {
                 Err(Error::bad(format!(
-                    "{path}.rate_per_s: expected a number > 0, got {rate_per_s}"
+                    "{path}.rate_per_s: expected between 1e-6 and 1e7 per second (times rate_scale {} too), got {}",
+                    num(s),
+                    num(*rate_per_s)
                 )))
             }
-            ArrivalSpec::Gamma { cv, .. } if !(*cv > 0.0 && cv.is_finite()) => {
-                Err(Error::bad(format!("{path}.cv: expected a number > 0, got {cv}")))
-            }
+            ArrivalSpec::Gamma { cv, .. } if !(0.01..=100.0).contains(cv) => Err(Error::bad(format!(
+                "{path}.cv: expected a coefficient of variation between 0.01 and 100, got {}",
+                num(*cv)
+            ))),
             _ => Ok(()),
         }
+    }
+}
+
+/// A number for a message: plain when ordinary, in scientific notation when huge or tiny.
+fn num(x: f64) -> String {
+    if x != 0.0 && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
     }
 }
 

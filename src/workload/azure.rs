@@ -194,7 +194,7 @@ impl WorkloadSource for AzureWorkload {
         let arrival_ns = match &mut self.renewal {
             Some((ia, rng)) => {
                 if self.produced > 0 {
-                    self.clock_ns += ia.gap_ns(rng);
+                    self.clock_ns = self.clock_ns.saturating_add(ia.gap_ns(rng));
                 }
                 self.clock_ns
             }

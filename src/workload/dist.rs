@@ -52,6 +52,20 @@ impl Dist {
     /// Check parameters; `path` names the field in error messages.
     pub fn sampler(&self, path: &str) -> Result<Sampler> {
         let bad = |m: String| Err(Error::bad(format!("{path}: {m}")));
+        let big = crate::time::MAX_DIST_VALUE;
+        let too_big = match self {
+            Dist::Constant { value } => *value > big,
+            Dist::Uniform { max, .. } => *max > big,
+            Dist::Exponential { mean } => *mean > big,
+            Dist::Lognormal { mean, cv, .. } => *mean > big || *cv > 100.0,
+            Dist::Empirical { values, .. } => values.iter().any(|v| *v > big),
+        };
+        if too_big {
+            return bad(format!(
+                "values above {big:e} (and a lognormal cv above 100) cannot be simulated; got {}",
+                serde_json::to_string(self).unwrap_or_default()
+            ));
+        }
         match self {
             Dist::Constant { value } => {
                 if !value.is_finite() || *value < 0.0 {
@@ -132,8 +146,9 @@ impl Sampler {
                     rng.random_range(*a..=*b)
                 }
             }
-            Sampler::Exp(e) => e.sample(rng),
-            Sampler::LogNormal(d, lo, hi) => d.sample(rng).clamp(*lo, *hi),
+            // Tails stop at the largest value a distribution may be given.
+            Sampler::Exp(e) => e.sample(rng).min(crate::time::MAX_DIST_VALUE),
+            Sampler::LogNormal(d, lo, hi) => d.sample(rng).clamp(*lo, hi.min(crate::time::MAX_DIST_VALUE)),
             Sampler::Empirical(v, cdf) => {
                 let u: f64 = rng.random();
                 let i = cdf.partition_point(|&c| c <= u).min(v.len() - 1);

@@ -203,7 +203,7 @@ impl SyntheticWorkload {
         match &mut self.arrivals {
             Arrivals::Renewal(ia, rng, clock) => {
                 if self.produced > 0 {
-                    *clock += ia.gap_ns(rng);
+                    *clock = clock.saturating_add(ia.gap_ns(rng));
                 }
                 Some(*clock)
             }
