@@ -139,7 +139,7 @@ pub(super) fn print_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 pub(super) fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
-    use crate::predictor::{evaluate, qrf::ForestConfig, LengthPredictor, PREDICTOR_FORMAT};
+    use crate::predictor::{evaluate, qrf::ForestConfig, LengthPredictor};
     let print = |r: &crate::predictor::PredictorReport, json: bool| -> Result<()> {
         if json {
             print_json(&r)?;
@@ -209,15 +209,8 @@ pub(super) fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
         }
         PredictorCmd::Eval { predictor, trace, json } => {
             let text = std::fs::read_to_string(&predictor).map_err(|e| Error::io(&predictor, e))?;
-            let p: LengthPredictor = serde_json::from_str(&text)
-                .map_err(|e| Error::bad(format!("{}: not a predictor file: {e}", predictor.display())))?;
-            if p.format != PREDICTOR_FORMAT {
-                return Err(Error::bad(format!(
-                    "{}: format `{}`, expected `{PREDICTOR_FORMAT}`",
-                    predictor.display(),
-                    p.format
-                )));
-            }
+            let p =
+                LengthPredictor::from_json(&text).map_err(|e| Error::bad(format!("{}: {e}", predictor.display())))?;
             let t = crate::trace::read_trace(&trace)?;
             print(&evaluate(&p, &t), json)?;
         }

@@ -118,6 +118,34 @@ pub struct LengthPredictor {
 }
 
 impl LengthPredictor {
+    /// Read a predictor file's text and check it whole (format, quantile, both forests)
+    /// before use; the error says what is wrong, for the caller to prefix with the file.
+    pub fn from_json(text: &str) -> std::result::Result<LengthPredictor, String> {
+        let p: LengthPredictor = serde_json::from_str(text).map_err(|e| format!("not a predictor file: {e}"))?;
+        if p.format != PREDICTOR_FORMAT {
+            return Err(format!("format `{}`, expected `{PREDICTOR_FORMAT}`", p.format));
+        }
+        if !(0.0..=1.0).contains(&p.quantile) {
+            return Err(format!("quantile {} outside [0, 1]", p.quantile));
+        }
+        let features = CallFeatures {
+            prompt_tokens: 0,
+            context_tokens: 0,
+            output_so_far: 0,
+            stage: 0,
+            model_params_b: 1.0,
+            task: None,
+            text: None,
+        }
+        .row()
+        .len();
+        p.workflow
+            .check(features)
+            .map_err(|e| format!("workflow forest: {e}"))?;
+        p.request.check(features).map_err(|e| format!("request forest: {e}"))?;
+        Ok(p)
+    }
+
     pub fn train(t: &Trace, quantile: f64, cfg: &ForestConfig, provenance: serde_json::Value) -> LengthPredictor {
         let (x, rem, cur) = rows(t);
         LengthPredictor {

@@ -190,6 +190,55 @@ impl Forest {
         }
     }
 
+    /// Check a forest read from a file before it is used: at least one tree, every tree
+    /// non-empty, every split's feature below `features` with a finite threshold and both
+    /// children after it (so every walk ends, with no cycle), every leaf's targets finite and
+    /// sorted. The first problem, in words.
+    pub fn check(&self, features: usize) -> std::result::Result<(), String> {
+        if self.features != features {
+            return Err(format!("{} features, this build computes {features}", self.features));
+        }
+        if self.trees.is_empty() {
+            return Err("no trees".into());
+        }
+        for (t, tree) in self.trees.iter().enumerate() {
+            let n = tree.nodes.len();
+            if n == 0 {
+                return Err(format!("tree {t} has no nodes"));
+            }
+            for (k, node) in tree.nodes.iter().enumerate() {
+                match node {
+                    Node::Split {
+                        feature,
+                        threshold,
+                        left,
+                        right,
+                    } => {
+                        if *feature as usize >= features {
+                            return Err(format!("tree {t}, node {k}: feature {feature} of {features}"));
+                        }
+                        if !threshold.is_finite() {
+                            return Err(format!("tree {t}, node {k}: threshold {threshold}"));
+                        }
+                        for c in [*left, *right] {
+                            if c as usize <= k || c as usize >= n {
+                                return Err(format!(
+                                    "tree {t}, node {k}: child {c} is not a later node of the {n} (a cycle or out of range)"
+                                ));
+                            }
+                        }
+                    }
+                    Node::Leaf { targets } => {
+                        if targets.iter().any(|x| !x.is_finite()) || targets.windows(2).any(|w| w[0] > w[1]) {
+                            return Err(format!("tree {t}, node {k}: leaf targets not finite and sorted"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn leaves<'a>(&'a self, row: &'a [f64]) -> impl Iterator<Item = &'a [f32]> + 'a {
         self.trees.iter().map(move |t| {
             let mut k = 0usize;
@@ -302,6 +351,78 @@ mod tests {
             })
             .collect();
         (x, y)
+    }
+
+    /// A forest file is checked whole before use: a child pointing back (a walk that never
+    /// ends), an out-of-range child or feature, no nodes, no trees, a NaN target are refused.
+    #[test]
+    fn broken_forests_are_refused_before_use() {
+        let (x, y) = two_groups(400);
+        let good = Forest::fit(
+            &x,
+            &y,
+            &ForestConfig {
+                trees: 3,
+                ..ForestConfig::default()
+            },
+        );
+        assert_eq!(good.check(2), Ok(()));
+        assert!(good.check(3).unwrap_err().contains("2 features"));
+        let split_at = |f: &Forest| {
+            f.trees[0]
+                .nodes
+                .iter()
+                .position(|n| matches!(n, Node::Split { .. }))
+                .unwrap()
+        };
+        type Breaker = fn(&mut Forest, usize);
+        let cases: [(Breaker, &str); 6] = [
+            (
+                |f, k| {
+                    if let Node::Split { left, .. } = &mut f.trees[0].nodes[k] {
+                        *left = k as u32;
+                    }
+                },
+                "a cycle or out of range",
+            ),
+            (
+                |f, k| {
+                    if let Node::Split { right, .. } = &mut f.trees[0].nodes[k] {
+                        *right = 1_000_000;
+                    }
+                },
+                "a cycle or out of range",
+            ),
+            (
+                |f, k| {
+                    if let Node::Split { feature, .. } = &mut f.trees[0].nodes[k] {
+                        *feature = 9;
+                    }
+                },
+                "feature 9 of 2",
+            ),
+            (|f, _| f.trees[1].nodes.clear(), "tree 1 has no nodes"),
+            (|f, _| f.trees.clear(), "no trees"),
+            (
+                |f, _| {
+                    for n in &mut f.trees[0].nodes {
+                        if let Node::Leaf { targets } = n {
+                            if let Some(t) = targets.first_mut() {
+                                *t = f32::NAN;
+                            }
+                        }
+                    }
+                },
+                "not finite and sorted",
+            ),
+        ];
+        for (k, (brk, want)) in cases.iter().enumerate() {
+            let mut f = good.clone();
+            let at = split_at(&f);
+            brk(&mut f, at);
+            let e = f.check(2).unwrap_err();
+            assert!(e.contains(want), "case {k}: `{e}` lacks `{want}`");
+        }
     }
 
     #[test]

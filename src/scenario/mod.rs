@@ -640,12 +640,8 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
         let f = base.join(path);
         let text =
             std::fs::read_to_string(&f).map_err(|e| Error::bad(format!("policy.length.path: {}: {e}", f.display())))?;
-        let mut lp: crate::predictor::LengthPredictor = serde_json::from_str(&text).map_err(|e| {
-            Error::bad(format!(
-                "policy.length.path: {}: not a predictor file: {e}",
-                f.display()
-            ))
-        })?;
+        let mut lp = crate::predictor::LengthPredictor::from_json(&text)
+            .map_err(|e| Error::bad(format!("policy.length.path: {}: {e}", f.display())))?;
         if let Some(q) = quantile {
             if !(0.0..=1.0).contains(q) {
                 return Err(Error::bad(format!("policy.length.quantile: expected 0..=1, got {q}")));
