@@ -34,10 +34,22 @@ impl Error {
             source,
         }
     }
-    /// Process exit code for this error: 2 for bad input, 1 otherwise.
+    /// Process exit code for this error: 2 for bad input (a missing or unreadable input file
+    /// included), 130 when interrupted, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::BadInput(_) => 2,
+            Error::Io { source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::InvalidData
+                        | std::io::ErrorKind::IsADirectory
+                ) =>
+            {
+                2
+            }
             Error::Interrupted(_) => 130,
             _ => 1,
         }

@@ -52,8 +52,8 @@ pub fn build_policy_for(r: &Resolved, seed: u64, infos: Vec<EngineInfo>, retry: 
             let f: Vec<(String, f64)> = fractions.iter().map(|(m, x)| (m.clone(), *x)).collect();
             Box::new(FixedFraction::new(&f, stream(seed, "policy.routing")))
         }
-        RoutingSpec::RoundRobin => Box::new(RoundRobin::default()),
-        RoutingSpec::LeastOutstanding => Box::new(LeastOutstanding),
+        RoutingSpec::RoundRobin {} => Box::new(RoundRobin::default()),
+        RoutingSpec::LeastOutstanding {} => Box::new(LeastOutstanding),
         RoutingSpec::Chimera {
             slack,
             min_confidence_gain,

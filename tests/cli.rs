@@ -135,7 +135,8 @@ fn bad_input_exits_2_with_the_field_path() {
         assert!(out.contains("error"), "{out}");
     }
     let (code, _, err) = chimera(&["run", "no/such/file.yaml"]);
-    assert_eq!(code, 1, "a missing file is not a malformed one: {err}");
+    // A missing input file is bad input too (issue 15: it used to exit 1).
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("no/such/file.yaml"));
     let (code, _, _) = chimera(&["run", "--bogus-flag"]);
     assert_eq!(code, 2);
@@ -298,5 +299,48 @@ fn the_scenario_reference_covers_every_shipped_field() {
         "# block_size: 16",
     ] {
         assert!(d.contains(f), "`chimera scenario default` lacks `{f}`");
+    }
+}
+
+/// Hostile inputs from issue 15 get exit 2 and a message naming what is wrong.
+#[test]
+fn hostile_inputs_exit_2_naming_the_problem() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "/nonexistent/scenario.yaml"], "/nonexistent/scenario.yaml"),
+        (
+            &["run", "-q", "--set", "policy.routing={kind: round_robin, extra: 1}"],
+            "unknown field `extra`",
+        ),
+        (
+            &["run", "-q", "--set", "workload.arrivals.rate_per_s=1e-9"],
+            "workload.arrivals.rate_per_s",
+        ),
+        (&["sweep", "-q", "--jobs", "0", "--grid", "seed=1"], "--jobs"),
+        (
+            &[
+                "sweep",
+                "-q",
+                "--grid",
+                "seed=1,2",
+                "--out",
+                "/tmp/chimera-hostile-sweep",
+            ],
+            "--seeds",
+        ),
+        (&["validate", "/nonexistent/plan.yaml"], "/nonexistent/plan.yaml"),
+    ];
+    for (args, want) in cases {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+            .args(*args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains(want), "{args:?}: `{text}` lacks `{want}`");
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
     }
 }

@@ -21,7 +21,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub seeds: Option<u32>,
     /// Runs in parallel (one per thread).
-    #[arg(long, default_value_t = default_jobs())]
+    #[arg(long, default_value_t = default_jobs(), value_parser = parse_jobs)]
     pub jobs: usize,
     /// Run only shard i of n (points whose index modulo n is i).
     #[arg(long)]
@@ -142,4 +142,12 @@ pub fn run(what: Option<SweepCmd>, a: SweepArgs) -> Result<i32> {
         a.jobs
     );
     Ok(0)
+}
+
+/// `--jobs`: 1 to 1024 runs in parallel.
+fn parse_jobs(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ 1..=1024) => Ok(n),
+        _ => Err(format!("expected a number of parallel runs from 1 to 1024, got `{s}`")),
+    }
 }

@@ -342,8 +342,9 @@ pub enum RoutingSpec {
     FixedFraction {
         fractions: BTreeMap<String, f64>,
     },
-    RoundRobin,
-    LeastOutstanding,
+    // Empty struct variants, not unit ones: serde then refuses unknown fields beside `kind`.
+    RoundRobin {},
+    LeastOutstanding {},
     /// The Chimera load balancer (needs `policy.length` and `policy.confidence`).
     Chimera {
         slack: crate::policy::chimera::Slack,

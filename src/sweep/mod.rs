@@ -182,6 +182,12 @@ impl SweepSpec {
         if self.seeds == 0 {
             return Err(Error::bad("seeds: expected at least 1"));
         }
+        if self.seeds > 100_000 {
+            return Err(Error::bad(format!(
+                "seeds: expected at most 100000, got {}",
+                self.seeds
+            )));
+        }
         if self.series.is_empty() {
             return Err(Error::bad("series: a sweep needs at least one series"));
         }
@@ -191,6 +197,12 @@ impl SweepSpec {
                 return Err(Error::bad(format!("series[{i}].label: `{}` is used twice", s.label)));
             }
             for (j, a) in s.grid.iter().enumerate() {
+                // The point's seed is set last (from --seeds): a grid over it would be overridden.
+                if a.path == "seed" {
+                    return Err(Error::bad(format!(
+                        "series[{i}].grid[seed]: seeds come from `--seeds N` (the scenario's seed, +1, +2, ...), not from the grid"
+                    )));
+                }
                 if a.values.is_empty() {
                     return Err(Error::bad(format!("series[{i}].grid[{}]: no values", a.path)));
                 }
