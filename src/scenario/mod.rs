@@ -636,6 +636,13 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
     if p.middleware_starvation == Some(0) {
         return Err(Error::bad("policy.middleware_starvation: expected at least 1"));
     }
+    if let Some(d) = p.decision_delay_us {
+        if !(0.0..=1e9).contains(&d) {
+            return Err(Error::bad(format!(
+                "policy.decision_delay_us: expected 0 to 1e9 microseconds, got {d:e}"
+            )));
+        }
+    }
     let mut predictor = None;
     if let Some(LengthSpec::Qrf { path, quantile }) = &p.length {
         let f = base.join(path);

@@ -490,7 +490,7 @@ impl<'a> Simulation<'a> {
                     let delay = if first { self.decision_delay_ns } else { 0 };
                     // The server's front end (HTTP, tokenisation, hand-off to the engine core).
                     let frontend = (self.r.engines[engine as usize].steptime.coeffs.frontend_us * 1e3).round() as Nanos;
-                    self.push(at + delay + frontend, Ev::Dispatch(request));
+                    self.push(at.saturating_add(delay).saturating_add(frontend), Ev::Dispatch(request));
                 }
                 Action::Wake { at, wake } => self.push(at, Ev::Wake(wake)),
                 Action::Probe { engine, at } => self.push(at, Ev::Probe(engine)),
