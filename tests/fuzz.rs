@@ -118,6 +118,79 @@ proptest! {
 #[test]
 fn the_base_scenario_runs() {
     let r = chimera::scenario::load_str(BASE, &[], &common::repo().join("scenarios")).unwrap();
-    let rep = chimera::sim::Simulation::summary_only(&r).unwrap().run(&mut |_, _| {}).unwrap();
+    let rep = chimera::sim::Simulation::summary_only(&r)
+        .unwrap()
+        .run(&mut |_, _| {})
+        .unwrap();
     assert_eq!(rep.summary.workflows.count, 20);
+}
+
+/// Mutated predictor files (children pointing back or out of range, features out of range,
+/// emptied trees, NaN thresholds) are refused whole on loading, or, when still valid, predict
+/// without a panic or an endless walk.
+#[test]
+fn mutated_predictor_files_are_refused_or_predict() {
+    use chimera::predictor::{CallFeatures, LengthPredictor};
+    use serde_json::{json, Value};
+    let text = std::fs::read_to_string(common::repo().join("models/predictor-qwen2.5-apps-math.json")).unwrap();
+    let base: Value = serde_json::from_str(&text).unwrap();
+    let hostile = [
+        json!(0),
+        json!(1),
+        json!(u32::MAX),
+        json!(-1),
+        json!(1e300),
+        json!("x"),
+        json!(null),
+    ];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let (mut refused, mut accepted) = (0, 0);
+    for _ in 0..60 {
+        let mut v = base.clone();
+        for _ in 0..1 + next(3) {
+            let forest = ["workflow", "request"][next(2)];
+            let trees = v[forest]["trees"].as_array_mut().unwrap();
+            let t = next(trees.len());
+            let nodes = trees[t]["nodes"].as_array_mut().unwrap();
+            match next(5) {
+                0 => nodes.clear(),
+                _ if nodes.is_empty() => {}
+                k => {
+                    let j = next(nodes.len());
+                    if let Some(split) = nodes[j].get_mut("Split") {
+                        let field = ["feature", "threshold", "left", "right"][k - 1];
+                        split[field] = hostile[next(hostile.len())].clone();
+                    } else if let Some(leaf) = nodes[j].get_mut("Leaf") {
+                        leaf["targets"] = json!([5.0, 1.0]);
+                    }
+                }
+            }
+        }
+        let text = serde_json::to_string(&v).unwrap();
+        match std::panic::catch_unwind(|| LengthPredictor::from_json(&text)) {
+            Err(_) => panic!("from_json panicked"),
+            Ok(Err(_)) => refused += 1,
+            Ok(Ok(p)) => {
+                accepted += 1;
+                let f = CallFeatures {
+                    prompt_tokens: 500,
+                    context_tokens: 100,
+                    output_so_far: 50,
+                    stage: 1,
+                    model_params_b: 7.0,
+                    task: Some("math"),
+                    text: Some("Find all x such that x^2 = 4."),
+                };
+                let y = std::panic::catch_unwind(|| p.remaining(&f)).expect("prediction panicked");
+                assert!(y.is_finite(), "{y}");
+            }
+        }
+    }
+    assert!(refused > 20, "{refused} refused, {accepted} accepted");
 }
