@@ -328,6 +328,53 @@ fn hostile_inputs_exit_2_naming_the_problem() {
             "--seeds",
         ),
         (&["validate", "/nonexistent/plan.yaml"], "/nonexistent/plan.yaml"),
+        (
+            &[
+                "sweep",
+                "-q",
+                "--seeds",
+                "1001",
+                "--grid",
+                "policy.max_retries=1,2,3,4,5,6,7,8,9,10",
+                "--grid",
+                "workload.workflows=1,2,3,4,5,6,7,8,9,10",
+                "--grid",
+                "policy.decision_delay_us=1,2,3,4,5,6,7,8,9,10",
+                "--out",
+                "/tmp/chimera-hostile-big",
+            ],
+            "at most 1000000",
+        ),
+        (
+            &[
+                "trace",
+                "gen",
+                "--task",
+                "math",
+                "--models",
+                "Qwen2.5-1.5B",
+                "--workflows",
+                "18446744073709551615",
+                "--out",
+                "/tmp/chimera-hostile.parquet",
+            ],
+            "--workflows: expected 1 to 2000000",
+        ),
+        (
+            &[
+                "trace",
+                "gen",
+                "--task",
+                "math",
+                "--models",
+                "Qwen2.5-1.5B,Qwen2.5-1.5B",
+                "--workflows",
+                "5",
+                "--out",
+                "/tmp/chimera-hostile.parquet",
+            ],
+            "listed twice",
+        ),
     ];
     for (args, want) in cases {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))

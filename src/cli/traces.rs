@@ -14,8 +14,17 @@ pub(super) fn trace_cmd(what: TraceCmd) -> Result<i32> {
             out,
         } => {
             let task = Task::parse(&task).map_err(|e| e.context("--task"))?;
-            if workflows == 0 {
-                return Err(Error::bad("--workflows: expected at least 1"));
+            // A trace is generated and read whole, in memory: a bound keeps both possible.
+            const MAX_TRACE_WORKFLOWS: u64 = 2_000_000;
+            if !(1..=MAX_TRACE_WORKFLOWS).contains(&workflows) {
+                return Err(Error::bad(format!(
+                    "--workflows: expected 1 to {MAX_TRACE_WORKFLOWS} (a trace is held in memory; for longer runs use a `generated` workload, which draws workflows as they arrive), got {workflows}"
+                )));
+            }
+            for (i, m) in models.iter().enumerate() {
+                if models[..i].contains(m) {
+                    return Err(Error::bad(format!("--models: `{m}` is listed twice")));
+                }
             }
             let t = trace::gen::generate(FittedParams::embedded(), task, &models, workflows, seed)?;
             trace::write_trace(&out, &t)?;

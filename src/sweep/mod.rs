@@ -191,6 +191,18 @@ impl SweepSpec {
         if self.series.is_empty() {
             return Err(Error::bad("series: a sweep needs at least one series"));
         }
+        // Points are listed in memory before any runs: bound their number first.
+        let points: f64 = self
+            .series
+            .iter()
+            .map(|s| s.grid.iter().map(|a| a.values.len() as f64).product::<f64>())
+            .sum::<f64>()
+            * self.seeds as f64;
+        if points > 1e6 {
+            return Err(Error::bad(format!(
+                "the sweep has {points:e} points (grid values multiplied, times seeds); at most 1000000"
+            )));
+        }
         let mut labels = HashSet::new();
         for (i, s) in self.series.iter().enumerate() {
             if !labels.insert(&s.label) {
