@@ -163,7 +163,6 @@ pub struct Runtime<W, P> {
     timer_checked: bool,
     now: Nanos,
     journal: Option<Vec<JournalEntry>>,
-    finished_requests: u64,
     failed_attempts: u64,
     abandoned: u64,
 }
@@ -184,7 +183,6 @@ impl<W: Default, P: Default> Runtime<W, P> {
             timer_checked: true,
             now: 0,
             journal: None,
-            finished_requests: 0,
             failed_attempts: 0,
             abandoned: 0,
         }
@@ -232,10 +230,7 @@ impl<W: Default, P: Default> Runtime<W, P> {
     pub fn issued(&self) -> u64 {
         self.next_request
     }
-    /// Requests finished, and attempts failed, so far.
-    pub fn finished_requests(&self) -> u64 {
-        self.finished_requests
-    }
+    /// Attempts failed so far.
     pub fn failed_attempts(&self) -> u64 {
         self.failed_attempts
     }
@@ -366,7 +361,6 @@ impl<W: Default, P: Default> Runtime<W, P> {
         wf.preemptions += preemptions;
         wf.stage += 1;
         let more = (wf.stage as usize) < wf.stages();
-        self.finished_requests += 1;
         self.input(CoreInput::Finished {
             t: now,
             request,
