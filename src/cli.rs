@@ -485,7 +485,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
 /// Check a scenario, a sweep plan (it has `series`) or an endpoints file (it has `models` and no
 /// `cluster`), whichever `f` is; say what it holds.
 fn validate_file(f: &Path, sets: &[String]) -> Result<String> {
-    let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+    let text = crate::input::read_text(&f)?;
     let tree = scenario::yaml::parse_tree(&text).map_err(|e| e.context(f.display()))?;
     let has = |k: &str| tree.get(k).is_some();
     if has("series") {

@@ -17,7 +17,7 @@ pub struct CsvFile {
 impl CsvFile {
     /// Open `path` and read its header (a UTF-8 byte-order mark is dropped, names are trimmed).
     pub fn open(path: &Path) -> Result<CsvFile> {
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let f = crate::input::open(path)?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .flexible(true)

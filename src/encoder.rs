@@ -24,7 +24,7 @@ pub struct TextEncoder {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read_text(&path)?;
     serde_json::from_str(&text).map_err(|e| Error::bad(format!("{}: {e}", path.display())))
 }
 

@@ -59,7 +59,16 @@ impl Error {
         match self {
             Error::BadInput(m) => Error::BadInput(format!("{ctx}: {m}")),
             Error::Other(m) => Error::Other(format!("{ctx}: {m}")),
-            io => io,
+            // A file named by a field: the message gains the field, the exit code stays.
+            io @ Error::Io { .. } => {
+                let msg = format!("{ctx}: {io}");
+                if io.exit_code() == 2 {
+                    Error::BadInput(msg)
+                } else {
+                    Error::Other(msg)
+                }
+            }
+            stop @ Error::Interrupted(_) => stop,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod factory;
 pub mod fidelity;
 pub mod hw;
+pub mod input;
 pub mod interrupt;
 pub mod output;
 pub mod policy;

@@ -12,7 +12,14 @@ pub type StreamRng = Pcg64;
 
 /// 64-bit FNV-1a: a stable hash of bytes (stream names, input files).
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    fnv1a64_more(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a's starting state.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Continue an FNV-1a hash `h` over more bytes (a file read in pieces).
+pub fn fnv1a64_more(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);

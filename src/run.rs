@@ -192,7 +192,7 @@ impl Manifest {
 
     /// Read a folder's manifest.json.
     pub fn read(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::input::read_text(&path)?;
         serde_json::from_str(&text).map_err(|e| Error::bad(format!("{}: not a chimera manifest: {e}", path.display())))
     }
 

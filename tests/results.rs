@@ -190,11 +190,8 @@ fn heavier_load_means_longer_latency_and_bigger_models_are_slower() {
 fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
     let dir = tmpdir("calib");
     let cal = dir.join("a6000-fast.yaml");
-    std::fs::write(
-        &cal,
-        "format: chimera-calibration/v1\ngpu: RTX-A6000\nmodel: Qwen2.5-7B\ncoefficients: {mbu: 0.95, step_overhead_us: 50}\nprovenance: {kind: derived, source: test fixture}\n",
-    )
-    .unwrap();
+    let partial = "format: chimera-calibration/v1\ngpu: RTX-A6000\nmodel: Qwen2.5-7B\ncoefficients: {mbu: 0.95, step_overhead_us: 50}\nprovenance: {kind: derived, source: test fixture}\n";
+    std::fs::write(&cal, partial).unwrap();
     let text = chimera::scenario::DEFAULT_SCENARIO.replacen(
         "      model: Qwen2.5-7B\n      gpu: RTX-A6000\n      calibration: auto\n",
         "      model: Qwen2.5-7B\n      gpu: RTX-A6000\n      calibration: a6000-fast.yaml\n",
@@ -204,12 +201,19 @@ fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
         "workload.workflows=200".to_string(),
         "policy.routing.fractions={Qwen2.5-1.5B: 0.0, Qwen2.5-7B: 1.0}".to_string(),
     ];
+    // A coefficient left out is refused, not silently given its default.
+    let e = chimera::scenario::load_str(&text, &sets, &dir).unwrap_err().to_string();
+    assert!(
+        e.contains("cluster.engines[1].calibration") && e.contains("coefficients.mfu: missing"),
+        "{e}"
+    );
+    let full = partial.replace(
+        "{mbu: 0.95, step_overhead_us: 50}",
+        "{mbu: 0.95, step_overhead_us: 50, mfu: 0.5, mfu_attention: 0.4, mbu_attention: 0.75, per_layer_us: 20, per_request_us: 3, allreduce_us: 10, mbu_elementwise: 0.75, matmul_fixed_us: 4, elementwise_fixed_us: 2, attention_fixed_us: 4}",
+    );
+    std::fs::write(&cal, &full).unwrap();
     let calibrated = chimera::scenario::load_str(&text, &sets, &dir).unwrap();
     assert_eq!(calibrated.engines[1].steptime.coeffs.mbu, 0.95);
-    assert_eq!(
-        calibrated.engines[1].steptime.coeffs.mfu, 0.5,
-        "unlisted coefficients keep their defaults"
-    );
     let (a, b) = (tmpdir("calib-a"), tmpdir("calib-b"));
     let fast = run(&calibrated, &a);
     let mut plain_sets = sets.clone();
@@ -247,7 +251,7 @@ fn a_calibration_file_overrides_the_roofline_defaults_and_says_so() {
         "{e}"
     );
     // A malformed file names itself and the field.
-    std::fs::write(&cal, "format: chimera-calibration/v1\ngpu: RTX-A6000\ncoefficients: {mbu: 1.5}\nprovenance: {kind: measured, source: x}\n").unwrap();
+    std::fs::write(&cal, full.replace("mbu: 0.95", "mbu: 1.5")).unwrap();
     let e = chimera::scenario::load_str(&text, &sets, &dir).unwrap_err().to_string();
     assert!(e.contains("a6000-fast.yaml") && e.contains("coefficients.mbu"), "{e}");
 }

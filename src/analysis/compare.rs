@@ -13,7 +13,7 @@ use std::path::Path;
 
 /// Read numeric columns (as f64, nulls as NaN) and `status` (as text) of one Parquet table.
 fn read_table(path: &Path, numeric: &[&str]) -> Result<(Vec<Vec<f64>>, Vec<String>)> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::input::open(path)?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
         .map_err(|e| Error::bad(format!("{}: not a Parquet file: {e}", path.display())))?
         .build()?;

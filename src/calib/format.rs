@@ -158,7 +158,7 @@ impl Profile {
         if path.extension().is_some_and(|e| e == "csv") {
             return load_vidur_csv(path);
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::input::read_text(&path)?;
         let de = &mut serde_json::Deserializer::from_str(&text);
         let p: Profile = serde_path_to_error::deserialize(de)
             .map_err(|e| Error::bad(format!("profile {}: at `{}`: {}", path.display(), e.path(), e.inner())))?;

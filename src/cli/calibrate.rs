@@ -533,7 +533,7 @@ fn server(a: &ServerArgs, out: &Path) -> Result<i32> {
     let quiet = a.quiet;
     let mut pts = match &a.from_points {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let text = crate::input::read_text(&p)?;
             serde_json::from_str::<Vec<probe::ProbePoint>>(&text)
                 .map_err(|e| Error::bad(format!("{}: not a probe points file: {e}", p.display())))?
         }

@@ -22,7 +22,7 @@ pub(super) fn bench_policy(
         "policy.priority=stjf".to_string(),
     ];
     // The default cluster, with the router's first two models in place of its two.
-    let text = std::fs::read_to_string(router).map_err(|e| Error::io(router, e))?;
+    let text = crate::input::read_text(&router)?;
     let rm: crate::router::RouterModel =
         serde_json::from_str(&text).map_err(|e| Error::bad(format!("{}: not a router file: {e}", router.display())))?;
     if rm.models.len() < 2 {
@@ -208,7 +208,7 @@ pub(super) fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
             print(&evaluate(&p, &all), json)?;
         }
         PredictorCmd::Eval { predictor, trace, json } => {
-            let text = std::fs::read_to_string(&predictor).map_err(|e| Error::io(&predictor, e))?;
+            let text = crate::input::read_text(&predictor)?;
             let p =
                 LengthPredictor::from_json(&text).map_err(|e| Error::bad(format!("{}: {e}", predictor.display())))?;
             let t = crate::trace::read_trace(&trace)?;
@@ -387,7 +387,7 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             json,
         } => {
             frac_ok(test_fraction)?;
-            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let text = crate::input::read_text(&path)?;
             let m: RouterModel = serde_json::from_str(&text)
                 .map_err(|e| Error::bad(format!("{}: not a router file: {e}", path.display())))?;
             if m.format != router::ROUTER_FORMAT {

@@ -62,7 +62,7 @@ pub(super) fn replay_cmd(r: &Resolved, endpoints: &Path, out: &Path, o: ReplayCl
     let rep = crate::replay::replay(r, &eps, out, &opts)?;
     if json {
         let p = out.join("summary.json");
-        print!("{}", std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?);
+        print!("{}", crate::input::read_text(&p)?);
     } else if !quiet {
         print_summary(&rep.summary, (rep.wall_s * 1e9) as i64, rep.wall_s, out, true);
         println!(

@@ -41,7 +41,7 @@ pub fn run(a: SummaryArgs) -> Result<i32> {
     let mut sums = Vec::new();
     for d in &a.dirs {
         let p = d.join("summary.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let text = crate::input::read_text(&p)?;
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::bad(format!("{}: {e}", p.display())))?;
         if v.get("workflows").is_none() {
             return Err(Error::bad(format!(

@@ -35,7 +35,7 @@ pub(super) fn run_cmd(
     let wall = t0.elapsed().as_secs_f64();
     if json {
         let s =
-            std::fs::read_to_string(out.join("summary.json")).map_err(|e| Error::io(out.join("summary.json"), e))?;
+            crate::input::read_text(&out.join("summary.json"))?;
         print!("{s}");
     } else if !quiet {
         print_summary(&rep.summary, rep.sim_end_ns, wall, out, false);

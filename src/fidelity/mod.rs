@@ -106,7 +106,7 @@ pub struct Skipped {
 }
 
 fn read_value(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read_text(&path)?;
     if let Ok(v) = serde_json::from_str(&text) {
         return Ok(v);
     }
@@ -374,7 +374,7 @@ fn read_per_request(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
     };
     let (gpu, gpu_from) = pick_gpu(cat, d, hw.as_deref(), gpu_over)?;
     let path = d.join("requests.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let text = crate::input::read_text(&path)?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: Value =

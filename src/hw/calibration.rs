@@ -3,8 +3,10 @@
 //! Without a calibration the roofline defaults apply: efficiencies in the middle of the
 //! ranges hardware.md reports and per-step/per-layer/per-request overheads from published
 //! simulator fits. Those defaults are *not measured*, and results say so. A calibration file
-//! (YAML, `format: chimera-calibration/v1`) overrides any subset of the coefficients and must
-//! say where its numbers came from.
+//! (YAML, `format: chimera-calibration/v1`) gives every coefficient (only `frontend_us`, which
+//! only serving fits have, may be left out: it is then 0), lists in `fitted` which were fitted,
+//! and says where its numbers came from. A coefficient left out is refused, never silently
+//! replaced by a default: writing the default value down is how a file keeps it.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -67,6 +69,30 @@ impl Default for Coefficients {
 }
 
 impl Coefficients {
+    /// Every coefficient's name, as written in a calibration file.
+    pub const NAMES: &'static [&'static str] = &[
+        "mfu",
+        "mbu",
+        "mfu_attention",
+        "mbu_attention",
+        "step_overhead_us",
+        "per_layer_us",
+        "per_request_us",
+        "allreduce_us",
+        "mbu_elementwise",
+        "matmul_fixed_us",
+        "elementwise_fixed_us",
+        "attention_fixed_us",
+        "frontend_us",
+    ];
+    /// Coefficients a calibration may leave out (serving fits only; 0 otherwise).
+    pub const OPTIONAL: &'static [&'static str] = &["frontend_us"];
+
+    /// A coefficient by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        serde_json::to_value(self).ok()?.get(name)?.as_f64()
+    }
+
     pub fn validate(&self) -> Result<()> {
         let fracs = [
             ("mfu", self.mfu),
@@ -93,9 +119,9 @@ impl Coefficients {
             ("frontend_us", self.frontend_us),
         ];
         for (name, v) in times {
-            if !(v >= 0.0 && v.is_finite()) {
+            if !(v >= 0.0 && v < 1e9) {
                 return Err(Error::bad(format!(
-                    "coefficients.{name}: expected a non-negative number, got {v}"
+                    "coefficients.{name}: expected 0 to 1e9 microseconds, got {v}"
                 )));
             }
         }
@@ -196,14 +222,31 @@ pub const BUILTIN: &[(&str, &str)] = &[
 
 impl Calibration {
     pub fn load(path: &Path) -> Result<Calibration> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::input::read_text(&path)?;
         Calibration::parse(&text, &path.display().to_string())
     }
 
     /// Parse a calibration's text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Calibration> {
+        let tree = crate::scenario::yaml::parse_tree(text).map_err(|e| e.context(format!("calibration {origin}")))?;
+        if let Some(c) = tree.get("coefficients").and_then(|c| c.as_object()) {
+            let missing: Vec<&str> = Coefficients::NAMES
+                .iter()
+                .copied()
+                .filter(|n| !Coefficients::OPTIONAL.contains(n) && !c.contains_key(*n))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::bad(format!(
+                    "calibration {origin}: coefficients.{}: missing; a calibration gives every coefficient \
+                     (write the default, e.g. `mfu: {}`, to keep one), missing: {}",
+                    missing[0],
+                    Coefficients::default().get(missing[0]).unwrap_or_default(),
+                    missing.join(", ")
+                )));
+            }
+        }
         let cal: Calibration =
-            crate::scenario::yaml::from_yaml_str(text).map_err(|e| e.context(format!("calibration {origin}")))?;
+            crate::scenario::yaml::from_tree(tree).map_err(|e| e.context(format!("calibration {origin}")))?;
         if cal.format != CALIBRATION_FORMAT {
             return Err(Error::bad(format!(
                 "calibration {origin}: format: expected `{CALIBRATION_FORMAT}`, got `{}`",
@@ -213,7 +256,50 @@ impl Calibration {
         cal.coefficients
             .validate()
             .map_err(|e| e.context(format!("calibration {origin}")))?;
+        cal.check_fields().map_err(|e| e.context(format!("calibration {origin}")))?;
         Ok(cal)
+    }
+
+    /// Everything but the coefficients: names, degrees and figures a file could get wrong.
+    fn check_fields(&self) -> Result<()> {
+        if self.gpu.trim().is_empty() {
+            return Err(Error::bad("gpu: empty; expected a GPU name (see `chimera gpus`)"));
+        }
+        if let Some(tp) = self.tensor_parallel {
+            if !(1..=64).contains(&tp) {
+                return Err(Error::bad(format!("tensor_parallel: expected 1 to 64, got {tp}")));
+            }
+        }
+        for (i, f) in self.fitted.iter().enumerate() {
+            if !Coefficients::NAMES.contains(&f.as_str()) {
+                return Err(Error::bad(format!(
+                    "fitted[{i}]: unknown coefficient `{f}` (expected one of {})",
+                    Coefficients::NAMES.join(", ")
+                )));
+            }
+            if self.fitted[..i].contains(f) {
+                return Err(Error::bad(format!("fitted[{i}]: `{f}` listed twice")));
+            }
+        }
+        if let Some(d) = &self.datasheet {
+            for (name, v) in [("peak_tflops", d.peak_tflops), ("bandwidth_gb_s", d.bandwidth_gb_s)] {
+                if !(v.is_finite() && v > 0.0 && v < 1e9) {
+                    return Err(Error::bad(format!(
+                        "datasheet.{name}: expected a positive number below 1e9, got {v}"
+                    )));
+                }
+            }
+        }
+        if let Some(q) = &self.fit {
+            for (name, v) in [("median_rel_err", q.median_rel_err), ("p90_rel_err", q.p90_rel_err)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(Error::bad(format!(
+                        "fit.{name}: expected a non-negative number, got {v}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The built-in calibration `calibration: auto` picks for `gpu` (catalogue name), if any:
@@ -251,6 +337,12 @@ impl Calibration {
             return Ok((Calibration::parse(text, &origin)?, origin));
         }
         let p = base_dir.join(spec);
+        if !p.exists() {
+            return Err(Error::bad(format!(
+                "{}: no such file (expected `auto`, `builtin:<name>` or the path of a calibration file)",
+                p.display()
+            )));
+        }
         Ok((Calibration::load(&p)?, p.display().to_string()))
     }
 
@@ -286,5 +378,65 @@ impl Calibration {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = "format: chimera-calibration/v1
+gpu: H100-SXM
+coefficients: {mfu: 0.5, mbu: 0.75, mfu_attention: 0.4, mbu_attention: 0.75, step_overhead_us: 300,
+  per_layer_us: 20, per_request_us: 3, allreduce_us: 10, mbu_elementwise: 0.75, matmul_fixed_us: 4,
+  elementwise_fixed_us: 2, attention_fixed_us: 4}
+fitted: [mfu]
+provenance: {kind: measured, source: test}
+";
+
+    #[test]
+    fn coefficient_names_are_the_file_keys() {
+        let v = serde_json::to_value(Coefficients::default()).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut names = Coefficients::NAMES.to_vec();
+        keys.sort();
+        names.sort();
+        assert_eq!(keys, names);
+        assert_eq!(Coefficients::default().get("mfu"), Some(0.5));
+    }
+
+    #[test]
+    fn every_shipped_calibration_parses() {
+        for (name, text) in BUILTIN {
+            Calibration::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        Calibration::parse(FULL, "full").unwrap();
+    }
+
+    #[test]
+    fn a_broken_calibration_is_refused_naming_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("mfu: 0.5, ", "", "coefficients.mfu: missing"),
+            ("mfu: 0.5", "mfu: .nan", "non-finite float"),
+            ("step_overhead_us: 300", "step_overhead_us: 1e308", "coefficients.step_overhead_us"),
+            ("step_overhead_us: 300", "step_overhead_us: .inf", "non-finite float"),
+            ("per_layer_us: 20", "per_layer_us: -1", "coefficients.per_layer_us"),
+            ("per_layer_us: 20", "per_layer_us: 20, turbo: 1", "turbo"),
+            ("fitted: [mfu]", "fitted: [mfu, speed]", "fitted[1]: unknown coefficient `speed`"),
+            ("fitted: [mfu]", "fitted: [mfu, mfu]", "fitted[1]"),
+            ("gpu: H100-SXM", "gpu: ''", "gpu: empty"),
+            ("gpu: H100-SXM", "gpu: H100-SXM\ntensor_parallel: 0", "tensor_parallel"),
+            ("fitted: [mfu]", "fitted: [mfu]\ndatasheet: {peak_tflops: 0, bandwidth_gb_s: 3350}", "datasheet.peak_tflops"),
+            ("fitted: [mfu]", "fitted: [mfu]\nfit: {median_rel_err: -1, p90_rel_err: 0.1, points: 3}", "fit.median_rel_err"),
+            ("format: chimera-calibration/v1", "format: chimera-calibration/v9", "format"),
+            ("provenance: {kind: measured, source: test}", "", "provenance"),
+        ];
+        for (from, to, want) in cases {
+            let text = FULL.replacen(from, &to.replace("\\n", "\n"), 1);
+            let e = Calibration::parse(&text, "c.yaml").expect_err(want);
+            assert_eq!(e.exit_code(), 2);
+            let msg = e.to_string();
+            assert!(msg.contains("c.yaml") && msg.contains(want), "{want}: {msg}");
+        }
     }
 }

@@ -242,7 +242,7 @@ impl BaseUrl {
 
 impl Endpoints {
     pub fn load(path: &std::path::Path) -> Result<Endpoints> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::input::read_text(&path)?;
         crate::scenario::yaml::from_yaml_str(&text).map_err(|e| e.context(path.display()))
     }
 

@@ -119,10 +119,8 @@ impl Appender {
 /// Read a JSON-lines file. A last line cut short by a kill is dropped; a bad line elsewhere is
 /// an error naming the file and line.
 pub fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
+    let Some(text) = crate::input::read_text_if_exists(path)? else {
+        return Ok(Vec::new());
     };
     let complete = text.ends_with('\n');
     let lines: Vec<&str> = text.lines().collect();

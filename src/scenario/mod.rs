@@ -583,7 +583,7 @@ fn check_fault(i: usize, f: &FaultSpec, engines: &[ResolvedEngine]) -> Result<()
 
 /// Load a scenario file with overrides, and resolve it.
 pub fn load(path: &Path, sets: &[String]) -> Result<Resolved> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read_text(&path)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     load_str(&text, sets, &base).map_err(|e| e.context(path.display()))
 }
@@ -647,7 +647,7 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
     if let Some(LengthSpec::Qrf { path, quantile }) = &p.length {
         let f = base.join(path);
         let text =
-            std::fs::read_to_string(&f).map_err(|e| Error::bad(format!("policy.length.path: {}: {e}", f.display())))?;
+            crate::input::read_text(&f).map_err(|e| Error::bad(format!("policy.length.path: {e}")))?;
         let mut lp = crate::predictor::LengthPredictor::from_json(&text)
             .map_err(|e| Error::bad(format!("policy.length.path: {}: {e}", f.display())))?;
         if let Some(q) = quantile {
@@ -662,8 +662,8 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
     match &p.confidence {
         Some(ConfidenceSpec::Router { path }) => {
             let f = base.join(path);
-            let text = std::fs::read_to_string(&f)
-                .map_err(|e| Error::bad(format!("policy.confidence.path: {}: {e}", f.display())))?;
+            let text =
+                crate::input::read_text(&f).map_err(|e| Error::bad(format!("policy.confidence.path: {e}")))?;
             let m: crate::router::RouterModel = serde_json::from_str(&text).map_err(|e| {
                 Error::bad(format!(
                     "policy.confidence.path: {}: not a router file: {e}",

@@ -20,7 +20,7 @@ use crate::output::summary::{Aggregates, EngineSummary, Summary};
 use crate::output::{ColType, Table, Val};
 use crate::policy::journal::{CoreInput, JournalDecision, JournalEntry};
 use crate::policy::FailureKind;
-use crate::rng::{fnv1a64, stream};
+use crate::rng::stream;
 use crate::runtime::{Action, Runtime, Wake, WorkflowOutcome};
 use crate::scenario::{Fault, FaultEffect, Resolved};
 use crate::time::Nanos;
@@ -845,6 +845,16 @@ fn fresh_engine(r: &Resolved, i: usize) -> Engine {
 
 /// Hash of a file's bytes, for provenance in manifests.
 pub fn file_fingerprint(path: &Path) -> Result<(u64, String)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    Ok((bytes.len() as u64, format!("{:016x}", fnv1a64(&bytes))))
+    use std::io::Read;
+    let mut f = crate::input::open(path)?;
+    let (mut h, mut len, mut buf) = (crate::rng::FNV_OFFSET, 0u64, vec![0u8; 1 << 16]);
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h = crate::rng::fnv1a64_more(h, &buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, format!("{h:016x}")))
 }

@@ -149,7 +149,7 @@ impl SweepSpec {
     /// Read a sweep plan (YAML): `scenario` (relative to the plan), `sets`, `seeds`, and
     /// `series: [{label, sets, grid: {path: [values]}}]`.
     pub fn load_plan(path: &Path) -> Result<SweepSpec> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::input::read_text(&path)?;
         let plan: PlanFile =
             scenario::yaml::from_yaml_str(&text).map_err(|e| e.context(format!("plan {}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -230,7 +230,7 @@ impl SweepSpec {
         match &self.scenario {
             None => Ok((DEFAULT_SCENARIO.to_string(), PathBuf::from("."))),
             Some(p) => Ok((
-                std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?,
+                crate::input::read_text(&p)?,
                 p.parent().unwrap_or(Path::new(".")).to_path_buf(),
             )),
         }
@@ -433,11 +433,10 @@ pub struct SweepHeader {
 /// Read the records of `dir/points.jsonl` (a torn last line from a killed run is ignored).
 pub fn read_records(dir: &Path) -> Result<Vec<Record>> {
     let path = dir.join("points.jsonl");
-    let f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let f = crate::input::open(&path)?;
     let lines: Vec<String> = std::io::BufReader::new(f)
         .lines()
         .collect::<std::io::Result<_>>()
@@ -465,12 +464,11 @@ pub fn read_records(dir: &Path) -> Result<Vec<Record>> {
 
 fn read_header(dir: &Path) -> Result<Option<SweepHeader>> {
     let p = dir.join("sweep.json");
-    match std::fs::read_to_string(&p) {
-        Ok(t) => serde_json::from_str(&t)
+    match crate::input::read_text_if_exists(&p)? {
+        Some(t) => serde_json::from_str(&t)
             .map(Some)
             .map_err(|e| Error::bad(format!("{}: not a sweep header: {e}", p.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(&p, e)),
+        None => Ok(None),
     }
 }
 

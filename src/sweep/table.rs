@@ -95,7 +95,7 @@ pub struct SweepTable {
 
 impl SweepTable {
     pub fn read(path: &Path) -> Result<SweepTable> {
-        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let f = crate::input::open(path)?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(f)
             .map_err(|e| Error::bad(format!("{}: not a Parquet file: {e}", path.display())))?
             .build()?;

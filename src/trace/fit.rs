@@ -353,7 +353,7 @@ fn chars_per_token(mint: &Mint, tasks: &[&str]) -> f64 {
 }
 
 fn jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::input::read_text(&path)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -390,7 +390,7 @@ pub fn zeroeval_math_figures(path: &Path) -> Result<BTreeMap<String, (u64, f64, 
 /// LiveCodeBench pass@1 (0..1) per DeepSeek-Coder ladder model and APPS level (LCB levels
 /// mapped easy/medium/hard -> introductory/interview/competition).
 pub fn lcb_ladder_pass(path: &Path) -> Result<Vec<(f64, BTreeMap<String, f64>)>> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?)
+    let v: serde_json::Value = serde_json::from_str(&crate::input::read_text(&path)?)
         .map_err(|e| Error::bad(format!("{}: {e}", path.display())))?;
     let perf = v["performances"]
         .as_array()
@@ -537,7 +537,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
     // ---------- APPS ----------
     let lpath = data.join("code-outcomes/performances_generation_2024_02_26.json");
     let lcb: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&lpath).map_err(|e| Error::io(&lpath, e))?)
+        serde_json::from_str(&crate::input::read_text(&lpath)?)
             .map_err(|e| Error::bad(format!("{}: {e}", lpath.display())))?;
     let perf = lcb["performances"]
         .as_array()

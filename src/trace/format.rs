@@ -175,7 +175,7 @@ struct Row {
 
 /// Load and check a trace.
 pub fn read_trace(path: &Path) -> Result<Trace> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::input::open(path)?;
     let p = path.display();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::bad(format!("{p}: not a Parquet file: {e}")))?;

@@ -84,7 +84,7 @@ pub fn import_math_l5(
             )));
         }
     }
-    let text = std::fs::read_to_string(problems).map_err(|e| Error::io(problems, e))?;
+    let text = crate::input::read_text(&problems)?;
     let p = &params.math;
     let sm = StageModel::new(p);
     let mut rng = stream(seed, "trace.import.math-l5");

@@ -201,7 +201,7 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
     let jsonl = path.extension().is_some_and(|e| e == "jsonl" || e == "json");
     let mut parsed: Vec<(u64, TraceRow)> = Vec::new();
     if jsonl {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::input::read_text(&path)?;
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let r: TraceRow = serde_json::from_str(line).map_err(|e| Error::bad(format!("{p}:{}: {e}", i + 1)))?;
             if parsed.len() as u64 >= MAX_REQUESTS {
