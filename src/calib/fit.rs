@@ -269,6 +269,10 @@ pub fn fit(profiles: &[Profile], opts: &FitOptions) -> Result<Calibration> {
     let first = profiles
         .first()
         .ok_or_else(|| Error::bad("calibrate fit: no --profile given"))?;
+    for (i, p) in profiles.iter().enumerate() {
+        p.check()
+            .map_err(|e| Error::bad(format!("calibrate fit: profile {} ({}): {e}", i + 1, p.shape.name)))?;
+    }
     let (gpu, sheet) = profile_peaks(first, opts.gpu.as_deref())?;
     for p in &profiles[1..] {
         let (g, _) = profile_peaks(p, opts.gpu.as_deref())?;
@@ -606,6 +610,28 @@ mod tests {
         let rep = check(&cal, &[p]).unwrap();
         assert!(rep.overall.p90_rel_err < 0.01, "{:?}", rep.overall);
         assert_eq!(rep.ops.len(), crate::calib::OPS.len());
+    }
+
+    #[test]
+    fn a_fit_refuses_profiles_with_impossible_numbers() {
+        type Edit = fn(&mut Profile);
+        let cases: Vec<(Edit, &str)> = vec![
+            (|p| p.points[3].median_ms = f64::INFINITY, "points[3].median_ms"),
+            (|p| p.points[3].median_ms = 1e308, "points[3].median_ms"),
+            (|p| p.points[3].median_ms = 0.0, "points[3].median_ms"),
+            (|p| p.points[0].tokens = 0, "points[0].tokens"),
+            (|p| p.points[0].tp = 0, "points[0].tp"),
+            (|p| p.points[0].op = "warp_drive".into(), "points[0].op"),
+            (|p| p.shape.hidden = 0, "shape.hidden"),
+            (|p| p.shape.kv_heads = 1000, "shape.kv_heads"),
+            (|p| p.meta.peak_tflops = f64::NAN, "meta.peak_tflops"),
+        ];
+        for (edit, want) in cases {
+            let mut p = synthetic_profile(&Coefficients::default(), "A40");
+            edit(&mut p);
+            let e = fit(&[p], &FitOptions::default()).expect_err(want).to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     #[test]

@@ -169,25 +169,76 @@ impl Profile {
                 p.format
             )));
         }
-        for (i, pt) in p.points.iter().enumerate() {
-            if super::op_class(&pt.op).is_none() {
-                let names: Vec<&str> = super::OPS.iter().map(|(n, _)| *n).collect();
-                return Err(Error::bad(format!(
-                    "profile {}: points[{i}].op: unknown operator `{}` (expected one of {})",
-                    path.display(),
-                    pt.op,
-                    names.join(", ")
-                )));
-            }
-            if !(pt.median_ms > 0.0 && pt.median_ms.is_finite()) {
-                return Err(Error::bad(format!(
-                    "profile {}: points[{i}].median_ms: expected a positive time, got {}",
-                    path.display(),
-                    pt.median_ms
-                )));
+        p.check()
+            .map_err(|e| Error::bad(format!("profile {}: {e}", path.display())))?;
+        Ok(p)
+    }
+
+    /// Check a profile whole before a fit reads it: a layer shape with sizes a model can have,
+    /// points with known operators, counts of at least one and times that are positive and
+    /// finite (a fit on `inf` or `1e308` medians or on zero sizes would write nonsense).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let s = &self.shape;
+        let sizes = [
+            ("hidden", s.hidden),
+            ("intermediate", s.intermediate),
+            ("heads", s.heads),
+            ("kv_heads", s.kv_heads),
+            ("head_dim", s.head_dim),
+            ("vocab", s.vocab),
+        ];
+        for (name, v) in sizes {
+            if !(1..=10_000_000).contains(&v) {
+                return Err(format!("shape.{name}: expected 1 to 1e7, got {v}"));
             }
         }
-        Ok(p)
+        if s.kv_heads > s.heads {
+            return Err(format!(
+                "shape.kv_heads: {} is more than the {} attention heads",
+                s.kv_heads, s.heads
+            ));
+        }
+        if !(1..=8).contains(&s.dtype_bytes) {
+            return Err(format!("shape.dtype_bytes: expected 1 to 8, got {}", s.dtype_bytes));
+        }
+        for (name, v) in [("peak_tflops", self.meta.peak_tflops), ("bandwidth_gb_s", self.meta.bandwidth_gb_s)] {
+            if !(v.is_finite() && (0.0..1e9).contains(&v)) {
+                return Err(format!("meta.{name}: expected 0 (unknown) to 1e9, got {v}"));
+            }
+        }
+        for (i, pt) in self.points.iter().enumerate() {
+            if super::op_class(&pt.op).is_none() {
+                let names: Vec<&str> = super::OPS.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "points[{i}].op: unknown operator `{}` (expected one of {})",
+                    pt.op,
+                    names.join(", ")
+                ));
+            }
+            for (name, v) in [("tokens", pt.tokens), ("batch", pt.batch)] {
+                if !(1..=100_000_000).contains(&v) {
+                    return Err(format!("points[{i}].{name}: expected 1 to 1e8, got {v}"));
+                }
+            }
+            if pt.context > 100_000_000 {
+                return Err(format!("points[{i}].context: expected at most 1e8, got {}", pt.context));
+            }
+            if !(1..=64).contains(&pt.tp) {
+                return Err(format!("points[{i}].tp: expected 1 to 64, got {}", pt.tp));
+            }
+            if !(pt.median_ms > 0.0 && pt.median_ms < 1e7) {
+                return Err(format!(
+                    "points[{i}].median_ms: expected a positive time below 1e7 ms, got {}",
+                    pt.median_ms
+                ));
+            }
+            for (name, v) in [("mean_ms", pt.mean_ms), ("min_ms", pt.min_ms), ("max_ms", pt.max_ms), ("std_ms", pt.std_ms)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!("points[{i}].{name}: expected a non-negative number, got {v}"));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -273,11 +324,18 @@ pub fn load_vidur_csv(path: &Path) -> Result<Profile> {
             _ => {}
         }
         let tokens = int(shape_cols[6])?;
-        let tp = int(shape_cols[7])? as u32;
+        let tp = u32::try_from(int(shape_cols[7])?).unwrap_or(u32::MAX);
         for (op, [med, mean, min, max, std]) in &op_cols {
             let median_ms = num(*med)?;
             if median_ms.is_nan() || median_ms <= 0.0 {
-                continue;
+                continue; // an operator Vidur did not time at this size
+            }
+            if !(median_ms < 1e7) || tokens == 0 {
+                return Err(Error::bad(format!(
+                    "profile {}: line {}: time_stats.{op}.median = {median_ms} ms at num_tokens = {tokens}: expected a time below 1e7 ms at a token count of at least 1",
+                    path.display(),
+                    csv.line()
+                )));
             }
             points.push(OpPoint {
                 op: op.to_string(),
@@ -313,10 +371,23 @@ pub fn load_vidur_csv(path: &Path) -> Result<Profile> {
         peak_source: gpu.map(|g| g.provenance.clone()).unwrap_or_default(),
         details: BTreeMap::from([("file".to_string(), path.display().to_string())]),
     };
-    Ok(Profile {
+    let p = Profile {
         format: PROFILE_FORMAT.into(),
         meta,
         shape,
         points,
-    })
+    };
+    // Rows are checked after reading so that the message names the row.
+    if let Err(e) = p.check() {
+        let row = e
+            .strip_prefix("points[")
+            .and_then(|r| r.split(']').next())
+            .and_then(|k| k.parse::<usize>().ok());
+        let where_ = match row {
+            Some(k) => format!(" (operator point {k}: {} at {} tokens)", p.points[k].op, p.points[k].tokens),
+            None => String::new(),
+        };
+        return Err(Error::bad(format!("profile {}: {e}{where_}", path.display())));
+    }
+    Ok(p)
 }

@@ -23,8 +23,7 @@ pub(super) fn bench_policy(
     ];
     // The default cluster, with the router's first two models in place of its two.
     let text = crate::input::read_text(&router)?;
-    let rm: crate::router::RouterModel =
-        serde_json::from_str(&text).map_err(|e| Error::bad(format!("{}: not a router file: {e}", router.display())))?;
+    let rm = crate::router::RouterModel::from_json(&text).map_err(|e| Error::bad(format!("{}: {e}", router.display())))?;
     if rm.models.len() < 2 {
         return Err(Error::bad(format!(
             "{}: the benchmark needs a router with two models",
@@ -388,14 +387,11 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
         } => {
             frac_ok(test_fraction)?;
             let text = crate::input::read_text(&path)?;
-            let m: RouterModel = serde_json::from_str(&text)
-                .map_err(|e| Error::bad(format!("{}: not a router file: {e}", path.display())))?;
-            if m.format != router::ROUTER_FORMAT {
+            let m = RouterModel::from_json(&text).map_err(|e| Error::bad(format!("{}: {e}", path.display())))?;
+            if m.is_encoder() {
                 return Err(Error::bad(format!(
-                    "{}: format `{}`, expected `{}`",
-                    path.display(),
-                    m.format,
-                    router::ROUTER_FORMAT
+                    "{}: an encoder router; evaluate encoder heads with `chimera router cv --encoder DIR`",
+                    path.display()
                 )));
             }
             let t = crate::trace::read_trace(&trace)?;

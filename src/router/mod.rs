@@ -82,7 +82,8 @@ pub fn term_counts(text: &str, cfg: &FeatureConfig) -> Sparse {
     let mask = (1u64 << cfg.buckets_log2) - 1;
     let mut hits: Vec<u32> = Vec::with_capacity(4 * text.len());
     let (buf, spans) = tokens(text);
-    for n in cfg.word_ngrams.0..=cfg.word_ngrams.1 {
+    // n = 0 (the range [0, 0] of an encoder router) has no n-grams.
+    for n in cfg.word_ngrams.0.max(1)..=cfg.word_ngrams.1 {
         for w in spans.windows(n) {
             // FNV-1a of b'w' then the tokens joined by spaces, without building the string.
             let mut h = Fnv::new();
@@ -97,7 +98,7 @@ pub fn term_counts(text: &str, cfg: &FeatureConfig) -> Sparse {
         }
     }
     let chars: Vec<char> = text.to_lowercase().chars().collect();
-    for n in cfg.char_ngrams.0..=cfg.char_ngrams.1 {
+    for n in cfg.char_ngrams.0.max(1)..=cfg.char_ngrams.1 {
         for w in chars.windows(n) {
             let mut h = Fnv::new();
             h.byte(b'c');
@@ -172,6 +173,114 @@ pub struct RouterModel {
     pub per_model_length: Vec<f64>,
     /// Free-form facts: training data, items, date of training, cross-validated scores.
     pub provenance: serde_json::Value,
+}
+
+impl RouterModel {
+    /// Largest feature space a router file may ask for (2^24 buckets: 64 MiB per dense vector).
+    pub const MAX_BUCKETS_LOG2: u32 = 24;
+
+    /// Read a router file's text and check it whole (see [`RouterModel::check`]).
+    pub fn from_json(text: &str) -> Result<RouterModel, String> {
+        let m: RouterModel = serde_json::from_str(text).map_err(|e| format!("not a router file: {e}"))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// A router trained on encoder embeddings (no text features of its own).
+    pub fn is_encoder(&self) -> bool {
+        self.features.word_ngrams == (0, 0) && self.features.char_ngrams == (0, 0)
+    }
+
+    /// Everything [`Router::new`] and prediction rely on: the format, one head per model,
+    /// indices inside the feature space, finite numbers. Errors name the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.format != ROUTER_FORMAT {
+            return Err(format!("format: expected `{ROUTER_FORMAT}`, got `{}`", self.format));
+        }
+        let nm = self.models.len();
+        if nm == 0 || nm > 64 {
+            return Err(format!("models: expected 1 to 64 model names, got {nm}"));
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            if m.trim().is_empty() {
+                return Err(format!("models[{i}]: empty name"));
+            }
+            if self.models[..i].contains(m) {
+                return Err(format!("models[{i}]: `{m}` listed twice"));
+            }
+        }
+        let f = &self.features;
+        if !(1..=Self::MAX_BUCKETS_LOG2).contains(&f.buckets_log2) {
+            return Err(format!(
+                "features.buckets_log2: expected 1 to {}, got {}",
+                Self::MAX_BUCKETS_LOG2,
+                f.buckets_log2
+            ));
+        }
+        for (name, (a, b)) in [("word_ngrams", f.word_ngrams), ("char_ngrams", f.char_ngrams)] {
+            // (0, 0) means none; otherwise 1 <= a <= b <= 8.
+            if (a, b) != (0, 0) && !(a >= 1 && a <= b && b <= 8) {
+                return Err(format!(
+                    "features.{name}: expected [lo, hi] with 1 <= lo <= hi <= 8 (or [0, 0] for none), got [{a}, {b}]"
+                ));
+            }
+        }
+        let n = 1u64 << f.buckets_log2;
+        let finite = |name: &str, v: f64| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name}: expected a finite number, got {v}"))
+            }
+        };
+        let entries = |name: &str, v: &[(u32, f32)]| -> Result<(), String> {
+            for (k, &(i, x)) in v.iter().enumerate() {
+                if u64::from(i) >= n {
+                    return Err(format!(
+                        "{name}[{k}]: index {i} outside the {n} feature buckets (features.buckets_log2)"
+                    ));
+                }
+                finite(&format!("{name}[{k}]"), f64::from(x))?;
+            }
+            Ok(())
+        };
+        entries("idf", &self.idf)?;
+        entries("shared", &self.shared)?;
+        finite("idf_default", f64::from(self.idf_default))?;
+        finite("length_norm[0]", self.length_norm.0)?;
+        finite("length_norm[1]", self.length_norm.1)?;
+        if self.length_norm.1 <= 0.0 {
+            return Err(format!("length_norm[1]: expected a positive spread, got {}", self.length_norm.1));
+        }
+        finite("length_weight", self.length_weight)?;
+        for (name, v) in [("bias", &self.bias), ("scale", &self.scale)] {
+            if v.len() != nm {
+                return Err(format!("{name}: expected one number per model ({nm}), got {}", v.len()));
+            }
+            for (k, x) in v.iter().enumerate() {
+                finite(&format!("{name}[{k}]"), *x)?;
+            }
+        }
+        if self.per_model.len() != nm {
+            return Err(format!(
+                "per_model: expected one list per model ({nm}), got {}",
+                self.per_model.len()
+            ));
+        }
+        for (m, w) in self.per_model.iter().enumerate() {
+            entries(&format!("per_model[{m}]"), w)?;
+        }
+        if !self.per_model_length.is_empty() && self.per_model_length.len() != nm {
+            return Err(format!(
+                "per_model_length: expected one number per model ({nm}), got {}",
+                self.per_model_length.len()
+            ));
+        }
+        for (k, x) in self.per_model_length.iter().enumerate() {
+            finite(&format!("per_model_length[{k}]"), *x)?;
+        }
+        Ok(())
+    }
 }
 
 /// A router ready to predict (dense weights).
@@ -590,5 +699,61 @@ mod tests {
         let total: f32 = c.iter().map(|x| x.1).sum();
         assert_eq!(total, 5.0);
         assert!(c.windows(2).all(|w| w[0].0 < w[1].0), "sorted, unique buckets");
+    }
+
+    fn tiny() -> RouterModel {
+        let texts = ["add two numbers", "prove the theorem about primes", "sum a list", "integrate by parts"];
+        let labels = vec![vec![true, true], vec![false, true], vec![true, true], vec![false, false]];
+        let models = vec!["small".to_string(), "big".to_string()];
+        let cfg = FeatureConfig {
+            buckets_log2: 10,
+            ..FeatureConfig::default()
+        };
+        train(&texts, &labels, &models, &cfg, &TrainConfig::default(), serde_json::Value::Null)
+    }
+
+    #[test]
+    fn a_trained_router_passes_its_own_check_and_survives_a_round_trip() {
+        let m = tiny();
+        m.check().unwrap();
+        let back = RouterModel::from_json(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+        let enc = train_dense(&[vec![0.1, 0.2], vec![0.3, -0.1]], &[vec![true], vec![false]], &["m".into()], serde_json::Value::Null);
+        enc.check().unwrap();
+        assert!(enc.is_encoder() && !m.is_encoder());
+        // Text through an encoder router's (empty) text features: no panic.
+        assert_eq!(Router::new(enc).predict("some text").len(), 1);
+    }
+
+    #[test]
+    fn broken_router_files_are_refused_naming_the_field() {
+        type Edit = fn(&mut RouterModel);
+        let cases: Vec<(Edit, &str)> = vec![
+            (|m| m.format = "chimera-router/v0".into(), "format"),
+            (|m| m.models.clear(), "models"),
+            (|m| m.models[1] = m.models[0].clone(), "models[1]"),
+            (|m| m.features.buckets_log2 = 40, "features.buckets_log2"),
+            (|m| m.features.buckets_log2 = 0, "features.buckets_log2"),
+            (|m| m.features.word_ngrams = (0, 2), "features.word_ngrams"),
+            (|m| m.features.char_ngrams = (3, 1), "features.char_ngrams"),
+            (|m| m.idf.push((1 << 10, 1.0)), "idf["),
+            (|m| m.shared.push((u32::MAX, 1.0)), "shared["),
+            (|m| m.shared.push((1, f32::NAN)), "shared["),
+            (|m| m.idf_default = f32::INFINITY, "idf_default"),
+            (|m| m.length_norm.1 = 0.0, "length_norm[1]"),
+            (|m| m.bias.pop().map(|_| ()).unwrap_or(()), "bias"),
+            (|m| m.scale[0] = f64::NAN, "scale[0]"),
+            (|m| m.per_model.push(Vec::new()), "per_model"),
+            (|m| m.per_model[0].push((5000, 1.0)), "per_model[0]["),
+            (|m| m.per_model_length = vec![0.0; 3], "per_model_length"),
+            (|m| m.length_weight = f64::INFINITY, "length_weight"),
+        ];
+        for (edit, want) in cases {
+            let mut m = tiny();
+            edit(&mut m);
+            let e = m.check().expect_err(want);
+            assert!(e.starts_with(want), "{want}: {e}");
+        }
+        assert!(RouterModel::from_json("{\"format\": 1}").unwrap_err().starts_with("not a router file"));
     }
 }

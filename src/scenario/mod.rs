@@ -664,12 +664,14 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
             let f = base.join(path);
             let text =
                 crate::input::read_text(&f).map_err(|e| Error::bad(format!("policy.confidence.path: {e}")))?;
-            let m: crate::router::RouterModel = serde_json::from_str(&text).map_err(|e| {
-                Error::bad(format!(
-                    "policy.confidence.path: {}: not a router file: {e}",
+            let m = crate::router::RouterModel::from_json(&text)
+                .map_err(|e| Error::bad(format!("policy.confidence.path: {}: {e}", f.display())))?;
+            if m.is_encoder() {
+                return Err(Error::bad(format!(
+                    "policy.confidence.path: {}: an encoder router reads text embeddings, which simulated workflows do not carry; train a text router (`chimera router train` without --encoder)",
                     f.display()
-                ))
-            })?;
+                )));
+            }
             for model in models {
                 if !m.models.contains(model) {
                     return Err(Error::bad(format!(
