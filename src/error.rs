@@ -73,6 +73,16 @@ impl Error {
     }
 }
 
+/// A number for a message: as written for everyday magnitudes, in exponent form for huge or
+/// tiny ones (so `1e300` is not printed as 301 digits).
+pub fn num(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e9).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

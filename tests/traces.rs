@@ -117,6 +117,37 @@ fn corrupt_traces_are_refused_naming_file_row_and_column() {
             vec!["row 5", "column output_tokens", "negative token count -3"],
         ),
         (
+            // Before the bound, a reader reserved room for 2^32 stages (100 GB) and aborted.
+            "stages-huge",
+            Box::new(|f, c| {
+                let i = idx(f, "stages");
+                let mut v: Vec<u32> = c[i].as_any().downcast_ref::<UInt32Array>().unwrap().values().to_vec();
+                v[0] = u32::MAX;
+                c[i] = Arc::new(UInt32Array::from(v));
+            }),
+            vec!["row 1", "column stages", "at most 64"],
+        ),
+        (
+            "tokens-huge",
+            Box::new(|f, c| {
+                let i = idx(f, "output_tokens");
+                let mut v: Vec<i64> = c[i].as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
+                v[1] = u32::MAX as i64;
+                c[i] = Arc::new(Int64Array::from(v));
+            }),
+            vec!["row 2", "column output_tokens", "4294967295 tokens"],
+        ),
+        (
+            "delay-huge",
+            Box::new(|f, c| {
+                let i = idx(f, "tool_delay_ms");
+                let mut v: Vec<f64> = c[i].as_any().downcast_ref::<Float64Array>().unwrap().values().to_vec();
+                v[1] = 1e300;
+                c[i] = Arc::new(Float64Array::from(v));
+            }),
+            vec!["row 2", "column tool_delay_ms", "expected 0 to 1e9 milliseconds"],
+        ),
+        (
             "no-outcome",
             Box::new(|f, c| {
                 let i = idx(f, "solved");

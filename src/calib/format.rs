@@ -203,7 +203,7 @@ impl Profile {
         }
         for (name, v) in [("peak_tflops", self.meta.peak_tflops), ("bandwidth_gb_s", self.meta.bandwidth_gb_s)] {
             if !(v.is_finite() && (0.0..1e9).contains(&v)) {
-                return Err(format!("meta.{name}: expected 0 (unknown) to 1e9, got {v}"));
+                return Err(format!("meta.{name}: expected 0 (unknown) to 1e9, got {}", crate::error::num(v)));
             }
         }
         for (i, pt) in self.points.iter().enumerate() {
@@ -234,7 +234,7 @@ impl Profile {
             }
             for (name, v) in [("mean_ms", pt.mean_ms), ("min_ms", pt.min_ms), ("max_ms", pt.max_ms), ("std_ms", pt.std_ms)] {
                 if !(v.is_finite() && v >= 0.0) {
-                    return Err(format!("points[{i}].{name}: expected a non-negative number, got {v}"));
+                    return Err(format!("points[{i}].{name}: expected a non-negative number, got {}", crate::error::num(v)));
                 }
             }
         }

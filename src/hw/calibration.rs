@@ -104,7 +104,8 @@ impl Coefficients {
         for (name, v) in fracs {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(Error::bad(format!(
-                    "coefficients.{name}: expected a fraction in (0, 1], got {v}"
+                    "coefficients.{name}: expected a fraction in (0, 1], got {}",
+                    crate::error::num(v)
                 )));
             }
         }
@@ -121,7 +122,8 @@ impl Coefficients {
         for (name, v) in times {
             if !(v >= 0.0 && v < 1e9) {
                 return Err(Error::bad(format!(
-                    "coefficients.{name}: expected 0 to 1e9 microseconds, got {v}"
+                    "coefficients.{name}: expected 0 to 1e9 microseconds, got {}",
+                    crate::error::num(v)
                 )));
             }
         }
@@ -285,7 +287,8 @@ impl Calibration {
             for (name, v) in [("peak_tflops", d.peak_tflops), ("bandwidth_gb_s", d.bandwidth_gb_s)] {
                 if !(v.is_finite() && v > 0.0 && v < 1e9) {
                     return Err(Error::bad(format!(
-                        "datasheet.{name}: expected a positive number below 1e9, got {v}"
+                        "datasheet.{name}: expected a positive number below 1e9, got {}",
+                        crate::error::num(v)
                     )));
                 }
             }
@@ -294,7 +297,8 @@ impl Calibration {
             for (name, v) in [("median_rel_err", q.median_rel_err), ("p90_rel_err", q.p90_rel_err)] {
                 if !(v.is_finite() && v >= 0.0) {
                     return Err(Error::bad(format!(
-                        "fit.{name}: expected a non-negative number, got {v}"
+                        "fit.{name}: expected a non-negative number, got {}",
+                        crate::error::num(v)
                     )));
                 }
             }

@@ -173,6 +173,19 @@ fn bad_fields_name_their_path_and_what_was_expected() {
             &["cluster.engines[0].max_model_len=100000"],
             &["cluster.engines[0].max_model_len", "2..=32768"],
         ),
+        // A stage count the generator would have clamped to 8 in silence.
+        (
+            &["workload.stages={dist: constant, value: 1e9}"],
+            &["workload.stages", "1..64 stages", "1000000000"],
+        ),
+        (
+            &["workload.stages={dist: lognormal, mean: 2, cv: 1}"],
+            &["workload.stages", "give `min` and `max`"],
+        ),
+        (
+            &["workload.output_scale={Qwen2.5-7B: 1e300}"],
+            &["workload.output_scale.Qwen2.5-7B", "(0, 1000]", "1e300"],
+        ),
         (&["cluster.engines=[]"], &["cluster.engines", "at least one engine"]),
         (&["seed=-4"], &["seed", "invalid value"]),
     ];
@@ -184,6 +197,7 @@ fn bad_fields_name_their_path_and_what_was_expected() {
                 "workload.success_probability",
                 "workload.max_prompt_tokens",
                 "workload.tool_delay_ms",
+                "workload.output_scale",
             ]
             .iter()
             .any(|f| s.starts_with(f))

@@ -321,13 +321,17 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
                 format!("{} context tokens exceed the prompt's {}", r.context, r.prompt),
             ));
         }
-        if r.prompt > u32::MAX as i64 || r.output > u32::MAX as i64 {
-            return Err(at("prompt_tokens", "token count does not fit 32 bits".into()));
+        for (col, v) in [("prompt_tokens", r.prompt), ("output_tokens", r.output)] {
+            crate::workload::check_tokens("", v as u64).map_err(|e| at(col, e.trim_start_matches(": ").into()))?;
         }
-        if !(r.delay_ms >= 0.0 && r.delay_ms.is_finite()) {
+        if !(r.delay_ms >= 0.0 && r.delay_ms <= crate::time::MAX_DIST_VALUE) {
             return Err(at(
                 "tool_delay_ms",
-                format!("expected a non-negative number, got {}", r.delay_ms),
+                format!(
+                    "expected 0 to {:e} milliseconds, got {}",
+                    crate::time::MAX_DIST_VALUE,
+                    r.delay_ms
+                ),
             ));
         }
         if r.model.is_empty() {
@@ -337,6 +341,12 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
             return Err(at(
                 "solved",
                 format!("workflow {} has no outcome for model {}", r.wf, r.model),
+            ));
+        }
+        if r.stages > crate::workload::MAX_STAGES {
+            return Err(at(
+                "stages",
+                format!("{} stages; a workflow may have at most {}", r.stages, crate::workload::MAX_STAGES),
             ));
         }
         if r.stages == 0 || r.stage >= r.stages {

@@ -157,6 +157,19 @@ impl Sampler {
         }
     }
 
+    /// The smallest and largest value a draw can take (infinite when unbounded).
+    pub fn support(&self) -> (f64, f64) {
+        match self {
+            Sampler::Constant(v) => (*v, *v),
+            Sampler::Uniform(a, b) => (*a, *b),
+            Sampler::Exp(_) => (0.0, f64::INFINITY),
+            Sampler::LogNormal(_, lo, hi) => (*lo, *hi),
+            Sampler::Empirical(v, _) => v
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(*x), b.max(*x))),
+        }
+    }
+
     /// A token count: rounded, at least `min`.
     pub fn sample_tokens<R: rand::Rng + ?Sized>(&self, rng: &mut R, min: u32) -> u32 {
         (self.sample(rng).round().min(u32::MAX as f64) as u32).max(min)

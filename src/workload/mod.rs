@@ -17,6 +17,23 @@ use crate::error::Result;
 use crate::time::Nanos;
 use std::sync::Arc;
 
+/// The most tokens one field of a request may hold (a prompt, its context, an output): 10^7,
+/// beyond any model's context window, and small enough that sums of a few stay far inside
+/// 32 bits. Larger counts are refused where they enter (scenario, trace, request file).
+pub const MAX_TOKENS: u32 = 10_000_000;
+
+/// The most stages (LLM calls) one workflow may have.
+pub const MAX_STAGES: u32 = 64;
+
+/// Check a token count against [`MAX_TOKENS`]; `what` names the field.
+pub fn check_tokens(what: &str, v: u64) -> std::result::Result<(), String> {
+    if v > MAX_TOKENS as u64 {
+        Err(format!("{what}: {v} tokens is more than the {MAX_TOKENS} a request field may hold"))
+    } else {
+        Ok(())
+    }
+}
+
 /// One LLM call of a workflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stage {

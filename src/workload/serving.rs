@@ -84,17 +84,19 @@ impl ServingSpec {
             if v == 0 {
                 Err(Error::bad(format!("{path}.requests.{field}: expected at least 1")))
             } else {
-                Ok(())
+                super::check_tokens(&format!("{path}.requests.{field}"), v as u64).map_err(Error::bad)
             }
         };
         match &self.requests {
             RequestShape::SharedPrefix {
                 groups,
                 prompts_per_group,
-                system_prompt_len: _,
+                system_prompt_len,
                 question_len,
                 output_len,
             } => {
+                super::check_tokens(&format!("{path}.requests.system_prompt_len"), *system_prompt_len as u64)
+                    .map_err(Error::bad)?;
                 pos("groups", *groups)?;
                 pos("prompts_per_group", *prompts_per_group)?;
                 pos("question_len", *question_len)?;
@@ -251,6 +253,15 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
             return Err(Error::bad(format!(
                 "{p}:{row}: prompt_tokens and output_tokens must be at least 1"
             )));
+        }
+        for (col, v) in [
+            ("prompt_tokens", Some(r.prompt_tokens)),
+            ("output_tokens", Some(r.output_tokens)),
+            ("prefix_tokens", r.prefix_tokens),
+        ] {
+            if let Some(v) = v {
+                super::check_tokens(col, v as u64).map_err(|e| Error::bad(format!("{p}:{row}: {e}")))?;
+            }
         }
         if let Some(a) = r.arrival_s {
             if !(a >= 0.0 && a < 1e7) {
@@ -446,6 +457,20 @@ mod tests {
             ]
         );
         assert_eq!(s.stage_bounds(), vec![(0, 3000 * ms), (3000 * ms, 4000 * ms)]);
+    }
+
+    #[test]
+    fn token_counts_past_the_bound_are_refused_not_wrapped() {
+        // 4294967295 + 1 wrapped to a prompt of 0 tokens before the bound.
+        for (y, want) in [
+            ("{kind: shared_prefix, groups: 1, prompts_per_group: 1, system_prompt_len: 4294967295, question_len: 1, output_len: 7}", "requests.system_prompt_len"),
+            ("{kind: shared_prefix, groups: 1, prompts_per_group: 1, system_prompt_len: 1, question_len: 4294967295, output_len: 7}", "requests.question_len"),
+            ("{kind: fixed, prompt_len: 10, output_len: 4294967295}", "requests.output_len"),
+        ] {
+            let s = spec(&format!("requests: {y}\narrivals: {{process: poisson, stages: [{{rate: 1, duration_s: 1}}]}}"));
+            let e = s.validate("workload").unwrap_err().to_string();
+            assert!(e.contains(&format!("workload.{want}")) && e.contains("4294967295 tokens"), "{e}");
+        }
     }
 
     #[test]

@@ -74,7 +74,14 @@ impl SyntheticSpec {
     }
 
     pub fn validate(&self, path: &str, models: &[String]) -> Result<()> {
-        self.samplers(path)?;
+        let s = self.samplers(path)?;
+        let (lo, hi) = s.stages.support();
+        if !(lo >= 0.5 && hi < super::MAX_STAGES as f64 + 0.5) {
+            return Err(Error::bad(format!(
+                "{path}.stages: every value must round to 1..{} stages, but this distribution reaches {lo}..{hi} (give `min` and `max`, or other values)",
+                super::MAX_STAGES
+            )));
+        }
         if self.workflows == 0 {
             return Err(Error::bad(format!("{path}.workflows: expected at least 1")));
         }
@@ -94,17 +101,17 @@ impl SyntheticSpec {
                     )));
                 }
                 let ok = if field == "output_scale" {
-                    *v > 0.0 && v.is_finite()
+                    *v > 0.0 && *v <= 1000.0
                 } else {
                     (0.0..=1.0).contains(v)
                 };
                 if !ok {
                     let want = if field == "output_scale" {
-                        "a number > 0"
+                        "a number in (0, 1000]"
                     } else {
                         "a probability in [0, 1]"
                     };
-                    return Err(Error::bad(format!("{path}.{field}.{m}: expected {want}, got {v}")));
+                    return Err(Error::bad(format!("{path}.{field}.{m}: expected {want}, got {}", crate::error::num(*v))));
                 }
             }
         }
@@ -139,8 +146,9 @@ fn build_stages(draws: &[Draw], output_scale: f64, cap: u32) -> Vec<Stage> {
         .map(|d| {
             let own = d.own.min(cap);
             let ctx = context.min(cap - own);
-            let out = ((d.out as f64 * output_scale).round() as u32).max(1);
-            context = ctx + own + out + d.obs;
+            let out = ((d.out as f64 * output_scale).round().min(u32::MAX as f64) as u32).max(1);
+            // Saturating: only `cap` of it is ever carried into a prompt.
+            context = (ctx + own).saturating_add(out).saturating_add(d.obs);
             Stage {
                 prompt_tokens: ctx + own,
                 context_tokens: ctx,
@@ -220,7 +228,8 @@ impl WorkloadSource for SyntheticWorkload {
         let Some(arrival_ns) = self.next_arrival() else {
             return Ok(None);
         };
-        let n = (self.s.stages.sample(&mut self.rng_stages).round() as usize).clamp(1, 8);
+        // Validation keeps the distribution inside 1..=MAX_STAGES; the clamp only guards rounding.
+        let n = (self.s.stages.sample(&mut self.rng_stages).round() as usize).clamp(1, super::MAX_STAGES as usize);
         let cap = self.spec.max_prompt_tokens;
         let r = &mut self.rng_lengths;
         // Draw every length once; each model's plan is then built from the same draws.
