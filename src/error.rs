@@ -46,6 +46,7 @@ impl Error {
                         | std::io::ErrorKind::PermissionDenied
                         | std::io::ErrorKind::InvalidData
                         | std::io::ErrorKind::IsADirectory
+                        | std::io::ErrorKind::NotADirectory
                 ) =>
             {
                 2

@@ -328,6 +328,27 @@ fn hostile_inputs_exit_2_naming_the_problem() {
             "--seeds",
         ),
         (&["validate", "/nonexistent/plan.yaml"], "/nonexistent/plan.yaml"),
+        // Reading a device or a FIFO would never end: refused before a byte is read.
+        (&["run", "/dev/zero"], "not a regular file"),
+        (
+            &["run", "-q", "--set", "cluster.engines[*].calibration=/dev/zero"],
+            "cluster.engines[0].calibration: /dev/zero: is not a regular file",
+        ),
+        (
+            &["run", "-q", "--set", "cluster.engines[*].calibration=none"],
+            "cluster.engines[0].calibration",
+        ),
+        (
+            &[
+                "run",
+                "-q",
+                "scenarios/bench/vidur-4x-llama2-7b-a100.yaml",
+                "--set",
+                "workload.limit=0",
+            ],
+            "workload.limit",
+        ),
+        (&["summary", "/dev/null"], "/dev/null"),
         (
             &[
                 "sweep",

@@ -991,6 +991,9 @@ impl Scenario {
                 if t.cycle && t.limit.is_none() {
                     return Err(Error::bad("workload.limit: `cycle: true` needs a limit"));
                 }
+                if t.limit == Some(0) {
+                    return Err(Error::bad("workload.limit: expected at least 1 workflow (leave it out for the whole trace)"));
+                }
                 let longest = trace
                     .workflows
                     .iter()
@@ -1042,6 +1045,9 @@ impl Scenario {
                 let p = base_dir.join(&a.path);
                 if !p.exists() {
                     return Err(Error::bad(format!("workload.path: {} does not exist", p.display())));
+                }
+                if a.limit == Some(0) {
+                    return Err(Error::bad("workload.limit: expected at least 1 row (leave it out for the whole file)"));
                 }
                 if a.max_total_tokens < 2 || a.max_total_tokens > min_len {
                     return Err(Error::bad(format!(

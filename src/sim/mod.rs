@@ -381,9 +381,17 @@ impl<'a> Simulation<'a> {
     fn run_loop(&mut self, progress: Progress) -> Result<()> {
         let total = self.source.expected_len();
         self.next_wf = self.source.next_workflow()?;
-        if let Some(w) = &self.next_wf {
-            let t = w.arrival_ns;
-            self.push(t, Ev::Arrival);
+        match &self.next_wf {
+            Some(w) => {
+                let t = w.arrival_ns;
+                self.push(t, Ev::Arrival);
+            }
+            // A run of nothing would print a summary of nothing and exit 0.
+            None => {
+                return Err(Error::bad(
+                    "workload: no workflow arrives (an empty file, a limit or an arrival window that admits none); nothing to simulate",
+                ))
+            }
         }
         let max_events = self.r.scenario.limits.max_events;
         let mut last_report = 0;
