@@ -84,10 +84,70 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// Say a parser's message in the user's words, not the program's: serde names Rust types
+/// (`expected struct EngineSpec`, `expected u64`) and YAML options (`DuplicateKeyPolicy`)
+/// that mean nothing to someone writing a scenario.
+pub fn plain_words(msg: &str) -> String {
+    // A word naming a Rust type, and what to say instead.
+    const NAMED: &[(&str, &str)] = &[
+        ("expected internally tagged enum ", "expected a map with its kind field (see `chimera scenario reference`)"),
+        ("expected struct variant ", "expected a map of fields"),
+        ("expected tuple struct ", "expected a list"),
+        ("expected newtype struct ", "expected a value"),
+        ("expected struct ", "expected a map of fields"),
+        ("expected enum ", "expected one of the allowed names"),
+    ];
+    const PRIMITIVE: &[(&str, &str)] = &[
+        ("expected u64", "expected a whole number from 0 to 18446744073709551615"),
+        ("expected usize", "expected a whole number from 0 to 18446744073709551615"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number from -2147483648 to 2147483647"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected unit", "expected nothing (null)"),
+        ("expected a sequence", "expected a list"),
+        ("invalid type: sequence", "invalid type: list"),
+        ("invalid type: floating point", "invalid type: number"),
+        ("invalid value: floating point", "invalid value: number"),
+        ("invalid type: integer", "invalid type: number"),
+        ("invalid value: integer", "invalid value: number"),
+        ("invalid type: unit value", "invalid type: null"),
+        (", set DuplicateKeyPolicy in Options if acceptable", " (each key may appear once)"),
+    ];
+    let mut out = msg.to_string();
+    for (from, to) in NAMED {
+        while let Some(i) = out.find(from) {
+            let rest = &out[i + from.len()..];
+            let name_len = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(rest.len());
+            out.replace_range(i..i + from.len() + name_len, to);
+        }
+    }
+    for (from, to) in PRIMITIVE {
+        // Whole words only: `expected u32` but not `expected u320`.
+        let mut start = 0;
+        while let Some(k) = out[start..].find(from) {
+            let i = start + k;
+            let end = i + from.len();
+            if out[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+                start = end;
+                continue;
+            }
+            out.replace_range(i..end, to);
+            start = i + to.len();
+        }
+    }
+    out
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::BadInput(m) => write!(f, "{m}"),
+            Error::BadInput(m) => write!(f, "{}", plain_words(m)),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::Other(m) => write!(f, "{m}"),
             Error::Interrupted(m) => write!(f, "interrupted: {m}"),
@@ -106,5 +166,27 @@ impl From<parquet::errors::ParquetError> for Error {
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
         Error::Other(format!("arrow: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_messages_are_said_in_plain_words() {
+        let cases = [
+            ("cluster.engines[0]: invalid type: integer `3`, expected struct EngineSpec", "cluster.engines[0]: invalid type: number `3`, expected a map of fields"),
+            ("workload.workflows: invalid value: integer `-1`, expected u64", "workload.workflows: invalid value: number `-1`, expected a whole number from 0 to 18446744073709551615"),
+            ("seed: invalid type: floating point `1.5`, expected u64", "seed: invalid type: number `1.5`, expected a whole number from 0 to 18446744073709551615"),
+            ("tp: invalid value: integer `99999999999`, expected u32", "tp: invalid value: number `99999999999`, expected a whole number from 0 to 4294967295"),
+            ("policy[0]: invalid type: integer `1`, expected internally tagged enum RoutingSpec", "policy[0]: invalid type: number `1`, expected a map with its kind field (see `chimera scenario reference`)"),
+            ("gpu: invalid type: sequence, expected a string", "gpu: invalid type: list, expected a string"),
+            ("duplicate mapping key: seed, set DuplicateKeyPolicy in Options if acceptable", "duplicate mapping key: seed (each key may appear once)"),
+            ("x: expected u320 things", "x: expected u320 things"),
+        ];
+        for (from, to) in cases {
+            assert_eq!(plain_words(from), to);
+        }
     }
 }

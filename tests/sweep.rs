@@ -106,6 +106,42 @@ fn an_interrupted_sweep_resumes_without_redoing_finished_points() {
 }
 
 #[test]
+fn an_edited_points_file_is_refused_on_resume_and_merge() {
+    let d = common::tmpdir("sweep-edited");
+    let s = spec();
+    let part = d.join("part");
+    sweep::run(&s, &part, &opts(2, None, false), &mut |_, _| {}).unwrap();
+    std::fs::remove_file(part.join("sweep.parquet")).unwrap();
+    let jsonl = part.join("points.jsonl");
+    let original = std::fs::read_to_string(&jsonl).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let mut rec: sweep::Record = serde_json::from_str(lines[2]).unwrap();
+    // (a) A metric changed by hand: the record's check no longer matches.
+    let edited = lines[2].replacen("\"workflows.count\",", "\"workflows.count\",1", 1);
+    assert_ne!(edited, lines[2], "the edit must change the line");
+    // (b) A record re-sealed by someone who knows the check, but with another point's
+    // parameters: the plan does not match.
+    let p = rec.params.keys().next().unwrap().clone();
+    rec.params.insert(p, "{Qwen2.5-1.5B: 0.9, Qwen2.5-7B: 0.1}".into());
+    let resealed = serde_json::to_string(&rec.seal()).unwrap();
+    for (name, line, want) in [("metric", edited.as_str(), "line 3"), ("params", resealed.as_str(), "does not match the plan")] {
+        let mut text: Vec<&str> = lines.clone();
+        text[2] = line;
+        std::fs::write(&jsonl, text.join("\n") + "\n").unwrap();
+        let e = sweep::run(&s, &part, &opts(2, None, true), &mut |_, _| {}).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{name}: {e}");
+        let m = e.to_string();
+        assert!(m.contains("points.jsonl") && m.contains(want) && m.contains("remove"), "{name}: {m}");
+        let e = sweep::merge(&[part.clone()], &d.join(format!("merged-{name}"))).unwrap_err().to_string();
+        assert!(e.contains(want), "{name}: merge: {e}");
+    }
+    // The untouched file resumes (nothing left to run).
+    std::fs::write(&jsonl, &original).unwrap();
+    let rep = sweep::run(&s, &part, &opts(2, None, true), &mut |_, _| {}).unwrap();
+    assert_eq!((rep.skipped, rep.ran), (10, 0));
+}
+
+#[test]
 fn shards_merge_into_the_unsharded_table() {
     let d = common::tmpdir("sweep-shards");
     let s = spec();

@@ -75,6 +75,61 @@ pub struct Record {
     pub params: BTreeMap<String, String>,
     /// Summary metrics flattened to `a.b.c` keys, in the summary's order.
     pub metrics: Vec<(String, Value)>,
+    /// FNV-1a of the record's JSON with this field empty: a line edited by hand or damaged on
+    /// disk is found when the sweep is resumed or merged, instead of entering the table.
+    #[serde(default)]
+    pub check: String,
+}
+
+impl Record {
+    fn digest(&self) -> String {
+        let mut bare = self.clone();
+        bare.check.clear();
+        let text = serde_json::to_string(&bare).expect("record serialises");
+        format!("{:016x}", crate::rng::fnv1a64(text.as_bytes()))
+    }
+
+    /// Set `check` from the rest of the record.
+    pub fn seal(mut self) -> Record {
+        self.check = self.digest();
+        self
+    }
+
+    /// Whether `check` matches the rest of the record.
+    pub fn intact(&self) -> bool {
+        self.check == self.digest()
+    }
+
+    /// The record's identity as the plan defines it: the point's series label, seed and
+    /// parameter values. A kept record whose identity is not its point's is refused.
+    fn identity_matches(&self, spec: &SweepSpec, p: &Point) -> bool {
+        let s = &spec.series[p.series];
+        self.point == p.index
+            && self.label == s.label
+            && self.seed == p.seed
+            && self.params.len() == s.grid.len()
+            && s.grid.iter().zip(&p.values).all(|(a, v)| self.params.get(&a.path) == Some(v))
+    }
+}
+
+/// Check kept records against the plan's points: each names a point of the plan and carries
+/// that point's label, seed and parameters.
+fn verify_records(recs: &[Record], points: &[Point], spec: &SweepSpec, origin: &Path) -> Result<()> {
+    for r in recs {
+        let ok = usize::try_from(r.point)
+            .ok()
+            .and_then(|i| points.get(i))
+            .is_some_and(|p| r.identity_matches(spec, p));
+        if !ok {
+            return Err(Error::bad(format!(
+                "{}: the record of point {} does not match the plan's point {} (label, seed or parameters differ, or no such point); the file was edited or belongs to another plan: remove that line to rerun the point",
+                origin.display(),
+                r.point,
+                r.point
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Split `path=v1,v2,...` at commas outside brackets, braces and quotes.
@@ -352,7 +407,9 @@ impl SweepSpec {
                 .map(|(a, v)| (a.path.clone(), v.clone()))
                 .collect(),
             metrics,
-        })
+            check: String::new(),
+        }
+        .seal())
     }
 }
 
@@ -448,6 +505,14 @@ pub fn read_records(dir: &Path) -> Result<Vec<Record>> {
             continue;
         }
         match serde_json::from_str::<Record>(line) {
+            Ok(r) if !r.intact() => {
+                return Err(Error::bad(format!(
+                    "{}: line {}: the record of point {} was edited or damaged (its check does not match its content); remove the line to rerun the point",
+                    path.display(),
+                    i + 1,
+                    r.point
+                )))
+            }
             Ok(r) => out.push(r),
             Err(_) if i + 1 == n => {} // the line being written when the run was killed
             Err(e) => {
@@ -520,7 +585,9 @@ pub fn run(spec: &SweepSpec, dir: &Path, opts: &RunOptions, progress: &mut dyn F
                     header.shard
                 )));
             }
-            read_records(dir)?
+            let kept = read_records(dir)?;
+            verify_records(&kept, &all, spec, &dir.join("points.jsonl"))?;
+            kept
         }
         Some(_) => {
             return Err(Error::bad(format!(
@@ -657,7 +724,9 @@ pub fn merge(shards: &[PathBuf], out: &Path) -> Result<PathBuf> {
             }
         }
         shard_ids.push(h.shard);
-        recs.extend(read_records(d)?);
+        let kept = read_records(d)?;
+        verify_records(&kept, &h.spec.points()?, &h.spec, &d.join("points.jsonl"))?;
+        recs.extend(kept);
         header.get_or_insert(h);
     }
     let header = header.ok_or_else(|| Error::bad("sweep merge: no shard folders given"))?;
