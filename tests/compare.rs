@@ -61,6 +61,13 @@ fn a_run_against_itself_agrees_exactly_and_against_other_step_times_does_not() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["metrics"].as_array().unwrap().len(), 4);
+    // Two unrelated runs (another seed: other workflows under the same ids) are refused, not
+    // compared as if their rows matched.
+    let c = d.join("other-seed");
+    run(&c, &["--seed", "7"]);
+    let e = chimera::analysis::compare::compare_dirs(&a, &c).unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("not runs of one workload"), "{e}");
     // A folder without results is named.
     let out = Command::new(env!("CARGO_BIN_EXE_chimera"))
         .arg("compare")

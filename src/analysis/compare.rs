@@ -78,22 +78,58 @@ pub struct Comparison {
 
 /// Rows of `requests.parquet` by (workflow, stage), the key that names the same call in two
 /// runs (request ids follow issue order, which timing changes): (ttft, tpot, e2e) in
-/// milliseconds, finished rows only.
-fn requests(dir: &Path) -> Result<HashMap<(u64, u32), [f64; 3]>> {
+/// milliseconds and the prompt's tokens, finished rows only.
+fn requests(dir: &Path) -> Result<HashMap<(u64, u32), [f64; 4]>> {
     let path = dir.join("requests.parquet");
     let (c, status) = read_table(
         &path,
-        &["workflow_id", "stage", "ttft_ns", "tpot_ns", "arrival_ns", "finish_ns"],
+        &["workflow_id", "stage", "ttft_ns", "tpot_ns", "arrival_ns", "finish_ns", "prompt_tokens"],
     )?;
     Ok((0..status.len())
         .filter(|&i| status[i] == "ok")
         .map(|i| {
             (
                 (c[0][i] as u64, c[1][i] as u32),
-                [c[2][i] / 1e6, c[3][i] / 1e6, (c[5][i] - c[4][i]) / 1e6],
+                [c[2][i] / 1e6, c[3][i] / 1e6, (c[5][i] - c[4][i]) / 1e6, c[6][i]],
             )
         })
         .collect())
+}
+
+/// Two folders hold one workload when their workflows' first calls have the same prompts: the
+/// first prompt is the workload's, whatever the policy or the timing did (later prompts carry
+/// earlier outputs, which depend on the model a policy picked). A token or two of difference
+/// is allowed (a server may count a start token); more than a tenth of first calls differing
+/// means two unrelated runs, whose "errors" would be meaningless.
+fn check_same_workload(
+    s: &HashMap<(u64, u32), [f64; 4]>,
+    m: &HashMap<(u64, u32), [f64; 4]>,
+    ids: &[(u64, u32)],
+    simulated: &Path,
+    measured: &Path,
+) -> Result<()> {
+    let firsts: Vec<&(u64, u32)> = ids.iter().filter(|k| k.1 == 0).collect();
+    let differ: Vec<&&(u64, u32)> = firsts
+        .iter()
+        .filter(|k| {
+            let (a, b) = (s[k][3], m[k][3]);
+            (a - b).abs() > 2.0_f64.max(0.02 * a.max(b))
+        })
+        .collect();
+    if !firsts.is_empty() && differ.len() * 10 > firsts.len() {
+        let k = differ[0];
+        return Err(Error::bad(format!(
+            "compare: {} and {} are not runs of one workload: {} of {} workflows start with prompts of different lengths (workflow {}: {} against {} tokens); compare a run with the replay of the same scenario and seed",
+            simulated.display(),
+            measured.display(),
+            differ.len(),
+            firsts.len(),
+            k.0,
+            s[k][3],
+            m[k][3]
+        )));
+    }
+    Ok(())
 }
 
 fn workflows(dir: &Path) -> Result<HashMap<u64, f64>> {
@@ -131,6 +167,7 @@ pub fn compare_dirs(simulated: &Path, measured: &Path) -> Result<Comparison> {
             measured.display()
         )));
     }
+    check_same_workload(&s, &m, &ids, simulated, measured)?;
     let col = |k: usize| ids.iter().map(|i| (s[i][k], m[i][k])).collect::<Vec<_>>();
     let (sw, mw) = (workflows(simulated)?, workflows(measured)?);
     let mut wids: Vec<u64> = sw.keys().filter(|k| mw.contains_key(k)).copied().collect();
