@@ -84,6 +84,23 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// The readable head of a library's error about a damaged file: parsers of binary formats
+/// append their internal state (`RangeOutOfBounds { range: .., error_trace: .. }`), which
+/// tells a user nothing; that part is cut, and the rest kept to 200 characters.
+pub fn short_cause(e: &dyn fmt::Display) -> String {
+    let text = e.to_string();
+    let cut = [" {", " [", "ErrorTrace", "\n"]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min()
+        .unwrap_or(text.len());
+    let mut head: String = text[..cut].chars().take(200).collect();
+    if head.len() < text.len() {
+        head.push_str(" ...");
+    }
+    head
+}
+
 /// Say a parser's message in the user's words, not the program's: serde names Rust types
 /// (`expected struct EngineSpec`, `expected u64`) and YAML options (`DuplicateKeyPolicy`)
 /// that mean nothing to someone writing a scenario.

@@ -15,7 +15,13 @@ use std::path::Path;
 fn read_table(path: &Path, numeric: &[&str]) -> Result<(Vec<Vec<f64>>, Vec<String>)> {
     let f = crate::input::open(path)?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| Error::bad(format!("{}: not a Parquet file: {e}", path.display())))?
+        .map_err(|e| {
+                Error::bad(format!(
+                    "{}: not a readable Parquet file: {}",
+                    path.display(),
+                    crate::error::short_cause(&e)
+                ))
+            })?
         .build()?;
     let mut cols: Vec<Vec<f64>> = vec![Vec::new(); numeric.len()];
     let mut status = Vec::new();

@@ -181,7 +181,8 @@ impl RouterModel {
 
     /// Read a router file's text and check it whole (see [`RouterModel::check`]).
     pub fn from_json(text: &str) -> Result<RouterModel, String> {
-        let m: RouterModel = serde_json::from_str(text).map_err(|e| format!("not a router file: {e}"))?;
+        let m: RouterModel = serde_json::from_str(text)
+            .map_err(|e| crate::error::plain_words(&format!("not a router file: {e}")))?;
         m.check()?;
         Ok(m)
     }
@@ -226,11 +227,12 @@ impl RouterModel {
             }
         }
         let n = 1u64 << f.buckets_log2;
+        // Trained weights are small; a huge one (still finite) overflows a logit to NaN.
         let finite = |name: &str, v: f64| {
-            if v.is_finite() {
+            if v.abs() <= 1e6 {
                 Ok(())
             } else {
-                Err(format!("{name}: expected a finite number, got {v}"))
+                Err(format!("{name}: expected a number within ±1e6, got {}", crate::error::num(v)))
             }
         };
         let entries = |name: &str, v: &[(u32, f32)]| -> Result<(), String> {

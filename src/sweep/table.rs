@@ -97,7 +97,13 @@ impl SweepTable {
     pub fn read(path: &Path) -> Result<SweepTable> {
         let f = crate::input::open(path)?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-            .map_err(|e| Error::bad(format!("{}: not a Parquet file: {e}", path.display())))?
+            .map_err(|e| {
+                Error::bad(format!(
+                    "{}: not a readable Parquet file: {}",
+                    path.display(),
+                    crate::error::short_cause(&e)
+                ))
+            })?
             .build()?;
         let mut t = SweepTable::default();
         for batch in reader {

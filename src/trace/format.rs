@@ -178,7 +178,7 @@ pub fn read_trace(path: &Path) -> Result<Trace> {
     let file = crate::input::open(path)?;
     let p = path.display();
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::bad(format!("{p}: not a Parquet file: {e}")))?;
+        .map_err(|e| Error::bad(format!("{p}: not a readable Parquet file: {}", crate::error::short_cause(&e))))?;
     let kv = builder
         .metadata()
         .file_metadata()
@@ -223,10 +223,10 @@ pub fn read_trace(path: &Path) -> Result<Trace> {
             Ok(_) => {}
         }
     }
-    let reader = builder.build().map_err(|e| Error::bad(format!("{p}: {e}")))?;
+    let reader = builder.build().map_err(|e| Error::bad(format!("{p}: damaged Parquet data: {}", crate::error::short_cause(&e))))?;
     let mut rows = Vec::new();
     for batch in reader {
-        let b = batch.map_err(|e| Error::bad(format!("{p}: {e}")))?;
+        let b = batch.map_err(|e| Error::bad(format!("{p}: damaged Parquet data: {}", crate::error::short_cause(&e))))?;
         let s = |n: &str| b.column_by_name(n).expect("checked").as_string::<i32>().clone();
         let (task, problem, diff, model, text) = (s("task"), s("problem_id"), s("difficulty"), s("model"), s("text"));
         let wf = b
