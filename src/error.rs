@@ -107,7 +107,10 @@ pub fn short_cause(e: &dyn fmt::Display) -> String {
 pub fn plain_words(msg: &str) -> String {
     // A word naming a Rust type, and what to say instead.
     const NAMED: &[(&str, &str)] = &[
-        ("expected internally tagged enum ", "expected a map with its kind field (see `chimera scenario reference`)"),
+        (
+            "expected internally tagged enum ",
+            "expected a map with its kind field (see `chimera scenario reference`)",
+        ),
         ("expected struct variant ", "expected a map of fields"),
         ("expected tuple struct ", "expected a list"),
         ("expected newtype struct ", "expected a value"),
@@ -116,7 +119,10 @@ pub fn plain_words(msg: &str) -> String {
     ];
     const PRIMITIVE: &[(&str, &str)] = &[
         ("expected u64", "expected a whole number from 0 to 18446744073709551615"),
-        ("expected usize", "expected a whole number from 0 to 18446744073709551615"),
+        (
+            "expected usize",
+            "expected a whole number from 0 to 18446744073709551615",
+        ),
         ("expected u32", "expected a whole number from 0 to 4294967295"),
         ("expected u16", "expected a whole number from 0 to 65535"),
         ("expected u8", "expected a whole number from 0 to 255"),
@@ -132,7 +138,10 @@ pub fn plain_words(msg: &str) -> String {
         ("invalid type: integer", "invalid type: number"),
         ("invalid value: integer", "invalid value: number"),
         ("invalid type: unit value", "invalid type: null"),
-        (", set DuplicateKeyPolicy in Options if acceptable", " (each key may appear once)"),
+        (
+            ", set DuplicateKeyPolicy in Options if acceptable",
+            " (each key may appear once)",
+        ),
     ];
     let mut out = msg.to_string();
     for (from, to) in NAMED {

@@ -22,10 +22,7 @@ pub fn open(path: &Path) -> Result<std::fs::File> {
         } else {
             "not a regular file (a FIFO, device or socket)"
         };
-        return Err(Error::bad(format!(
-            "{}: is {kind}; expected a file",
-            path.display()
-        )));
+        return Err(Error::bad(format!("{}: is {kind}; expected a file", path.display())));
     }
     std::fs::File::open(path).map_err(|e| Error::io(path, e))
 }
@@ -133,7 +130,10 @@ mod tests {
         assert!(e.to_string().contains("100 bytes"), "{e}");
         std::fs::write(&p, [b'a', 0xff, 0xfe]).unwrap();
         let e = read_text(&p).unwrap_err();
-        assert!(e.to_string().contains("not UTF-8") && e.to_string().contains("offset 1"), "{e}");
+        assert!(
+            e.to_string().contains("not UTF-8") && e.to_string().contains("offset 1"),
+            "{e}"
+        );
         assert_eq!(e.exit_code(), 2);
         let missing = dir.path().join("nope");
         assert_eq!(read_text(&missing).unwrap_err().exit_code(), 2);

@@ -87,7 +87,7 @@ policy:\n  routing: {kind: round_robin}\n  priority: fcfs\n\
 limits:\n  max_events: 200000\n";
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(96), .. ProptestConfig::default() })]
 
     #[test]
     fn hostile_overrides_never_panic_and_are_refused_as_bad_input(
@@ -120,16 +120,33 @@ proptest! {
 /// Whether a message is free of the program's words: Rust type names, serde and YAML options.
 fn plain(m: &str) -> bool {
     const WORDS: &[&str] = &[
-        "expected struct ", "expected enum ", "tagged enum ", "expected u64", "expected u32", "expected u16", "expected u8", "expected usize",
-        "expected i64", "expected i32", "expected f64", "expected f32", "DuplicateKeyPolicy", "::",
-        "Option<", "Vec<",
+        "expected struct ",
+        "expected enum ",
+        "tagged enum ",
+        "expected u64",
+        "expected u32",
+        "expected u16",
+        "expected u8",
+        "expected usize",
+        "expected i64",
+        "expected i32",
+        "expected f64",
+        "expected f32",
+        "DuplicateKeyPolicy",
+        "::",
+        "Option<",
+        "Vec<",
     ];
     !WORDS.iter().any(|w| m.contains(w))
 }
 
 /// How many times the default number of file mutations to try (`CHIMERA_FUZZ_SCALE`, 1 in CI).
 fn scale() -> usize {
-    std::env::var("CHIMERA_FUZZ_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1)
+    std::env::var("CHIMERA_FUZZ_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// A small deterministic generator (xorshift), so that the file harnesses need no seed file.
@@ -228,7 +245,9 @@ fn mutated_calibrations_are_refused_or_valid() {
                 mutate_json(&mut v, &mut rng, &hostile);
             }
             let text = serde_json::to_string(&v).unwrap();
-            match refused_cleanly(name, "calibration mutated.yaml", || Calibration::parse(&text, "mutated.yaml")) {
+            match refused_cleanly(name, "calibration mutated.yaml", || {
+                Calibration::parse(&text, "mutated.yaml")
+            }) {
                 None => refused += 1,
                 Some(c) => {
                     accepted += 1;
@@ -243,7 +262,13 @@ fn mutated_calibrations_are_refused_or_valid() {
 #[test]
 fn mutated_router_files_are_refused_or_predict() {
     use chimera::router::{train, FeatureConfig, Router, RouterModel, TrainConfig};
-    let texts = ["add two numbers", "prove the theorem about primes", "sum a list", "integrate by parts", "sort an array"];
+    let texts = [
+        "add two numbers",
+        "prove the theorem about primes",
+        "sum a list",
+        "integrate by parts",
+        "sort an array",
+    ];
     let labels = vec![
         vec![true, true],
         vec![false, true],
@@ -255,7 +280,14 @@ fn mutated_router_files_are_refused_or_predict() {
         buckets_log2: 12,
         ..FeatureConfig::default()
     };
-    let m = train(&texts, &labels, &["a".into(), "b".into()], &cfg, &TrainConfig::default(), serde_json::Value::Null);
+    let m = train(
+        &texts,
+        &labels,
+        &["a".into(), "b".into()],
+        &cfg,
+        &TrainConfig::default(),
+        serde_json::Value::Null,
+    );
     let base = serde_json::to_value(&m).unwrap();
     let hostile = hostile_json();
     let mut rng = Xs(0x2545_f491_4f6c_dd1d);
@@ -314,7 +346,11 @@ fn mutated_traces_are_refused_or_read() {
         let mut b = base.clone();
         mutate_bytes(&mut b, &mut rng);
         std::fs::write(&bad, &b).unwrap();
-        if refused_cleanly(&format!("trace mutation {k}"), &origin, || chimera::trace::read_trace(&bad)).is_none() {
+        if refused_cleanly(&format!("trace mutation {k}"), &origin, || {
+            chimera::trace::read_trace(&bad)
+        })
+        .is_none()
+        {
             refused += 1;
         }
     }
@@ -342,7 +378,9 @@ fn mutated_csv_files_are_refused_or_read() {
                     Ok(())
                 });
             } else {
-                refused_cleanly(&what, &origin, || chimera::workload::serving::read_trace(&p).map(|_| ()));
+                refused_cleanly(&what, &origin, || {
+                    chimera::workload::serving::read_trace(&p).map(|_| ())
+                });
             }
         }
     }

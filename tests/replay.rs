@@ -601,66 +601,80 @@ fn outputs_past_the_context_length_are_cut_as_vllm_cuts_them() {
 }
 
 #[test]
-fn a_killed_replay_resumes_without_redoing_finished_workflows() {
+fn a_killed_or_interrupted_replay_resumes_without_redoing_finished_workflows() {
     let _serial = serial();
-    let dir = common::tmpdir("replay-resume");
-    let (_a, mut child, scen, eps, out) = background_replay(&dir, 4.0);
-    let t0 = Instant::now();
-    loop {
-        let n = std::fs::read_to_string(out.join("workflows.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
-        if n >= 3 {
-            break;
+    // SIGKILL: the logs end where the process died. SIGINT: the replay stops at once, writes
+    // its tables and `state: interrupted`, and exits 130.
+    for sig in ["KILL", "INT"] {
+        let dir = common::tmpdir(&format!("replay-resume-{sig}"));
+        let (_a, mut child, scen, eps, out) = background_replay(&dir, 4.0);
+        let t0 = Instant::now();
+        loop {
+            let n = std::fs::read_to_string(out.join("workflows.jsonl"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0);
+            if n >= 3 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "no workflow finished");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(t0.elapsed() < Duration::from_secs(30), "no workflow finished");
-        std::thread::sleep(Duration::from_millis(20));
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = child.0.wait().unwrap();
+        if sig == "INT" {
+            assert_eq!(status.code(), Some(130));
+            let m: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+            assert_eq!(m["status"]["state"], "interrupted", "{m}");
+        }
+        let (_, before) = records(&out);
+        assert!(
+            before.len() >= 3 && before.len() < 12,
+            "{} finished before the kill",
+            before.len()
+        );
+        // Without --resume the folder is refused, so nothing is overwritten.
+        let (ok, _, err) = chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)]);
+        assert!(!ok && err.contains("already holds a replay; pass --resume"), "{err}");
+        let (ok, _, err) = chimera(&[
+            "replay",
+            "-q",
+            s(&scen),
+            "--endpoints",
+            s(&eps),
+            "--out",
+            s(&out),
+            "--resume",
+        ]);
+        assert!(ok, "{err}");
+        let (reqs, wfs) = records(&out);
+        assert_eq!(wfs.len(), 12);
+        let mut ids: Vec<u64> = wfs.iter().map(|w| w.workflow_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 12, "no workflow twice");
+        for w in &before {
+            let again = wfs.iter().filter(|x| x.workflow_id == w.workflow_id).count();
+            assert_eq!(again, 1);
+            assert!(reqs.iter().all(|r| r.workflow_id != w.workflow_id || r.segment == 0));
+        }
+        assert!(wfs.iter().all(|w| w.status.as_str() == "ok"));
+        // The final tables: each workflow once, each of its two stages once (restarted workflows
+        // keep only their second run's requests).
+        let wf_ids = common::column(&out.join("workflows.parquet"), "workflow_id");
+        assert_eq!(wf_ids.len(), 12);
+        let req_wf = common::column(&out.join("requests.parquet"), "workflow_id");
+        assert_eq!(req_wf.len(), 24);
+        // Request ids stay unique across the two segments.
+        let mut rid = common::column(&out.join("requests.parquet"), "request_id");
+        rid.sort_by(f64::total_cmp);
+        rid.dedup();
+        assert_eq!(rid.len(), 24);
     }
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    let (_, before) = records(&out);
-    assert!(
-        before.len() >= 3 && before.len() < 12,
-        "{} finished before the kill",
-        before.len()
-    );
-    // Without --resume the folder is refused, so nothing is overwritten.
-    let (ok, _, err) = chimera(&["replay", "-q", s(&scen), "--endpoints", s(&eps), "--out", s(&out)]);
-    assert!(!ok && err.contains("already holds a replay; pass --resume"), "{err}");
-    let (ok, _, err) = chimera(&[
-        "replay",
-        "-q",
-        s(&scen),
-        "--endpoints",
-        s(&eps),
-        "--out",
-        s(&out),
-        "--resume",
-    ]);
-    assert!(ok, "{err}");
-    let (reqs, wfs) = records(&out);
-    assert_eq!(wfs.len(), 12);
-    let mut ids: Vec<u64> = wfs.iter().map(|w| w.workflow_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 12, "no workflow twice");
-    for w in &before {
-        let again = wfs.iter().filter(|x| x.workflow_id == w.workflow_id).count();
-        assert_eq!(again, 1);
-        assert!(reqs.iter().all(|r| r.workflow_id != w.workflow_id || r.segment == 0));
-    }
-    assert!(wfs.iter().all(|w| w.status.as_str() == "ok"));
-    // The final tables: each workflow once, each of its two stages once (restarted workflows
-    // keep only their second run's requests).
-    let wf_ids = common::column(&out.join("workflows.parquet"), "workflow_id");
-    assert_eq!(wf_ids.len(), 12);
-    let req_wf = common::column(&out.join("requests.parquet"), "workflow_id");
-    assert_eq!(req_wf.len(), 24);
-    // Request ids stay unique across the two segments.
-    let mut rid = common::column(&out.join("requests.parquet"), "request_id");
-    rid.sort_by(f64::total_cmp);
-    rid.dedup();
-    assert_eq!(rid.len(), 24);
 }
 
 #[test]

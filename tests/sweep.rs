@@ -124,21 +124,86 @@ fn an_edited_points_file_is_refused_on_resume_and_merge() {
     let p = rec.params.keys().next().unwrap().clone();
     rec.params.insert(p, "{Qwen2.5-1.5B: 0.9, Qwen2.5-7B: 0.1}".into());
     let resealed = serde_json::to_string(&rec.seal()).unwrap();
-    for (name, line, want) in [("metric", edited.as_str(), "line 3"), ("params", resealed.as_str(), "does not match the plan")] {
+    for (name, line, want) in [
+        ("metric", edited.as_str(), "line 3"),
+        ("params", resealed.as_str(), "does not match the plan"),
+    ] {
         let mut text: Vec<&str> = lines.clone();
         text[2] = line;
         std::fs::write(&jsonl, text.join("\n") + "\n").unwrap();
         let e = sweep::run(&s, &part, &opts(2, None, true), &mut |_, _| {}).unwrap_err();
         assert_eq!(e.exit_code(), 2, "{name}: {e}");
         let m = e.to_string();
-        assert!(m.contains("points.jsonl") && m.contains(want) && m.contains("remove"), "{name}: {m}");
-        let e = sweep::merge(&[part.clone()], &d.join(format!("merged-{name}"))).unwrap_err().to_string();
+        assert!(
+            m.contains("points.jsonl") && m.contains(want) && m.contains("remove"),
+            "{name}: {m}"
+        );
+        let e = sweep::merge(&[part.clone()], &d.join(format!("merged-{name}")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{name}: merge: {e}");
     }
     // The untouched file resumes (nothing left to run).
     std::fs::write(&jsonl, &original).unwrap();
     let rep = sweep::run(&s, &part, &opts(2, None, true), &mut |_, _| {}).unwrap();
     assert_eq!((rep.skipped, rep.ran), (10, 0));
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM during `chimera sweep`: the workers stop between points, the
+/// finished points stay in points.jsonl, the process exits 130, and `--resume` runs only the
+/// points that were missing.
+#[test]
+fn a_signalled_sweep_stops_between_points_and_resumes() {
+    let d = common::tmpdir("sweep-signal");
+    for sig in ["INT", "TERM"] {
+        let out = d.join(sig);
+        let args = |resume: bool| {
+            let mut a: Vec<String> = [
+                "sweep",
+                "-q",
+                "--jobs",
+                "1",
+                "--set",
+                "workload.workflows=3000",
+                "--grid",
+                "policy.max_retries=1,2,3,4,5,6,7,8,9,10,11,12",
+                "--out",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            a.push(out.display().to_string());
+            if resume {
+                a.push("--resume".into());
+            }
+            a
+        };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+            .args(args(false))
+            .spawn()
+            .unwrap();
+        let jsonl = out.join("points.jsonl");
+        let t0 = std::time::Instant::now();
+        while std::fs::read_to_string(&jsonl).map_or(0, |t| t.lines().count()) < 1 {
+            assert!(t0.elapsed().as_secs() < 120, "no point finished");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        assert_eq!(child.wait().unwrap().code(), Some(130), "SIG{sig}");
+        let kept = sweep::read_records(&out).unwrap().len();
+        assert!((1..12).contains(&kept), "SIG{sig}: {kept} points kept");
+        assert!(!out.join("sweep.parquet").exists());
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+            .args(args(true))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(SweepTable::read(&out.join("sweep.parquet")).unwrap().rows, 12);
+    }
 }
 
 #[test]

@@ -16,12 +16,12 @@ fn read_table(path: &Path, numeric: &[&str]) -> Result<(Vec<Vec<f64>>, Vec<Strin
     let f = crate::input::open(path)?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)
         .map_err(|e| {
-                Error::bad(format!(
-                    "{}: not a readable Parquet file: {}",
-                    path.display(),
-                    crate::error::short_cause(&e)
-                ))
-            })?
+            Error::bad(format!(
+                "{}: not a readable Parquet file: {}",
+                path.display(),
+                crate::error::short_cause(&e)
+            ))
+        })?
         .build()?;
     let mut cols: Vec<Vec<f64>> = vec![Vec::new(); numeric.len()];
     let mut status = Vec::new();
@@ -89,7 +89,15 @@ fn requests(dir: &Path) -> Result<HashMap<(u64, u32), [f64; 4]>> {
     let path = dir.join("requests.parquet");
     let (c, status) = read_table(
         &path,
-        &["workflow_id", "stage", "ttft_ns", "tpot_ns", "arrival_ns", "finish_ns", "prompt_tokens"],
+        &[
+            "workflow_id",
+            "stage",
+            "ttft_ns",
+            "tpot_ns",
+            "arrival_ns",
+            "finish_ns",
+            "prompt_tokens",
+        ],
     )?;
     Ok((0..status.len())
         .filter(|&i| status[i] == "ok")

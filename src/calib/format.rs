@@ -201,9 +201,15 @@ impl Profile {
         if !(1..=8).contains(&s.dtype_bytes) {
             return Err(format!("shape.dtype_bytes: expected 1 to 8, got {}", s.dtype_bytes));
         }
-        for (name, v) in [("peak_tflops", self.meta.peak_tflops), ("bandwidth_gb_s", self.meta.bandwidth_gb_s)] {
+        for (name, v) in [
+            ("peak_tflops", self.meta.peak_tflops),
+            ("bandwidth_gb_s", self.meta.bandwidth_gb_s),
+        ] {
             if !(v.is_finite() && (0.0..1e9).contains(&v)) {
-                return Err(format!("meta.{name}: expected 0 (unknown) to 1e9, got {}", crate::error::num(v)));
+                return Err(format!(
+                    "meta.{name}: expected 0 (unknown) to 1e9, got {}",
+                    crate::error::num(v)
+                ));
             }
         }
         for (i, pt) in self.points.iter().enumerate() {
@@ -232,9 +238,17 @@ impl Profile {
                     pt.median_ms
                 ));
             }
-            for (name, v) in [("mean_ms", pt.mean_ms), ("min_ms", pt.min_ms), ("max_ms", pt.max_ms), ("std_ms", pt.std_ms)] {
+            for (name, v) in [
+                ("mean_ms", pt.mean_ms),
+                ("min_ms", pt.min_ms),
+                ("max_ms", pt.max_ms),
+                ("std_ms", pt.std_ms),
+            ] {
                 if !(v.is_finite() && v >= 0.0) {
-                    return Err(format!("points[{i}].{name}: expected a non-negative number, got {}", crate::error::num(v)));
+                    return Err(format!(
+                        "points[{i}].{name}: expected a non-negative number, got {}",
+                        crate::error::num(v)
+                    ));
                 }
             }
         }
@@ -384,7 +398,10 @@ pub fn load_vidur_csv(path: &Path) -> Result<Profile> {
             .and_then(|r| r.split(']').next())
             .and_then(|k| k.parse::<usize>().ok());
         let where_ = match row {
-            Some(k) => format!(" (operator point {k}: {} at {} tokens)", p.points[k].op, p.points[k].tokens),
+            Some(k) => format!(
+                " (operator point {k}: {} at {} tokens)",
+                p.points[k].op, p.points[k].tokens
+            ),
             None => String::new(),
         };
         return Err(Error::bad(format!("profile {}: {e}{where_}", path.display())));

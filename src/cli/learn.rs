@@ -23,7 +23,8 @@ pub(super) fn bench_policy(
     ];
     // The default cluster, with the router's first two models in place of its two.
     let text = crate::input::read_text(&router)?;
-    let rm = crate::router::RouterModel::from_json(&text).map_err(|e| Error::bad(format!("{}: {e}", router.display())))?;
+    let rm =
+        crate::router::RouterModel::from_json(&text).map_err(|e| Error::bad(format!("{}: {e}", router.display())))?;
     if rm.models.len() < 2 {
         return Err(Error::bad(format!(
             "{}: the benchmark needs a router with two models",

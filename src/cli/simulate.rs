@@ -34,8 +34,7 @@ pub(super) fn run_cmd(
     let rep = rep?;
     let wall = t0.elapsed().as_secs_f64();
     if json {
-        let s =
-            crate::input::read_text(&out.join("summary.json"))?;
+        let s = crate::input::read_text(&out.join("summary.json"))?;
         print!("{s}");
     } else if !quiet {
         print_summary(&rep.summary, rep.sim_end_ns, wall, out, false);

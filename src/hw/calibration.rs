@@ -258,7 +258,8 @@ impl Calibration {
         cal.coefficients
             .validate()
             .map_err(|e| e.context(format!("calibration {origin}")))?;
-        cal.check_fields().map_err(|e| e.context(format!("calibration {origin}")))?;
+        cal.check_fields()
+            .map_err(|e| e.context(format!("calibration {origin}")))?;
         Ok(cal)
     }
 
@@ -422,17 +423,37 @@ provenance: {kind: measured, source: test}
         let cases: &[(&str, &str, &str)] = &[
             ("mfu: 0.5, ", "", "coefficients.mfu: missing"),
             ("mfu: 0.5", "mfu: .nan", "non-finite float"),
-            ("step_overhead_us: 300", "step_overhead_us: 1e308", "coefficients.step_overhead_us"),
+            (
+                "step_overhead_us: 300",
+                "step_overhead_us: 1e308",
+                "coefficients.step_overhead_us",
+            ),
             ("step_overhead_us: 300", "step_overhead_us: .inf", "non-finite float"),
             ("per_layer_us: 20", "per_layer_us: -1", "coefficients.per_layer_us"),
             ("per_layer_us: 20", "per_layer_us: 20, turbo: 1", "turbo"),
-            ("fitted: [mfu]", "fitted: [mfu, speed]", "fitted[1]: unknown coefficient `speed`"),
+            (
+                "fitted: [mfu]",
+                "fitted: [mfu, speed]",
+                "fitted[1]: unknown coefficient `speed`",
+            ),
             ("fitted: [mfu]", "fitted: [mfu, mfu]", "fitted[1]"),
             ("gpu: H100-SXM", "gpu: ''", "gpu: empty"),
             ("gpu: H100-SXM", "gpu: H100-SXM\ntensor_parallel: 0", "tensor_parallel"),
-            ("fitted: [mfu]", "fitted: [mfu]\ndatasheet: {peak_tflops: 0, bandwidth_gb_s: 3350}", "datasheet.peak_tflops"),
-            ("fitted: [mfu]", "fitted: [mfu]\nfit: {median_rel_err: -1, p90_rel_err: 0.1, points: 3}", "fit.median_rel_err"),
-            ("format: chimera-calibration/v1", "format: chimera-calibration/v9", "format"),
+            (
+                "fitted: [mfu]",
+                "fitted: [mfu]\ndatasheet: {peak_tflops: 0, bandwidth_gb_s: 3350}",
+                "datasheet.peak_tflops",
+            ),
+            (
+                "fitted: [mfu]",
+                "fitted: [mfu]\nfit: {median_rel_err: -1, p90_rel_err: 0.1, points: 3}",
+                "fit.median_rel_err",
+            ),
+            (
+                "format: chimera-calibration/v1",
+                "format: chimera-calibration/v9",
+                "format",
+            ),
             ("provenance: {kind: measured, source: test}", "", "provenance"),
         ];
         for (from, to, want) in cases {

@@ -181,8 +181,8 @@ impl RouterModel {
 
     /// Read a router file's text and check it whole (see [`RouterModel::check`]).
     pub fn from_json(text: &str) -> Result<RouterModel, String> {
-        let m: RouterModel = serde_json::from_str(text)
-            .map_err(|e| crate::error::plain_words(&format!("not a router file: {e}")))?;
+        let m: RouterModel =
+            serde_json::from_str(text).map_err(|e| crate::error::plain_words(&format!("not a router file: {e}")))?;
         m.check()?;
         Ok(m)
     }
@@ -232,7 +232,10 @@ impl RouterModel {
             if v.abs() <= 1e6 {
                 Ok(())
             } else {
-                Err(format!("{name}: expected a number within ±1e6, got {}", crate::error::num(v)))
+                Err(format!(
+                    "{name}: expected a number within ±1e6, got {}",
+                    crate::error::num(v)
+                ))
             }
         };
         let entries = |name: &str, v: &[(u32, f32)]| -> Result<(), String> {
@@ -252,7 +255,10 @@ impl RouterModel {
         finite("length_norm[0]", self.length_norm.0)?;
         finite("length_norm[1]", self.length_norm.1)?;
         if self.length_norm.1 <= 0.0 {
-            return Err(format!("length_norm[1]: expected a positive spread, got {}", self.length_norm.1));
+            return Err(format!(
+                "length_norm[1]: expected a positive spread, got {}",
+                self.length_norm.1
+            ));
         }
         finite("length_weight", self.length_weight)?;
         for (name, v) in [("bias", &self.bias), ("scale", &self.scale)] {
@@ -704,14 +710,31 @@ mod tests {
     }
 
     fn tiny() -> RouterModel {
-        let texts = ["add two numbers", "prove the theorem about primes", "sum a list", "integrate by parts"];
-        let labels = vec![vec![true, true], vec![false, true], vec![true, true], vec![false, false]];
+        let texts = [
+            "add two numbers",
+            "prove the theorem about primes",
+            "sum a list",
+            "integrate by parts",
+        ];
+        let labels = vec![
+            vec![true, true],
+            vec![false, true],
+            vec![true, true],
+            vec![false, false],
+        ];
         let models = vec!["small".to_string(), "big".to_string()];
         let cfg = FeatureConfig {
             buckets_log2: 10,
             ..FeatureConfig::default()
         };
-        train(&texts, &labels, &models, &cfg, &TrainConfig::default(), serde_json::Value::Null)
+        train(
+            &texts,
+            &labels,
+            &models,
+            &cfg,
+            &TrainConfig::default(),
+            serde_json::Value::Null,
+        )
     }
 
     #[test]
@@ -720,7 +743,12 @@ mod tests {
         m.check().unwrap();
         let back = RouterModel::from_json(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(back, m);
-        let enc = train_dense(&[vec![0.1, 0.2], vec![0.3, -0.1]], &[vec![true], vec![false]], &["m".into()], serde_json::Value::Null);
+        let enc = train_dense(
+            &[vec![0.1, 0.2], vec![0.3, -0.1]],
+            &[vec![true], vec![false]],
+            &["m".into()],
+            serde_json::Value::Null,
+        );
         enc.check().unwrap();
         assert!(enc.is_encoder() && !m.is_encoder());
         // Text through an encoder router's (empty) text features: no panic.
@@ -756,6 +784,8 @@ mod tests {
             let e = m.check().expect_err(want);
             assert!(e.starts_with(want), "{want}: {e}");
         }
-        assert!(RouterModel::from_json("{\"format\": 1}").unwrap_err().starts_with("not a router file"));
+        assert!(RouterModel::from_json("{\"format\": 1}")
+            .unwrap_err()
+            .starts_with("not a router file"));
     }
 }

@@ -646,8 +646,7 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
     let mut predictor = None;
     if let Some(LengthSpec::Qrf { path, quantile }) = &p.length {
         let f = base.join(path);
-        let text =
-            crate::input::read_text(&f).map_err(|e| Error::bad(format!("policy.length.path: {e}")))?;
+        let text = crate::input::read_text(&f).map_err(|e| Error::bad(format!("policy.length.path: {e}")))?;
         let mut lp = crate::predictor::LengthPredictor::from_json(&text)
             .map_err(|e| Error::bad(format!("policy.length.path: {}: {e}", f.display())))?;
         if let Some(q) = quantile {
@@ -662,8 +661,7 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
     match &p.confidence {
         Some(ConfidenceSpec::Router { path }) => {
             let f = base.join(path);
-            let text =
-                crate::input::read_text(&f).map_err(|e| Error::bad(format!("policy.confidence.path: {e}")))?;
+            let text = crate::input::read_text(&f).map_err(|e| Error::bad(format!("policy.confidence.path: {e}")))?;
             let m = crate::router::RouterModel::from_json(&text)
                 .map_err(|e| Error::bad(format!("policy.confidence.path: {}: {e}", f.display())))?;
             if m.is_encoder() {
@@ -992,7 +990,9 @@ impl Scenario {
                     return Err(Error::bad("workload.limit: `cycle: true` needs a limit"));
                 }
                 if t.limit == Some(0) {
-                    return Err(Error::bad("workload.limit: expected at least 1 workflow (leave it out for the whole trace)"));
+                    return Err(Error::bad(
+                        "workload.limit: expected at least 1 workflow (leave it out for the whole trace)",
+                    ));
                 }
                 let longest = trace
                     .workflows
@@ -1047,7 +1047,9 @@ impl Scenario {
                     return Err(Error::bad(format!("workload.path: {} does not exist", p.display())));
                 }
                 if a.limit == Some(0) {
-                    return Err(Error::bad("workload.limit: expected at least 1 row (leave it out for the whole file)"));
+                    return Err(Error::bad(
+                        "workload.limit: expected at least 1 row (leave it out for the whole file)",
+                    ));
                 }
                 if a.max_total_tokens < 2 || a.max_total_tokens > min_len {
                     return Err(Error::bad(format!(

@@ -108,7 +108,10 @@ impl Record {
             && self.label == s.label
             && self.seed == p.seed
             && self.params.len() == s.grid.len()
-            && s.grid.iter().zip(&p.values).all(|(a, v)| self.params.get(&a.path) == Some(v))
+            && s.grid
+                .iter()
+                .zip(&p.values)
+                .all(|(a, v)| self.params.get(&a.path) == Some(v))
     }
 }
 

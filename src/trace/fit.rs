@@ -536,9 +536,8 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
 
     // ---------- APPS ----------
     let lpath = data.join("code-outcomes/performances_generation_2024_02_26.json");
-    let lcb: serde_json::Value =
-        serde_json::from_str(&crate::input::read_text(&lpath)?)
-            .map_err(|e| Error::bad(format!("{}: {e}", lpath.display())))?;
+    let lcb: serde_json::Value = serde_json::from_str(&crate::input::read_text(&lpath)?)
+        .map_err(|e| Error::bad(format!("{}: {e}", lpath.display())))?;
     let perf = lcb["performances"]
         .as_array()
         .ok_or_else(|| Error::bad(format!("{}: no `performances` list", lpath.display())))?;

@@ -177,8 +177,12 @@ struct Row {
 pub fn read_trace(path: &Path) -> Result<Trace> {
     let file = crate::input::open(path)?;
     let p = path.display();
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| Error::bad(format!("{p}: not a readable Parquet file: {}", crate::error::short_cause(&e))))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        Error::bad(format!(
+            "{p}: not a readable Parquet file: {}",
+            crate::error::short_cause(&e)
+        ))
+    })?;
     let kv = builder
         .metadata()
         .file_metadata()
@@ -223,10 +227,13 @@ pub fn read_trace(path: &Path) -> Result<Trace> {
             Ok(_) => {}
         }
     }
-    let reader = builder.build().map_err(|e| Error::bad(format!("{p}: damaged Parquet data: {}", crate::error::short_cause(&e))))?;
+    let reader = builder
+        .build()
+        .map_err(|e| Error::bad(format!("{p}: damaged Parquet data: {}", crate::error::short_cause(&e))))?;
     let mut rows = Vec::new();
     for batch in reader {
-        let b = batch.map_err(|e| Error::bad(format!("{p}: damaged Parquet data: {}", crate::error::short_cause(&e))))?;
+        let b =
+            batch.map_err(|e| Error::bad(format!("{p}: damaged Parquet data: {}", crate::error::short_cause(&e))))?;
         let s = |n: &str| b.column_by_name(n).expect("checked").as_string::<i32>().clone();
         let (task, problem, diff, model, text) = (s("task"), s("problem_id"), s("difficulty"), s("model"), s("text"));
         let wf = b
@@ -346,7 +353,11 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
         if r.stages > crate::workload::MAX_STAGES {
             return Err(at(
                 "stages",
-                format!("{} stages; a workflow may have at most {}", r.stages, crate::workload::MAX_STAGES),
+                format!(
+                    "{} stages; a workflow may have at most {}",
+                    r.stages,
+                    crate::workload::MAX_STAGES
+                ),
             ));
         }
         if r.stages == 0 || r.stage >= r.stages {

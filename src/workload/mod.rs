@@ -28,7 +28,9 @@ pub const MAX_STAGES: u32 = 64;
 /// Check a token count against [`MAX_TOKENS`]; `what` names the field.
 pub fn check_tokens(what: &str, v: u64) -> std::result::Result<(), String> {
     if v > MAX_TOKENS as u64 {
-        Err(format!("{what}: {v} tokens is more than the {MAX_TOKENS} a request field may hold"))
+        Err(format!(
+            "{what}: {v} tokens is more than the {MAX_TOKENS} a request field may hold"
+        ))
     } else {
         Ok(())
     }

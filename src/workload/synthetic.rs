@@ -111,7 +111,10 @@ impl SyntheticSpec {
                     } else {
                         "a probability in [0, 1]"
                     };
-                    return Err(Error::bad(format!("{path}.{field}.{m}: expected {want}, got {}", crate::error::num(*v))));
+                    return Err(Error::bad(format!(
+                        "{path}.{field}.{m}: expected {want}, got {}",
+                        crate::error::num(*v)
+                    )));
                 }
             }
         }
