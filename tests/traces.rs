@@ -507,3 +507,80 @@ fn the_length_predictor_ranks_held_out_workflows() {
     assert!((oracle.spearman - 1.0).abs() < 1e-9 && oracle.mae == 0.0);
     assert!(wf.pinball_loss < rq.pinball_loss);
 }
+
+/// A trace with problem text whose words carry the outcome: `easy` items are solved by both
+/// models, `hard` ones by the large model only, `brutal` ones by neither.
+fn text_trace(n: u64, offset: u64) -> trace::Trace {
+    let mut t = small_trace();
+    let base = t.workflows[0].clone();
+    t.workflows = (0..n)
+        .map(|i| {
+            let k = (i + offset) % 3;
+            let mut w = base.clone();
+            w.id = i;
+            w.problem_id = format!("q{}", i + offset);
+            let word = ["easy", "hard", "brutal"][k as usize];
+            let pad = "x ".repeat(((i * 7) % 13) as usize);
+            w.text = Some(Arc::from(
+                format!("{word} problem number {} {pad}", i + offset).as_str(),
+            ));
+            w.plans[0].success = Some(k == 0);
+            w.plans[1].success = Some(k < 2);
+            w
+        })
+        .collect();
+    t
+}
+
+/// `router eval` on a trace of its own reports no length-only baseline (it has no items to fit
+/// one on), instead of the router's own AUC under that name (issue 16); with a split it fits
+/// the baseline on the training part.
+#[test]
+fn router_eval_on_a_separate_trace_prints_no_borrowed_baseline() {
+    let dir = tmpdir("router-eval-baseline");
+    let (train, test) = (dir.join("train.parquet"), dir.join("test.parquet"));
+    trace::write_trace(&train, &text_trace(90, 0)).unwrap();
+    trace::write_trace(&test, &text_trace(60, 1)).unwrap();
+    let router = dir.join("router.json");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let s = |p: &std::path::Path| p.display().to_string();
+    run(&["router", "train", "--trace", &s(&train), "--out", &s(&router)]);
+    let v: serde_json::Value = serde_json::from_str(&run(&[
+        "router",
+        "eval",
+        "--router",
+        &s(&router),
+        "--trace",
+        &s(&test),
+        "--json",
+    ]))
+    .unwrap();
+    for m in v["models"].as_array().unwrap() {
+        assert!(m["auc"].as_f64().unwrap() > 0.9, "{m}");
+        assert!(m["auc_length_only"].is_null(), "{m}");
+    }
+    assert!(v["mean_auc_length_only"].is_null());
+    let v: serde_json::Value = serde_json::from_str(&run(&[
+        "router",
+        "eval",
+        "--router",
+        &s(&router),
+        "--trace",
+        &s(&test),
+        "--test-fraction",
+        "0.5",
+        "--json",
+    ]))
+    .unwrap();
+    for m in v["models"].as_array().unwrap() {
+        let (a, l) = (m["auc"].as_f64().unwrap(), m["auc_length_only"].as_f64().unwrap());
+        assert!(a != l, "{m}");
+    }
+}

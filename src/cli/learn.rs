@@ -331,7 +331,7 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             if !json {
                 println!("wrote {} (encoder heads; figures below are in-sample)", out.display());
             }
-            print_router_report(&eval::score(&p, &p, &labels, &data.models), json)?;
+            print_router_report(&eval::score(&p, None, &labels, &data.models), json)?;
         }
         RouterCmd::Train {
             trace,
@@ -367,7 +367,7 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             std::fs::write(&out, text).map_err(|e| Error::io(&out, e))?;
             let r = router::Router::new(m);
             let p: Vec<Vec<f64>> = texts.iter().map(|x| r.predict(x)).collect();
-            let report = eval::score(&p, &p, &labels, &data.models);
+            let report = eval::score(&p, None, &labels, &data.models);
             if json {
                 print_router_report(&report, true)?;
             } else {
@@ -411,13 +411,11 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             };
             let r = router::Router::new(m);
             let p: Vec<Vec<f64>> = test_idx.iter().map(|&i| r.predict(data.texts[i])).collect();
-            let lens = if train_idx.is_empty() {
-                p.clone()
-            } else {
-                eval::length_baseline(&data, &train_idx, &test_idx)
-            };
+            // The length-only baseline needs items to fit on that it is not scored on; with
+            // no split (a separate trace) there are none, and it is left out.
+            let lens = (!train_idx.is_empty()).then(|| eval::length_baseline(&data, &train_idx, &test_idx));
             let labels: Vec<Vec<bool>> = test_idx.iter().map(|&i| data.labels[i].clone()).collect();
-            print_router_report(&eval::score(&p, &lens, &labels, &data.models), json)?;
+            print_router_report(&eval::score(&p, lens.as_deref(), &labels, &data.models), json)?;
         }
         RouterCmd::Cv {
             trace,

@@ -51,14 +51,15 @@ pub struct EvalReport {
 }
 
 /// Score predictions `p[i][m]` against labels; `len_scores[i][m]` are the length-only
-/// baseline's predictions.
-pub fn score(p: &[Vec<f64>], len_scores: &[Vec<f64>], labels: &[Vec<bool>], models: &[String]) -> EvalReport {
+/// baseline's predictions, fitted on items other than these (absent: no baseline is reported,
+/// never the router's own scores under the baseline's name).
+pub fn score(p: &[Vec<f64>], len_scores: Option<&[Vec<f64>]>, labels: &[Vec<bool>], models: &[String]) -> EvalReport {
     let scores: Vec<ModelScore> = models
         .iter()
         .enumerate()
         .map(|(m, name)| {
             let pm: Vec<f64> = p.iter().map(|x| x[m]).collect();
-            let lm: Vec<f64> = len_scores.iter().map(|x| x[m]).collect();
+            let lm: Option<Vec<f64>> = len_scores.map(|l| l.iter().map(|x| x[m]).collect());
             let y: Vec<bool> = labels.iter().map(|l| l[m]).collect();
             ModelScore {
                 model: name.clone(),
@@ -66,7 +67,7 @@ pub fn score(p: &[Vec<f64>], len_scores: &[Vec<f64>], labels: &[Vec<bool>], mode
                 positives: y.iter().filter(|b| **b).count() as u64,
                 auc: auc(&pm, &y),
                 brier: brier(&pm, &y),
-                auc_length_only: auc(&lm, &y),
+                auc_length_only: lm.and_then(|lm| auc(&lm, &y)),
                 auc_mean_accuracy: 0.5,
                 calibration: calibration(&pm, &y, 10),
             }
@@ -169,5 +170,5 @@ pub fn cross_validate_with(
             lens[*t] = p;
         }
     }
-    score(&preds, &lens, &data.labels, &data.models)
+    score(&preds, Some(&lens), &data.labels, &data.models)
 }
