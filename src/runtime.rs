@@ -165,11 +165,19 @@ pub struct Runtime<W, P> {
     journal: Option<Vec<JournalEntry>>,
     failed_attempts: u64,
     abandoned: u64,
+    /// The confidences new workflows were routed by, against their known outcomes.
+    confidence: crate::output::summary::ConfidenceAgg,
 }
 
 impl<W: Default, P: Default> Runtime<W, P> {
     pub fn new(core: PolicyCore) -> Self {
-        let engine_model = core.engines().iter().map(|e| e.model.clone()).collect();
+        let engine_model: Vec<Arc<str>> = core.engines().iter().map(|e| e.model.clone()).collect();
+        let mut models: Vec<String> = Vec::new();
+        for m in &engine_model {
+            if !models.iter().any(|x| **x == **m) {
+                models.push(m.to_string());
+            }
+        }
         Runtime {
             needs_oracle: core.needs_oracle(),
             core,
@@ -185,7 +193,14 @@ impl<W: Default, P: Default> Runtime<W, P> {
             journal: None,
             failed_attempts: 0,
             abandoned: 0,
+            confidence: crate::output::summary::ConfidenceAgg::new(&models),
         }
+    }
+
+    /// How the confidence model ranked the workflows routed so far (see
+    /// [`crate::output::summary::ConfidenceSummary`]).
+    pub fn confidence_summary(&self) -> Option<crate::output::summary::ConfidenceSummary> {
+        self.confidence.summary()
     }
 
     /// Journal every input and the decisions it got (see [`Runtime::take_journal`]).
@@ -449,6 +464,16 @@ impl<W: Default, P: Default> Runtime<W, P> {
             _ => None,
         };
         let n = feed_into(&mut self.core, &input, || oracle, &mut self.decisions);
+        if let Some((wf, confs)) = self.core.take_assessment() {
+            if let Some(w) = self.workflows.get(&wf) {
+                for (model, c) in confs {
+                    let plan = w.spec.plans.iter().find(|p| p.model.as_deref() == Some(&*model));
+                    if let Some(solved) = plan.and_then(|p| p.success) {
+                        self.confidence.add(&model, c, solved);
+                    }
+                }
+            }
+        }
         if let Some(j) = &mut self.journal {
             let new = self.decisions.range(self.decisions.len() - n..);
             j.push(JournalEntry {

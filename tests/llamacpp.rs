@@ -170,9 +170,18 @@ fn replay_against_llama_server_and_compare_with_the_calibrated_simulation() {
         assert_eq!(r.status.as_str(), "ok", "{r:?}");
         assert_eq!(r.output_tokens, r.max_tokens, "{r:?}");
         assert_eq!(r.server_prompt_tokens, Some(r.prompt_tokens), "{r:?}");
-        assert_eq!(r.chunk_ns.len() as u32, r.output_tokens, "one token per chunk");
+        // llama-server streams a token per event, but holds back a token that ends inside a
+        // UTF-8 character and sends it with the next (seen in CI: 16 events for 33 tokens).
+        assert!(r.chunk_ns.len() as u32 <= r.output_tokens, "{r:?}");
         assert!(r.server_timings.is_some(), "llama.cpp's timings object");
     }
+    let (chunks, tokens) = reqs.iter().fold((0u32, 0u32), |(c, t), r| {
+        (c + r.chunk_ns.len() as u32, t + r.output_tokens)
+    });
+    assert!(
+        4 * chunks >= tokens,
+        "streamed per token: {chunks} events for {tokens} tokens"
+    );
     // Its Prometheus metrics, under llamacpp: names, were sampled, and it batched requests.
     let mets: Vec<MetricsRecord> = read_lines(&rep.join("metrics.jsonl")).unwrap();
     assert!(mets.len() >= 10 && mets.iter().all(|m| m.error.is_none()));

@@ -151,6 +151,24 @@ fn every_policy_runs_the_default_scenario_with_requests_conserved() {
             chimera::run::run_to_dir(&r, &out, &sets, None, &mut |_, _| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(rep.summary.workflows.count, 250, "{name}");
         assert_eq!(rep.summary.workflows.failed, 0, "{name}");
+        // The confidence model's quality as realised in the run: the oracle ranks perfectly; the
+        // noisy oracle in between; a text router on workflows without text, and fixed priors,
+        // give every workflow one confidence (all ties: 0.5); no confidence model, no figure.
+        let auc = rep.summary.confidence.as_ref().and_then(|c| c.mean_auc);
+        let want: Option<(f64, f64)> = if name.contains("oracle router") {
+            Some((1.0, 1.0))
+        } else if name.contains("noisy oracle") {
+            Some((0.6, 0.9))
+        } else if name.contains("router files") || name.contains("prior confidences") {
+            Some((0.5, 0.5))
+        } else {
+            None
+        };
+        match (want, auc) {
+            (None, None) => {}
+            (Some((lo, hi)), Some(a)) => assert!((lo..=hi).contains(&a), "{name}: realised AUC {a}"),
+            _ => panic!("{name}: realised AUC {auc:?}, expected {want:?}"),
+        }
     }
 }
 

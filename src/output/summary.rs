@@ -229,6 +229,100 @@ pub struct Summary {
     pub by_model: Vec<ModelSummary>,
     pub engines: Vec<EngineSummary>,
     pub quantile_relative_accuracy: f64,
+    /// How well the confidence model the policy routed by (the semantic router, or a
+    /// stand-in) ranked this run's workflows: per model, the AUC of the confidence it gave
+    /// each workflow against whether that model solves it. Absent without a confidence model
+    /// or without known outcomes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<ConfidenceSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConfidenceSummary {
+    /// Mean of the per-model AUCs that are defined.
+    pub mean_auc: Option<f64>,
+    pub by_model: Vec<ModelConfidence>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelConfidence {
+    pub model: String,
+    /// Workflows assessed with a known outcome on this model.
+    pub workflows: u64,
+    pub solved: u64,
+    /// Probability that a workflow this model solves got a higher confidence than one it
+    /// fails (ties count half); None when every workflow has one outcome.
+    pub auc: Option<f64>,
+}
+
+/// Confidences against outcomes per model, in fixed memory: counts of solved and failed
+/// workflows in 4,096 confidence bins (AUC exact but for pairs within one bin of width
+/// 1/4096, counted as ties).
+#[derive(Debug, Clone)]
+pub struct ConfidenceAgg {
+    models: Vec<String>,
+    /// Per model: solved counts then failed counts, `BINS` each.
+    counts: Vec<Vec<u64>>,
+}
+
+impl ConfidenceAgg {
+    const BINS: usize = 4096;
+
+    pub fn new(models: &[String]) -> Self {
+        ConfidenceAgg {
+            models: models.to_vec(),
+            counts: vec![Vec::new(); models.len()],
+        }
+    }
+
+    /// Record one workflow's confidence for `model` and whether `model` solves it.
+    pub fn add(&mut self, model: &str, confidence: f64, solved: bool) {
+        let Some(m) = self.models.iter().position(|x| x == model) else {
+            return;
+        };
+        if !confidence.is_finite() {
+            return;
+        }
+        let c = &mut self.counts[m];
+        if c.is_empty() {
+            c.resize(2 * Self::BINS, 0);
+        }
+        let b = ((confidence.clamp(0.0, 1.0) * Self::BINS as f64) as usize).min(Self::BINS - 1);
+        c[b + if solved { 0 } else { Self::BINS }] += 1;
+    }
+
+    pub fn summary(&self) -> Option<ConfidenceSummary> {
+        if self.counts.iter().all(|c| c.is_empty()) {
+            return None;
+        }
+        let by_model: Vec<ModelConfidence> = self
+            .models
+            .iter()
+            .zip(&self.counts)
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(m, c)| {
+                let (pos, neg) = c.split_at(Self::BINS);
+                let (p, n): (u64, u64) = (pos.iter().sum(), neg.iter().sum());
+                let mut below = 0u64;
+                let mut wins = 0.0f64;
+                for b in 0..Self::BINS {
+                    wins += pos[b] as f64 * (below as f64 + 0.5 * neg[b] as f64);
+                    below += neg[b];
+                }
+                ModelConfidence {
+                    model: m.clone(),
+                    workflows: p + n,
+                    solved: p,
+                    auc: (p > 0 && n > 0).then(|| round6(wins / (p as f64 * n as f64))),
+                }
+            })
+            .collect();
+        let aucs: Vec<f64> = by_model.iter().filter_map(|m| m.auc).collect();
+        Some(ConfidenceSummary {
+            mean_auc: (!aucs.is_empty()).then(|| round6(aucs.iter().sum::<f64>() / aucs.len() as f64)),
+            by_model,
+        })
+    }
 }
 
 fn accuracy(known: u64, solved: u64) -> Option<Accuracy> {
@@ -291,6 +385,58 @@ impl Aggregates {
                 .collect(),
             engines,
             quantile_relative_accuracy: super::sketch::RELATIVE_ACCURACY,
+            confidence: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binned_auc_is_the_pairwise_auc() {
+        // Exact AUC by counting pairs, against the binned one, on values that share no bin.
+        let pts: Vec<(f64, bool)> = (0..200)
+            .map(|i| {
+                let c = ((i * 37) % 200) as f64 / 200.0 + 0.0001;
+                (c, (i * 37) % 200 > 60 + (i % 7) * 10)
+            })
+            .collect();
+        let mut agg = ConfidenceAgg::new(&["a".into(), "b".into()]);
+        for (c, y) in &pts {
+            agg.add("a", *c, *y);
+        }
+        agg.add("a", f64::NAN, true); // not counted
+        agg.add("nobody", 0.5, true); // not a model of the cluster
+        let (mut wins, mut pairs) = (0.0, 0.0);
+        for (cp, _) in pts.iter().filter(|p| p.1) {
+            for (cn, _) in pts.iter().filter(|p| !p.1) {
+                pairs += 1.0;
+                wins += if cp > cn {
+                    1.0
+                } else if cp == cn {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+        let s = agg.summary().unwrap();
+        assert_eq!(s.by_model.len(), 1, "model b saw nothing");
+        let a = &s.by_model[0];
+        assert_eq!(a.workflows, 200);
+        assert!(
+            (a.auc.unwrap() - wins / pairs).abs() < 1e-6,
+            "{:?} vs {}",
+            a.auc,
+            wins / pairs
+        );
+        assert_eq!(s.mean_auc, a.auc);
+        // One outcome only: no AUC.
+        let mut one = ConfidenceAgg::new(&["a".into()]);
+        one.add("a", 0.3, true);
+        assert_eq!(one.summary().unwrap().by_model[0].auc, None);
+        assert!(ConfidenceAgg::new(&["a".into()]).summary().is_none());
     }
 }

@@ -253,6 +253,9 @@ pub struct PolicyCore {
     held_seq: u64,
     out: VecDeque<Decision>,
     health: Vec<Health>,
+    /// The confidences the core routed the last new workflow by, one per distinct model
+    /// (kept only with a confidence model; read by [`PolicyCore::take_assessment`]).
+    assessment: Option<(u64, Vec<(Arc<str>, f64)>)>,
 }
 
 impl PolicyCore {
@@ -280,6 +283,7 @@ impl PolicyCore {
             confidence: None,
             held_seq: 0,
             out: VecDeque::new(),
+            assessment: None,
             health: vec![
                 Health {
                     up: true,
@@ -378,6 +382,12 @@ impl PolicyCore {
         self
     }
 
+    /// The confidence per model the last new workflow was routed by: (workflow, [(model,
+    /// confidence)]). A driver that knows outcomes scores the confidence model with it.
+    pub fn take_assessment(&mut self) -> Option<(u64, Vec<(Arc<str>, f64)>)> {
+        self.assessment.take()
+    }
+
     /// Whether a driver must fill `RequestInfo::oracle` (simulation-only policies).
     pub fn needs_oracle(&self) -> bool {
         self.length.as_ref().is_some_and(|l| l.needs_oracle())
@@ -424,6 +434,9 @@ impl PolicyCore {
             rem[e as usize] = p.remaining_tokens;
             conf[e as usize] = c;
             preds[e as usize] = p;
+        }
+        if with_confidence && self.confidence.is_some() {
+            self.assessment = Some((req.workflow, done.into_iter().map(|(m, _, c)| (m, c)).collect()));
         }
         (rem, conf, preds)
     }
