@@ -331,6 +331,19 @@ fn hostile_inputs_exit_2_naming_the_problem() {
         // Reading a device or a FIFO would never end: refused before a byte is read.
         (&["run", "/dev/zero"], "not a regular file"),
         (
+            &[
+                "predictor",
+                "train",
+                "--trace",
+                "traces/math-qwen2.5-1.5b-3b-7b-14b.parquet",
+                "--out",
+                "/tmp/chimera-hostile-p.json",
+                "--trees",
+                "100000000",
+            ],
+            "--trees: expected 1 to 2000",
+        ),
+        (
             &["run", "-q", "--set", "cluster.engines[*].calibration=/dev/zero"],
             "cluster.engines[0].calibration: /dev/zero: is not a regular file",
         ),

@@ -170,8 +170,10 @@ pub(super) fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
             if !(0.0..=1.0).contains(&quantile) {
                 return Err(Error::bad(format!("--quantile: expected 0..=1, got {quantile}")));
             }
-            if trees == 0 {
-                return Err(Error::bad("--trees: expected at least 1"));
+            if !(1..=2000).contains(&trees) {
+                return Err(Error::bad(format!(
+                    "--trees: expected 1 to 2000 (training time grows with the count; 40 is the default), got {trees}"
+                )));
             }
             let mut all = crate::trace::read_trace(&traces[0])?;
             for p in &traces[1..] {

@@ -243,7 +243,66 @@ impl BaseUrl {
 impl Endpoints {
     pub fn load(path: &std::path::Path) -> Result<Endpoints> {
         let text = crate::input::read_text(&path)?;
-        crate::scenario::yaml::from_yaml_str(&text).map_err(|e| e.context(path.display()))
+        let eps: Endpoints = crate::scenario::yaml::from_yaml_str(&text).map_err(|e| e.context(path.display()))?;
+        eps.check().map_err(|e| e.context(path.display()))?;
+        Ok(eps)
+    }
+
+    /// What can be checked without the scenario: at least one model, each with URLs that parse,
+    /// a concurrency of at least one, and timeouts, retries and sampling within bounds a
+    /// replay can wait for. (Which models the scenario needs is checked by `engines`.)
+    pub fn check(&self) -> Result<()> {
+        if self.models.is_empty() {
+            return Err(Error::bad(
+                "models: no models; give `models: {MODEL: {urls: [http://HOST:PORT]}}`",
+            ));
+        }
+        for (key, m) in &self.models {
+            if m.urls.is_empty() {
+                return Err(Error::bad(format!("models.{key}.urls: at least one URL is needed")));
+            }
+            for (i, u) in m.urls.iter().enumerate() {
+                BaseUrl::parse(u).map_err(|e| Error::bad(format!("models.{key}.urls[{i}]: {e}")))?;
+            }
+            if !(1..=100_000).contains(&m.max_concurrency) {
+                return Err(Error::bad(format!(
+                    "models.{key}.max_concurrency: expected 1 to 100000, got {}",
+                    m.max_concurrency
+                )));
+            }
+        }
+        let t = &self.timeouts;
+        for (what, v) in [
+            ("connect_s", t.connect_s),
+            ("first_token_s", t.first_token_s),
+            ("idle_s", t.idle_s),
+            ("total_s", t.total_s),
+        ] {
+            if !(v > 0.0 && v <= 1e6) {
+                return Err(Error::bad(format!(
+                    "timeouts.{what}: expected a number of seconds in (0, 1e6], got {}",
+                    crate::error::num(v)
+                )));
+            }
+        }
+        if let Some(n) = self.retries.max {
+            if n > 100 {
+                return Err(Error::bad(format!("retries.max: expected 0 to 100, got {n}")));
+            }
+        }
+        if self.retries.backoff_ms > 600_000 {
+            return Err(Error::bad(format!(
+                "retries.backoff_ms: expected 0 to 600000 (10 minutes), got {}",
+                self.retries.backoff_ms
+            )));
+        }
+        if self.metrics_interval_ms > 3_600_000 {
+            return Err(Error::bad(format!(
+                "metrics_interval_ms: expected 0 (off) to 3600000, got {}",
+                self.metrics_interval_ms
+            )));
+        }
+        Ok(())
     }
 
     /// The engines of a replay: for each model of the scenario, in the scenario's model order,
@@ -269,19 +328,7 @@ impl Endpoints {
                 return Err(Error::bad(format!("models.{key}: model {model} is listed twice")));
             }
         }
-        let t = &self.timeouts;
-        for (what, v) in [
-            ("connect_s", t.connect_s),
-            ("first_token_s", t.first_token_s),
-            ("idle_s", t.idle_s),
-            ("total_s", t.total_s),
-        ] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(Error::bad(format!(
-                    "timeouts.{what}: must be a positive number of seconds, got {v}"
-                )));
-            }
-        }
+        self.check()?;
         let mut out = Vec::new();
         for model in scenario_models {
             let Some((key, m)) = by_model.get(model) else {
@@ -381,7 +428,15 @@ mod tests {
             ("models:\n  Qwen2.5-7B: {urls: ['http://a:1'], batch: 3}\n", "models.Qwen2.5-7B.batch: unknown field `batch`, expected one of `urls`"),
             ("models:\n  Qwen2.5-1.5B: {urls: ['http://a:1']}\n  Qwen2.5-7B: {urls: ['https://b:2']}\n", "models.Qwen2.5-7B.urls[0]: `https://b:2`: https is not supported"),
             ("models:\n  Qwen2.5-1.5B: {urls: []}\n  Qwen2.5-7B: {urls: ['http://b:2']}\n", "models.Qwen2.5-1.5B.urls: at least one URL"),
-            ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2']}\n  Qwen2.5-7B: {urls: ['http://b:2']}\ntimeouts: {idle_s: 0}\n", "timeouts.idle_s: must be a positive"),
+            ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2']}\n  Qwen2.5-7B: {urls: ['http://b:2']}\ntimeouts: {idle_s: 0}\n", "timeouts.idle_s: expected a number of seconds in (0, 1e6]"),
+            ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2']}\n  Qwen2.5-7B: {urls: ['http://b:3']}\ntimeouts: {first_token_s: 1e300}\n", "timeouts.first_token_s: expected a number of seconds in (0, 1e6], got 1e300"),
+            ("models: {}\n", "models: no models"),
+            ("models:\n  Qwen2.5-1.5B: {urls: ['ftp://b:2']}\n", "models.Qwen2.5-1.5B.urls[0]"),
+            ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:99999']}\n", "bad port"),
+            ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2'], max_concurrency: 0}\n", "models.Qwen2.5-1.5B.max_concurrency: expected 1 to 100000"),
+            ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2']}\nretries: {max: 4294967295}\n", "retries.max: expected 0 to 100"),
+            ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2']}\nretries: {backoff_ms: 100000000}\n", "retries.backoff_ms"),
+            ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2']}\nmetrics_interval_ms: 100000000000\n", "metrics_interval_ms"),
             ("models:\n  Qwen2.5-1.5B: {urls: ['http://b:2'], api_key_env: CHIMERA_NO_SUCH_VAR}\n  Qwen2.5-7B: {urls: ['http://b:3']}\n", "models.Qwen2.5-1.5B.api_key_env: environment variable CHIMERA_NO_SUCH_VAR is not set"),
         ];
         for (y, want) in cases {

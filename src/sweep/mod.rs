@@ -232,7 +232,7 @@ impl SweepSpec {
                 })
                 .collect(),
         };
-        spec.validate()?;
+        spec.validate().map_err(|e| e.context(format!("plan {}", path.display())))?;
         Ok(spec)
     }
 
