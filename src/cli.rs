@@ -240,6 +240,10 @@ pub enum RouterCmd {
         seed: u64,
         #[arg(long)]
         json: bool,
+        /// The encoder an encoder router reads embeddings from (feature `encoder`; default:
+        /// the folder the router was trained with, from its provenance)
+        #[arg(long)]
+        encoder: Option<PathBuf>,
     },
     /// K-fold cross-validation of the training procedure on a trace.
     Cv {

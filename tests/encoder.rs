@@ -83,3 +83,112 @@ fn missing_model_files_are_named() {
     let e = TextEncoder::load(&dir).err().unwrap().to_string();
     assert!(e.contains("model.safetensors"), "{e}");
 }
+
+/// A trace whose problem texts carry the outcome (`easy`: both models solve it, `hard`: only the
+/// big one), for the router commands.
+fn text_trace(path: &std::path::Path, n: u64, offset: u64) {
+    use chimera::workload::{Plan, Stage};
+    use std::sync::Arc;
+    let plan = |m: &str, solved: bool| Plan {
+        model: Some(Arc::from(m)),
+        stages: vec![Stage {
+            prompt_tokens: 100,
+            context_tokens: 0,
+            output_tokens: 20,
+            tool_delay_ns: 0,
+            prefix: None,
+        }],
+        success: Some(solved),
+    };
+    let t = chimera::trace::Trace {
+        models: vec!["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
+        workflows: (0..n)
+            .map(|i| {
+                let easy = (i + offset) % 2 == 0;
+                let text = if easy {
+                    format!("easy sum of {} and {}", i % 10, (i / 10) % 10)
+                } else {
+                    format!("hard integral number {}", i % 10)
+                };
+                chimera::trace::TraceWorkflow {
+                    id: i,
+                    task: "math".into(),
+                    problem_id: format!("q{}", i + offset),
+                    difficulty: "level 5".into(),
+                    text: Some(Arc::from(text.as_str())),
+                    plans: vec![plan("Qwen2.5-1.5B", easy), plan("Qwen2.5-7B", easy || i % 4 == 1)],
+                }
+            })
+            .collect(),
+        provenance: serde_json::json!({"kind": "test fixture"}),
+    };
+    chimera::trace::write_trace(path, &t).unwrap();
+}
+
+/// An encoder router works where a text router does: `router eval` embeds the trace's texts
+/// with the encoder the router was trained with (its provenance names it) or `--encoder`
+/// (issue 16: it panicked with "window size must be non-zero").
+#[test]
+fn router_eval_of_an_encoder_router_embeds_the_texts() {
+    let dir = tmpdir("encoder-router-eval");
+    let enc = dir.join("enc");
+    std::fs::create_dir_all(&enc).unwrap();
+    tiny_encoder(&enc);
+    let (train, test, router) = (
+        dir.join("train.parquet"),
+        dir.join("test.parquet"),
+        dir.join("router.json"),
+    );
+    text_trace(&train, 60, 0);
+    text_trace(&test, 40, 1);
+    let chimera = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_chimera"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let s = |p: &std::path::Path| p.display().to_string();
+    let (code, _, err) = chimera(&[
+        "router",
+        "train",
+        "--trace",
+        &s(&train),
+        "--encoder",
+        &s(&enc),
+        "--out",
+        &s(&router),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (router_s, test_s, enc_s) = (s(&router), s(&test), s(&enc));
+    for extra in [&[][..], &["--encoder", enc_s.as_str()][..]] {
+        let mut args = vec!["router", "eval", "--router", &router_s, "--trace", &test_s, "--json"];
+        args.extend(extra.iter().copied());
+        let (code, out, err) = chimera(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["items"], 40);
+        let auc = v["models"][0]["auc"].as_f64().unwrap();
+        assert!(auc > 0.5, "the small model's outcome follows the words: {auc}");
+    }
+    // A text router takes no encoder.
+    let text_router = dir.join("text-router.json");
+    let (code, _, err) = chimera(&["router", "train", "--trace", &s(&train), "--out", &s(&text_router)]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = chimera(&[
+        "router",
+        "eval",
+        "--router",
+        &s(&text_router),
+        "--trace",
+        &s(&test),
+        "--encoder",
+        &s(&enc),
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("reads no embeddings"), "{err}");
+}

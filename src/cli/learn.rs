@@ -387,16 +387,32 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             test_fraction,
             seed,
             json,
+            encoder,
         } => {
             frac_ok(test_fraction)?;
             let text = crate::input::read_text(&path)?;
             let m = RouterModel::from_json(&text).map_err(|e| Error::bad(format!("{}: {e}", path.display())))?;
-            if m.is_encoder() {
-                return Err(Error::bad(format!(
-                    "{}: an encoder router; evaluate encoder heads with `chimera router cv --encoder DIR`",
-                    path.display()
-                )));
-            }
+            // An encoder router reads embeddings: from --encoder, else the encoder it was
+            // trained with.
+            let encoder = if m.is_encoder() {
+                let dir = encoder
+                    .or_else(|| m.provenance.get("encoder").and_then(|v| v.as_str()).map(PathBuf::from))
+                    .ok_or_else(|| {
+                        Error::bad(format!(
+                            "{}: an encoder router whose provenance names no encoder; pass --encoder DIR",
+                            path.display()
+                        ))
+                    })?;
+                Some(dir)
+            } else {
+                if encoder.is_some() {
+                    return Err(Error::bad(format!(
+                        "--encoder: {} is a text-feature router; it reads no embeddings",
+                        path.display()
+                    )));
+                }
+                None
+            };
             let t = crate::trace::read_trace(&trace)?;
             let data = router_dataset(&t)?;
             if m.models != data.models {
@@ -412,7 +428,22 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
                 (vec![], (0..data.texts.len()).collect())
             };
             let r = router::Router::new(m);
-            let p: Vec<Vec<f64>> = test_idx.iter().map(|&i| r.predict(data.texts[i])).collect();
+            let p: Vec<Vec<f64>> = match &encoder {
+                None => test_idx.iter().map(|&i| r.predict(data.texts[i])).collect(),
+                Some(dir) => {
+                    let texts: Vec<&str> = test_idx.iter().map(|&i| data.texts[i]).collect();
+                    let embs = embed_all(dir, &texts)?;
+                    let dims = 1usize << r.model.features.buckets_log2;
+                    if let Some(e) = embs.iter().find(|e| e.len() > dims) {
+                        return Err(Error::bad(format!(
+                            "--encoder {}: embeddings of {} dimensions, but the router's heads take at most {dims}; evaluate with the encoder the router was trained with",
+                            dir.display(),
+                            e.len()
+                        )));
+                    }
+                    embs.iter().map(|e| r.predict_dense(e)).collect()
+                }
+            };
             // The length-only baseline needs items to fit on that it is not scored on; with
             // no split (a separate trace) there are none, and it is left out.
             let lens = (!train_idx.is_empty()).then(|| eval::length_baseline(&data, &train_idx, &test_idx));

@@ -232,7 +232,8 @@ impl SweepSpec {
                 })
                 .collect(),
         };
-        spec.validate().map_err(|e| e.context(format!("plan {}", path.display())))?;
+        spec.validate()
+            .map_err(|e| e.context(format!("plan {}", path.display())))?;
         Ok(spec)
     }
 
