@@ -27,6 +27,20 @@ pub fn open(path: &Path) -> Result<std::fs::File> {
     std::fs::File::open(path).map_err(|e| Error::io(path, e))
 }
 
+/// Open a Parquet file for reading; a damaged one is bad input naming the file (with the
+/// readable head of the parser's complaint).
+pub fn open_parquet(
+    path: &Path,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder<std::fs::File>> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(|e| {
+        Error::bad(format!(
+            "{}: not a readable Parquet file: {}",
+            path.display(),
+            crate::error::short_cause(&e)
+        ))
+    })
+}
+
 /// Read a whole text file (UTF-8) of at most [`MAX_TEXT_BYTES`].
 pub fn read_text(path: &Path) -> Result<String> {
     read_text_limited(path, MAX_TEXT_BYTES)

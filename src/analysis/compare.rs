@@ -6,23 +6,13 @@ use crate::calib::fit::ErrStats;
 use crate::error::{Error, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type, UInt64Type};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
 
 /// Read numeric columns (as f64, nulls as NaN) and `status` (as text) of one Parquet table.
 fn read_table(path: &Path, numeric: &[&str]) -> Result<(Vec<Vec<f64>>, Vec<String>)> {
-    let f = crate::input::open(path)?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| {
-            Error::bad(format!(
-                "{}: not a readable Parquet file: {}",
-                path.display(),
-                crate::error::short_cause(&e)
-            ))
-        })?
-        .build()?;
+    let reader = crate::input::open_parquet(path)?.build()?;
     let mut cols: Vec<Vec<f64>> = vec![Vec::new(); numeric.len()];
     let mut status = Vec::new();
     for batch in reader {

@@ -8,7 +8,6 @@ use crate::error::{Error, Result};
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, UInt64Type};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
@@ -95,16 +94,7 @@ pub struct SweepTable {
 
 impl SweepTable {
     pub fn read(path: &Path) -> Result<SweepTable> {
-        let f = crate::input::open(path)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-            .map_err(|e| {
-                Error::bad(format!(
-                    "{}: not a readable Parquet file: {}",
-                    path.display(),
-                    crate::error::short_cause(&e)
-                ))
-            })?
-            .build()?;
+        let reader = crate::input::open_parquet(path)?.build()?;
         let mut t = SweepTable::default();
         for batch in reader {
             let batch = batch?;

@@ -12,7 +12,6 @@ use arrow::array::{
     UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, UInt32Type, UInt64Type};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
@@ -175,14 +174,8 @@ struct Row {
 
 /// Load and check a trace.
 pub fn read_trace(path: &Path) -> Result<Trace> {
-    let file = crate::input::open(path)?;
     let p = path.display();
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-        Error::bad(format!(
-            "{p}: not a readable Parquet file: {}",
-            crate::error::short_cause(&e)
-        ))
-    })?;
+    let builder = crate::input::open_parquet(path)?;
     let kv = builder
         .metadata()
         .file_metadata()
