@@ -510,12 +510,17 @@ pub fn read_records(dir: &Path) -> Result<Vec<Record>> {
         }
         match serde_json::from_str::<Record>(line) {
             Ok(r) if !r.intact() => {
+                let why = if r.check.is_empty() {
+                    "has no check (written by an older chimera, or the field was removed)"
+                } else {
+                    "was edited or damaged (its check does not match its content)"
+                };
                 return Err(Error::bad(format!(
-                    "{}: line {}: the record of point {} was edited or damaged (its check does not match its content); remove the line to rerun the point",
+                    "{}: line {}: the record of point {} {why}; remove the line to rerun the point",
                     path.display(),
                     i + 1,
                     r.point
-                )))
+                )));
             }
             Ok(r) => out.push(r),
             Err(_) if i + 1 == n => {} // the line being written when the run was killed
