@@ -38,6 +38,9 @@ pub struct Workflow<W> {
     pub preemptions: u32,
     /// Why the core gave up on it, if it did.
     pub error: Option<String>,
+    /// The confidence per model it was routed by, with that model's outcome when known
+    /// (empty without a confidence model).
+    pub confidence: Vec<(Arc<str>, f64, Option<bool>)>,
     pub ext: W,
 }
 
@@ -117,6 +120,8 @@ pub struct WorkflowOutcome {
     pub success: Option<bool>,
     /// Why the core gave up on it.
     pub error: Option<String>,
+    /// The confidence per model it was routed by, with that model's outcome when known.
+    pub confidence: Vec<(Arc<str>, f64, Option<bool>)>,
 }
 
 impl WorkflowOutcome {
@@ -301,6 +306,7 @@ impl<W: Default, P: Default> Runtime<W, P> {
                 prompt_tokens: 0,
                 preemptions: 0,
                 error: None,
+                confidence: Vec::new(),
                 ext: W::default(),
             },
         );
@@ -465,13 +471,18 @@ impl<W: Default, P: Default> Runtime<W, P> {
         };
         let n = feed_into(&mut self.core, &input, || oracle, &mut self.decisions);
         if let Some((wf, confs)) = self.core.take_assessment() {
-            if let Some(w) = self.workflows.get(&wf) {
-                for (model, c) in confs {
-                    let plan = w.spec.plans.iter().find(|p| p.model.as_deref() == Some(&*model));
-                    if let Some(solved) = plan.and_then(|p| p.success) {
-                        self.confidence.add(&model, c, solved);
-                    }
-                }
+            if let Some(w) = self.workflows.get_mut(&wf) {
+                w.confidence = confs
+                    .into_iter()
+                    .map(|(model, c)| {
+                        let plan = w.spec.plans.iter().find(|p| p.model.as_deref() == Some(&*model));
+                        let solved = plan.and_then(|p| p.success);
+                        if let Some(s) = solved {
+                            self.confidence.add(&model, c, s);
+                        }
+                        (model, c, solved)
+                    })
+                    .collect();
             }
         }
         if let Some(j) = &mut self.journal {
@@ -553,6 +564,7 @@ impl<W: Default, P: Default> Runtime<W, P> {
             preemptions: wf.preemptions,
             success,
             error: wf.error,
+            confidence: wf.confidence,
         }));
         self.input(CoreInput::WorkflowDone { t: now, workflow: id });
     }

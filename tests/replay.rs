@@ -179,6 +179,15 @@ fn the_replay_makes_the_decisions_a_fresh_core_makes_on_the_same_inputs() {
     }
     let (ok, _, err) = chimera(&args);
     assert!(ok, "{err}");
+    // The replay's summary reports the confidence model's realised AUC too, from the
+    // workflows' records: every workflow was assessed for every model.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("summary.json")).unwrap()).unwrap();
+    let by_model = summary["confidence"]["by_model"]
+        .as_array()
+        .expect("confidence in the summary");
+    assert!(!by_model.is_empty());
+    assert!(by_model.iter().all(|m| m["workflows"] == 10), "{by_model:?}");
 
     let sets: Vec<String> = sets.iter().map(|x| x.to_string()).collect();
     let r = chimera::scenario::load(&scen, &sets).unwrap();

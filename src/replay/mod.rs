@@ -509,6 +509,11 @@ impl Driver {
             output_tokens: w.output_tokens,
             success: w.success,
             segment: self.segment,
+            confidence: w
+                .confidence
+                .into_iter()
+                .map(|(m, c, s)| (m.to_string(), c, s))
+                .collect(),
         })
     }
 
@@ -970,7 +975,18 @@ pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path, policy: St
             }
         })
         .collect();
-    Ok(agg.summarize(&r.scenario.name, r.scenario.seed, policy, engines))
+    let mut summary = agg.summarize(&r.scenario.name, r.scenario.seed, policy, engines);
+    // The confidence model's realised AUC, from the workflows' records (every segment's).
+    let mut conf = crate::output::summary::ConfidenceAgg::new(&r.models);
+    for w in &wfs {
+        for (m, c, solved) in &w.confidence {
+            if let Some(s) = solved {
+                conf.add(m, *c, *s);
+            }
+        }
+    }
+    summary.confidence = conf.summary();
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -78,6 +78,10 @@ pub struct WorkflowRecord {
     pub output_tokens: u64,
     pub success: Option<bool>,
     pub segment: u32,
+    /// The confidence per model the workflow was routed by, and that model's outcome when the
+    /// trace knows it (absent without a confidence model).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub confidence: Vec<(String, f64, Option<bool>)>,
 }
 
 /// One /metrics scrape of one endpoint: its figures, or why there are none.
@@ -287,6 +291,7 @@ pub fn write_tables(
             preemptions: 0,
             success: w.success,
             error: (w.status != WorkflowStatus::Ok).then(|| w.error.clone().unwrap_or_default()),
+            confidence: Vec::new(),
         };
         let mut vals: Vec<(&str, Val)> = workflow_row(&outcome, m).to_vec();
         vals.extend([
