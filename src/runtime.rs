@@ -170,19 +170,11 @@ pub struct Runtime<W, P> {
     journal: Option<Vec<JournalEntry>>,
     failed_attempts: u64,
     abandoned: u64,
-    /// The confidences new workflows were routed by, against their known outcomes.
-    confidence: crate::output::summary::ConfidenceAgg,
 }
 
 impl<W: Default, P: Default> Runtime<W, P> {
     pub fn new(core: PolicyCore) -> Self {
-        let engine_model: Vec<Arc<str>> = core.engines().iter().map(|e| e.model.clone()).collect();
-        let mut models: Vec<String> = Vec::new();
-        for m in &engine_model {
-            if !models.iter().any(|x| **x == **m) {
-                models.push(m.to_string());
-            }
-        }
+        let engine_model = core.engines().iter().map(|e| e.model.clone()).collect();
         Runtime {
             needs_oracle: core.needs_oracle(),
             core,
@@ -198,14 +190,7 @@ impl<W: Default, P: Default> Runtime<W, P> {
             journal: None,
             failed_attempts: 0,
             abandoned: 0,
-            confidence: crate::output::summary::ConfidenceAgg::new(&models),
         }
-    }
-
-    /// How the confidence model ranked the workflows routed so far (see
-    /// [`crate::output::summary::ConfidenceSummary`]).
-    pub fn confidence_summary(&self) -> Option<crate::output::summary::ConfidenceSummary> {
-        self.confidence.summary()
     }
 
     /// Journal every input and the decisions it got (see [`Runtime::take_journal`]).
@@ -476,11 +461,7 @@ impl<W: Default, P: Default> Runtime<W, P> {
                     .into_iter()
                     .map(|(model, c)| {
                         let plan = w.spec.plans.iter().find(|p| p.model.as_deref() == Some(&*model));
-                        let solved = plan.and_then(|p| p.success);
-                        if let Some(s) = solved {
-                            self.confidence.add(&model, c, s);
-                        }
-                        (model, c, solved)
+                        (model, c, plan.and_then(|p| p.success))
                     })
                     .collect();
             }

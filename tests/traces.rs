@@ -82,6 +82,25 @@ fn idx(fields: &[arrow::datatypes::Field], name: &str) -> usize {
     fields.iter().position(|f| f.name() == name).unwrap()
 }
 
+/// Set row `row` of the numeric column `name` to `v`.
+fn set<T: arrow::datatypes::ArrowPrimitiveType>(
+    f: &[arrow::datatypes::Field],
+    c: &mut [arrow::array::ArrayRef],
+    name: &str,
+    row: usize,
+    v: T::Native,
+) {
+    let k = idx(f, name);
+    let mut vals = c[k]
+        .as_any()
+        .downcast_ref::<arrow::array::PrimitiveArray<T>>()
+        .unwrap()
+        .values()
+        .to_vec();
+    vals[row] = v;
+    c[k] = Arc::new(arrow::array::PrimitiveArray::<T>::from_iter_values(vals));
+}
+
 #[test]
 fn corrupt_traces_are_refused_naming_file_row_and_column() {
     use arrow::array::*;
@@ -108,43 +127,23 @@ fn corrupt_traces_are_refused_naming_file_row_and_column() {
         ),
         (
             "negative",
-            Box::new(|f, c| {
-                let i = idx(f, "output_tokens");
-                let mut v: Vec<i64> = c[i].as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
-                v[4] = -3;
-                c[i] = Arc::new(Int64Array::from(v));
-            }),
+            Box::new(|f, c| set::<arrow::datatypes::Int64Type>(f, c, "output_tokens", 4, -3)),
             vec!["row 5", "column output_tokens", "negative token count -3"],
         ),
         (
             // Before the bound, a reader reserved room for 2^32 stages (100 GB) and aborted.
             "stages-huge",
-            Box::new(|f, c| {
-                let i = idx(f, "stages");
-                let mut v: Vec<u32> = c[i].as_any().downcast_ref::<UInt32Array>().unwrap().values().to_vec();
-                v[0] = u32::MAX;
-                c[i] = Arc::new(UInt32Array::from(v));
-            }),
+            Box::new(|f, c| set::<arrow::datatypes::UInt32Type>(f, c, "stages", 0, u32::MAX)),
             vec!["row 1", "column stages", "at most 64"],
         ),
         (
             "tokens-huge",
-            Box::new(|f, c| {
-                let i = idx(f, "output_tokens");
-                let mut v: Vec<i64> = c[i].as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
-                v[1] = u32::MAX as i64;
-                c[i] = Arc::new(Int64Array::from(v));
-            }),
+            Box::new(|f, c| set::<arrow::datatypes::Int64Type>(f, c, "output_tokens", 1, u32::MAX as i64)),
             vec!["row 2", "column output_tokens", "4294967295 tokens"],
         ),
         (
             "delay-huge",
-            Box::new(|f, c| {
-                let i = idx(f, "tool_delay_ms");
-                let mut v: Vec<f64> = c[i].as_any().downcast_ref::<Float64Array>().unwrap().values().to_vec();
-                v[1] = 1e300;
-                c[i] = Arc::new(Float64Array::from(v));
-            }),
+            Box::new(|f, c| set::<arrow::datatypes::Float64Type>(f, c, "tool_delay_ms", 1, 1e300)),
             vec!["row 2", "column tool_delay_ms", "expected 0 to 1e9 milliseconds"],
         ),
         (
@@ -159,12 +158,7 @@ fn corrupt_traces_are_refused_naming_file_row_and_column() {
         ),
         (
             "stage-gap",
-            Box::new(|f, c| {
-                let i = idx(f, "stage");
-                let mut v: Vec<u32> = c[i].as_any().downcast_ref::<UInt32Array>().unwrap().values().to_vec();
-                v[2] = 0;
-                c[i] = Arc::new(UInt32Array::from(v));
-            }),
+            Box::new(|f, c| set::<arrow::datatypes::UInt32Type>(f, c, "stage", 2, 0)),
             vec!["column stage", "workflow 0, model Qwen2.5-7B", "stages must be 0..2"],
         ),
         (

@@ -68,6 +68,8 @@ pub struct Aggregates {
     pub last_finish_ns: Nanos,
     /// Per model, in the cluster's model order.
     pub by_model: Vec<(String, ModelAgg)>,
+    /// The confidences workflows were routed by, against their outcomes.
+    pub confidence: ConfidenceAgg,
 }
 
 impl Aggregates {
@@ -90,6 +92,7 @@ impl Aggregates {
             first_arrival_ns: None,
             last_finish_ns: 0,
             by_model: models.iter().map(|m| (m.clone(), ModelAgg::default())).collect(),
+            confidence: ConfidenceAgg::new(models),
         }
     }
 
@@ -143,6 +146,11 @@ impl Aggregates {
             }
         }
         self.last_finish_ns = self.last_finish_ns.max(w.finish_ns);
+        for (m, c, solved) in &w.confidence {
+            if let Some(s) = solved {
+                self.confidence.add(m, *c, *s);
+            }
+        }
     }
 }
 
@@ -385,7 +393,7 @@ impl Aggregates {
                 .collect(),
             engines,
             quantile_relative_accuracy: super::sketch::RELATIVE_ACCURACY,
-            confidence: None,
+            confidence: self.confidence.summary(),
         }
     }
 }

@@ -336,12 +336,6 @@ impl Endpoints {
                     "models: no endpoints for scenario model {model}; add `models: {{{model}: {{urls: [http://HOST:PORT]}}}}`"
                 )));
             };
-            if m.urls.is_empty() {
-                return Err(Error::bad(format!("models.{key}.urls: at least one URL is needed")));
-            }
-            if m.max_concurrency == 0 {
-                return Err(Error::bad(format!("models.{key}.max_concurrency: must be at least 1")));
-            }
             let api_key = match (&m.api_key, &m.api_key_env) {
                 (Some(k), _) => Some(k.clone()),
                 (None, Some(var)) => Some(std::env::var(var).map_err(|_| {

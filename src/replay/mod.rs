@@ -975,18 +975,7 @@ pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path, policy: St
             }
         })
         .collect();
-    let mut summary = agg.summarize(&r.scenario.name, r.scenario.seed, policy, engines);
-    // The confidence model's realised AUC, from the workflows' records (every segment's).
-    let mut conf = crate::output::summary::ConfidenceAgg::new(&r.models);
-    for w in &wfs {
-        for (m, c, solved) in &w.confidence {
-            if let Some(s) = solved {
-                conf.add(m, *c, *s);
-            }
-        }
-    }
-    summary.confidence = conf.summary();
-    Ok(summary)
+    Ok(agg.summarize(&r.scenario.name, r.scenario.seed, policy, engines))
 }
 
 #[cfg(test)]

@@ -291,7 +291,11 @@ pub fn write_tables(
             preemptions: 0,
             success: w.success,
             error: (w.status != WorkflowStatus::Ok).then(|| w.error.clone().unwrap_or_default()),
-            confidence: Vec::new(),
+            confidence: w
+                .confidence
+                .iter()
+                .map(|(m, c, s)| (std::sync::Arc::from(m.as_str()), *c, *s))
+                .collect(),
         };
         let mut vals: Vec<(&str, Val)> = workflow_row(&outcome, m).to_vec();
         vals.extend([

@@ -836,7 +836,6 @@ impl<'a> Simulation<'a> {
             .agg
             .summarize(&self.r.scenario.name, self.seed, self.rt.core().describe(), engines);
         s.requests.failed_attempts = (!self.r.scenario.faults.is_empty()).then_some(self.failed_attempts);
-        s.confidence = self.rt.confidence_summary();
         s
     }
 }

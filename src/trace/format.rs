@@ -322,7 +322,7 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
             ));
         }
         for (col, v) in [("prompt_tokens", r.prompt), ("output_tokens", r.output)] {
-            crate::workload::check_tokens("", v as u64).map_err(|e| at(col, e.trim_start_matches(": ").into()))?;
+            crate::workload::check_tokens(v as u64).map_err(|e| at(col, e))?;
         }
         if !(r.delay_ms >= 0.0 && r.delay_ms <= crate::time::MAX_DIST_VALUE) {
             return Err(at(

@@ -25,11 +25,11 @@ pub const MAX_TOKENS: u32 = 10_000_000;
 /// The most stages (LLM calls) one workflow may have.
 pub const MAX_STAGES: u32 = 64;
 
-/// Check a token count against [`MAX_TOKENS`]; `what` names the field.
-pub fn check_tokens(what: &str, v: u64) -> std::result::Result<(), String> {
+/// Check a token count against [`MAX_TOKENS`]; the caller names the field.
+pub fn check_tokens(v: u64) -> std::result::Result<(), String> {
     if v > MAX_TOKENS as u64 {
         Err(format!(
-            "{what}: {v} tokens is more than the {MAX_TOKENS} a request field may hold"
+            "{v} tokens is more than the {MAX_TOKENS} a request field may hold"
         ))
     } else {
         Ok(())

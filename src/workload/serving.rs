@@ -84,7 +84,7 @@ impl ServingSpec {
             if v == 0 {
                 Err(Error::bad(format!("{path}.requests.{field}: expected at least 1")))
             } else {
-                super::check_tokens(&format!("{path}.requests.{field}"), v as u64).map_err(Error::bad)
+                super::check_tokens(v as u64).map_err(|e| Error::bad(format!("{path}.requests.{field}: {e}")))
             }
         };
         match &self.requests {
@@ -95,8 +95,8 @@ impl ServingSpec {
                 question_len,
                 output_len,
             } => {
-                super::check_tokens(&format!("{path}.requests.system_prompt_len"), *system_prompt_len as u64)
-                    .map_err(Error::bad)?;
+                super::check_tokens(*system_prompt_len as u64)
+                    .map_err(|e| Error::bad(format!("{path}.requests.system_prompt_len: {e}")))?;
                 pos("groups", *groups)?;
                 pos("prompts_per_group", *prompts_per_group)?;
                 pos("question_len", *question_len)?;
@@ -260,7 +260,7 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
             ("prefix_tokens", r.prefix_tokens),
         ] {
             if let Some(v) = v {
-                super::check_tokens(col, v as u64).map_err(|e| Error::bad(format!("{p}:{row}: {e}")))?;
+                super::check_tokens(v as u64).map_err(|e| Error::bad(format!("{p}:{row}: {col}: {e}")))?;
             }
         }
         if let Some(a) = r.arrival_s {
