@@ -183,6 +183,11 @@ pub enum TraceCmd {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+        /// The data folder (../shared/data): workflows are then real MATH level-5 or APPS
+        /// problems, with their text, drawn uniformly, each with its fitted difficulty and
+        /// length; without it, latent difficulties and no text.
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// Import real per-item outcomes into a trace.
     Import {
@@ -209,10 +214,12 @@ pub enum TraceCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum RouterCmd {
-    /// Train on a trace with text and per-model outcomes; write the router (JSON).
+    /// Train on traces with text and per-model outcomes; write the router (JSON).
     Train {
-        #[arg(long)]
-        trace: PathBuf,
+        /// One or more traces (repeat the flag), all with the same models: a MATH and an APPS
+        /// trace, say, for a router that reads both.
+        #[arg(long = "trace", required = true)]
+        traces: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
         /// Hold out this fraction of workflows (seeded) from training; `eval` with the same
@@ -227,6 +234,11 @@ pub enum RouterCmd {
         /// tokenizer.json) for features instead of TF-IDF (needs the `encoder` build feature).
         #[arg(long)]
         encoder: Option<PathBuf>,
+        /// Also train K cross-fitting parts, each without one K-th of the distinct texts; the
+        /// router then scores each training text with the part that held it out (for
+        /// simulations that draw the training problems). 0: none.
+        #[arg(long, default_value_t = 0, conflicts_with = "encoder")]
+        cross_fit: usize,
     },
     /// Per-model AUC, Brier score and calibration of a router on a trace (or its held-out part).
     Eval {
@@ -258,6 +270,12 @@ pub enum RouterCmd {
         /// Cross-validate heads on encoder embeddings instead (needs the `encoder` feature).
         #[arg(long)]
         encoder: Option<PathBuf>,
+        /// Train each fold on this trace's rows whose problem text is among the fold's training
+        /// texts (a generated trace of the same problems, say) and score on --trace: how a
+        /// router trained on generated outcomes ranks real ones it never saw. Its models must
+        /// include --trace's.
+        #[arg(long, conflicts_with = "encoder")]
+        train_trace: Option<PathBuf>,
     },
 }
 

@@ -143,6 +143,7 @@ pub fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
                 g.workflows,
                 InterArrival::from_spec(&g.arrivals).expect("validated: renewal arrivals"),
                 seed,
+                g.problems.as_ref().map(|p| r.base_dir.join(p)).as_deref(),
             )?)
         }
     })

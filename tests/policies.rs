@@ -16,6 +16,7 @@ fn model_files(dir: &Path) {
         &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
         150,
         9,
+        None,
     )
     .unwrap();
     let mut t2 = trace::gen::generate(
@@ -24,6 +25,7 @@ fn model_files(dir: &Path) {
         &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
         150,
         10,
+        None,
     )
     .unwrap();
     let mut all = t.clone();

@@ -204,7 +204,7 @@ fn generated_math_matches_the_data_it_was_fitted_to() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let t = trace::gen::generate(FittedParams::embedded(), Task::Math, &models, 20_000, 11).unwrap();
+    let t = trace::gen::generate(FittedParams::embedded(), Task::Math, &models, 20_000, 11, None).unwrap();
     let rows = trace::stats::stats(&t, Some(&data), FittedParams::embedded()).unwrap();
     for r in &rows {
         let d = r.data.as_ref().unwrap();

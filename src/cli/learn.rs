@@ -58,6 +58,7 @@ pub(super) fn bench_policy(
         })
         .expect("poisson"),
         1,
+        None,
     )?;
     use crate::workload::WorkloadSource;
     let mut costs_ns: Vec<f64> = Vec::with_capacity(requests as usize);
@@ -175,15 +176,7 @@ pub(super) fn predictor_cmd(what: PredictorCmd) -> Result<i32> {
                     "--trees: expected 1 to 2000 (training time grows with the count; 40 is the default), got {trees}"
                 )));
             }
-            let mut all = crate::trace::read_trace(&traces[0])?;
-            for p in &traces[1..] {
-                let t = crate::trace::read_trace(p)?;
-                let base = all.workflows.len() as u64;
-                all.workflows.extend(t.workflows.into_iter().map(|mut w| {
-                    w.id += base;
-                    w
-                }));
-            }
+            let all = crate::trace::read_traces(&traces, false)?;
             let prov = serde_json::json!({
                 "trained_on": traces.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 "workflows": all.workflows.len(),
@@ -305,21 +298,22 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
     };
     match what {
         RouterCmd::Train {
-            trace,
+            traces,
             out,
             test_fraction,
             seed,
             json,
             encoder: Some(dir),
+            cross_fit: _,
         } => {
             frac_ok(test_fraction)?;
-            let t = crate::trace::read_trace(&trace)?;
+            let t = crate::trace::read_traces(&traces, true)?;
             let data = router_dataset(&t)?;
             let (train_idx, _) = data.split(test_fraction, seed);
             let embs = embed_all(&dir, &train_idx.iter().map(|&i| data.texts[i]).collect::<Vec<_>>())?;
             let labels: Vec<Vec<bool>> = train_idx.iter().map(|&i| data.labels[i].clone()).collect();
             let prov = serde_json::json!({
-                "trained_on": trace.display().to_string(), "encoder": dir.display().to_string(),
+                "trained_on": traces.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "encoder": dir.display().to_string(),
                 "items": embs.len(), "held_out_fraction": test_fraction, "split_seed": seed,
             });
             let m = router::train_dense(&embs, &labels, &data.models, prov);
@@ -336,35 +330,56 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             print_router_report(&eval::score(&p, None, &labels, &data.models), json)?;
         }
         RouterCmd::Train {
-            trace,
+            traces,
             out,
             test_fraction,
             seed,
             json,
             encoder: None,
+            cross_fit,
         } => {
             frac_ok(test_fraction)?;
-            let t = crate::trace::read_trace(&trace)?;
+            if cross_fit == 1 || cross_fit > 20 {
+                return Err(Error::bad(format!(
+                    "--cross-fit: expected 0 (none) or 2 to 20 parts, got {cross_fit}"
+                )));
+            }
+            let t = crate::trace::read_traces(&traces, true)?;
             let data = router_dataset(&t)?;
             let (train_idx, _) = data.split(test_fraction, seed);
             let texts: Vec<&str> = train_idx.iter().map(|&i| data.texts[i]).collect();
             let labels: Vec<Vec<bool>> = train_idx.iter().map(|&i| data.labels[i].clone()).collect();
             let prov = serde_json::json!({
-                "trained_on": trace.display().to_string(),
+                "trained_on": traces.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 "trace_provenance": t.provenance,
                 "items": texts.len(),
                 "held_out_fraction": test_fraction,
                 "split_seed": seed,
                 "trainer": format!("chimera {} router train", env!("CARGO_PKG_VERSION")),
+                "distinct_texts": texts.iter().collect::<std::collections::HashSet<_>>().len(),
+                "cross_fit_parts": cross_fit,
             });
-            let m = router::train(
-                &texts,
-                &labels,
-                &data.models,
-                &FeatureConfig::default(),
-                &TrainConfig::default(),
-                prov,
-            );
+            let m = if cross_fit >= 2 {
+                router::train_cross_fit(
+                    &texts,
+                    &labels,
+                    &data.models,
+                    &FeatureConfig::default(),
+                    &TrainConfig::default(),
+                    prov,
+                    cross_fit,
+                    seed,
+                )
+            } else {
+                router::train(
+                    &texts,
+                    &labels,
+                    &data.models,
+                    &FeatureConfig::default(),
+                    &TrainConfig::default(),
+                    prov,
+                )
+            };
             let text = serde_json::to_string(&m).map_err(|e| Error::other(e.to_string()))?;
             std::fs::write(&out, text).map_err(|e| Error::io(&out, e))?;
             let r = router::Router::new(m);
@@ -374,9 +389,14 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
                 print_router_report(&report, true)?;
             } else {
                 println!(
-                    "wrote {} (trained on {} items; figures below are in-sample)",
+                    "wrote {} (trained on {} rows; figures below are {})",
                     out.display(),
-                    texts.len()
+                    texts.len(),
+                    if r.parts() > 0 {
+                        "out-of-part: each text scored by the cross-fitting part that held it out"
+                    } else {
+                        "in-sample"
+                    }
                 );
                 print_router_report(&report, false)?;
             }
@@ -415,13 +435,20 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             };
             let t = crate::trace::read_trace(&trace)?;
             let data = router_dataset(&t)?;
-            if m.models != data.models {
-                return Err(Error::bad(format!(
-                    "router models {} differ from the trace's {}",
-                    m.models.join(","),
-                    data.models.join(",")
-                )));
-            }
+            // Score the trace's models; the router may have heads for more.
+            let cols: Vec<usize> = data
+                .models
+                .iter()
+                .map(|tm| {
+                    m.models.iter().position(|x| x == tm).ok_or_else(|| {
+                        Error::bad(format!(
+                            "router {} has no head for the trace's model {tm} (it has {})",
+                            path.display(),
+                            m.models.join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?;
             let (train_idx, test_idx) = if test_fraction > 0.0 {
                 data.split(test_fraction, seed)
             } else {
@@ -444,6 +471,7 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
                     embs.iter().map(|e| r.predict_dense(e)).collect()
                 }
             };
+            let p: Vec<Vec<f64>> = p.iter().map(|row| cols.iter().map(|&c| row[c]).collect()).collect();
             // The length-only baseline needs items to fit on that it is not scored on; with
             // no split (a separate trace) there are none, and it is left out.
             let lens = (!train_idx.is_empty()).then(|| eval::length_baseline(&data, &train_idx, &test_idx));
@@ -456,15 +484,55 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             seed,
             json,
             encoder,
+            train_trace,
         } => {
             if folds < 2 {
                 return Err(Error::bad("--folds: expected at least 2"));
             }
             let t = crate::trace::read_trace(&trace)?;
             let data = router_dataset(&t)?;
-            let r = match encoder {
-                None => eval::cross_validate(&data, folds, seed, &FeatureConfig::default(), &TrainConfig::default()),
-                Some(dir) => {
+            let r = match (encoder, train_trace) {
+                (None, Some(gpath)) => {
+                    let g = crate::trace::read_trace(&gpath)?;
+                    let gdata = router_dataset(&g)?;
+                    let cols: Vec<usize> = data
+                        .models
+                        .iter()
+                        .map(|m| {
+                            gdata.models.iter().position(|x| x == m).ok_or_else(|| {
+                                Error::bad(format!(
+                                    "--train-trace: {} has no outcomes of {m} (it has {})",
+                                    gpath.display(),
+                                    gdata.models.join(", ")
+                                ))
+                            })
+                        })
+                        .collect::<Result<_>>()?;
+                    eval::cross_validate_with(&data, folds, seed, |train, test| {
+                        let keep: std::collections::HashSet<&str> = train.iter().map(|&i| data.texts[i]).collect();
+                        let rows: Vec<usize> = (0..gdata.texts.len())
+                            .filter(|&i| keep.contains(gdata.texts[i]))
+                            .collect();
+                        let texts: Vec<&str> = rows.iter().map(|&i| gdata.texts[i]).collect();
+                        let labels: Vec<Vec<bool>> = rows
+                            .iter()
+                            .map(|&i| cols.iter().map(|&c| gdata.labels[i][c]).collect())
+                            .collect();
+                        let r = router::Router::new(router::train(
+                            &texts,
+                            &labels,
+                            &data.models,
+                            &FeatureConfig::default(),
+                            &TrainConfig::default(),
+                            serde_json::Value::Null,
+                        ));
+                        test.iter().map(|&i| r.predict(data.texts[i])).collect()
+                    })
+                }
+                (None, None) => {
+                    eval::cross_validate(&data, folds, seed, &FeatureConfig::default(), &TrainConfig::default())
+                }
+                (Some(dir), _) => {
                     let embs = embed_all(&dir, &data.texts)?;
                     eval::cross_validate_with(&data, folds, seed, |train, test| {
                         let e: Vec<Vec<f32>> = train.iter().map(|&i| embs[i].clone()).collect();

@@ -12,6 +12,7 @@ pub(super) fn trace_cmd(what: TraceCmd) -> Result<i32> {
             workflows,
             seed,
             out,
+            data,
         } => {
             let task = Task::parse(&task).map_err(|e| e.context("--task"))?;
             // A trace is generated and read whole, in memory: a bound keeps both possible.
@@ -26,14 +27,27 @@ pub(super) fn trace_cmd(what: TraceCmd) -> Result<i32> {
                     return Err(Error::bad(format!("--models: `{m}` is listed twice")));
                 }
             }
-            let t = trace::gen::generate(FittedParams::embedded(), task, &models, workflows, seed)?;
+            let t = trace::gen::generate(
+                FittedParams::embedded(),
+                task,
+                &models,
+                workflows,
+                seed,
+                data.as_deref(),
+            )
+            .map_err(|e| if data.is_some() { e.context("--data") } else { e })?;
             trace::write_trace(&out, &t)?;
             println!(
-                "wrote {} ({} workflows of {} for {})",
+                "wrote {} ({} workflows of {} for {}; {})",
                 out.display(),
                 t.workflows.len(),
                 task.name(),
-                t.models.join(", ")
+                t.models.join(", "),
+                if data.is_some() {
+                    "real problems with their text"
+                } else {
+                    "latent difficulties, no problem text (give --data ../shared/data for real problems)"
+                }
             );
         }
         TraceCmd::Import {

@@ -70,6 +70,48 @@ pub struct Aggregates {
     pub by_model: Vec<(String, ModelAgg)>,
     /// The confidences workflows were routed by, against their outcomes.
     pub confidence: ConfidenceAgg,
+    /// The steady-state window, when the run's length is known ([`Aggregates::set_window`]).
+    pub steady: Option<SteadyAgg>,
+}
+
+/// Workflows in the steady-state window: arrivals from `from` to `to` (0-based arrival order),
+/// leaving out the warm-up (the first tenth, arriving at an empty cluster) and the drain (the
+/// last tenth, served as the load falls away).
+#[derive(Debug, Clone)]
+pub struct SteadyAgg {
+    pub from: u64,
+    pub to: u64,
+    pub e2e: Sketch,
+    pub e2e_per_token: Sketch,
+    /// Workflow E2E in the window's first and second half by arrival: a backlog that grows
+    /// through the window (an overloaded cluster) shows as a second half much slower.
+    pub first_half: Sketch,
+    pub second_half: Sketch,
+    pub workflows: u64,
+    pub known: u64,
+    pub solved: u64,
+}
+
+/// Median workflow E2E of the window's second half over its first half above which a run is
+/// marked overloaded: a cluster that keeps up has a stationary backlog (ratio near 1); one
+/// that does not has a backlog growing with every arrival.
+pub const OVERLOAD_GROWTH: f64 = 1.5;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SteadySummary {
+    /// Arrival indices of the window, [from, to).
+    pub from_workflow: u64,
+    pub to_workflow: u64,
+    pub workflows: u64,
+    pub e2e_s: Stats,
+    pub e2e_per_output_token_ms: Stats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Median workflow E2E of the window's second half over its first half.
+    pub growth: f64,
+    /// `growth` above 1.5: the cluster does not keep up with this load; its latency figures
+    /// depend on how long the run is and are not a steady state.
+    pub overloaded: bool,
 }
 
 impl Aggregates {
@@ -93,6 +135,7 @@ impl Aggregates {
             last_finish_ns: 0,
             by_model: models.iter().map(|m| (m.clone(), ModelAgg::default())).collect(),
             confidence: ConfidenceAgg::new(models),
+            steady: None,
         }
     }
 
@@ -126,8 +169,44 @@ impl Aggregates {
     }
 
     /// Count one finished workflow of model `model` (index into the models).
+    /// Measure a steady-state window too, for a run of `n` workflows (arrival ids 0..n): the
+    /// middle 80 % by arrival. Runs of fewer than 20 workflows get none.
+    pub fn set_window(&mut self, n: u64) {
+        self.steady = (n >= 20).then(|| SteadyAgg {
+            from: n / 10,
+            to: n - n / 10,
+            e2e: Sketch::new(),
+            e2e_per_token: Sketch::new(),
+            first_half: Sketch::new(),
+            second_half: Sketch::new(),
+            workflows: 0,
+            known: 0,
+            solved: 0,
+        });
+    }
+
     pub fn add_workflow(&mut self, model: u32, w: &WorkflowOutcome) {
         let e2e = w.e2e_ns();
+        if let Some(st) = &mut self.steady {
+            if (st.from..st.to).contains(&w.id) {
+                st.workflows += 1;
+                if let Some(s) = w.success {
+                    st.known += 1;
+                    st.solved += s as u64;
+                }
+                if !w.failed() {
+                    st.e2e.add(e2e as f64);
+                    if w.output_tokens > 0 {
+                        st.e2e_per_token.add(e2e as f64 / w.output_tokens as f64);
+                    }
+                    if w.id < (st.from + st.to) / 2 {
+                        st.first_half.add(e2e as f64);
+                    } else {
+                        st.second_half.add(e2e as f64);
+                    }
+                }
+            }
+        }
         self.workflows += 1;
         let m = &mut self.by_model[model as usize].1;
         m.workflows += 1;
@@ -243,6 +322,10 @@ pub struct Summary {
     /// or without known outcomes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confidence: Option<ConfidenceSummary>,
+    /// The same figures over the steady-state window (warm-up and drain left out), and
+    /// whether the load overloads the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady: Option<SteadySummary>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -394,6 +477,24 @@ impl Aggregates {
             engines,
             quantile_relative_accuracy: super::sketch::RELATIVE_ACCURACY,
             confidence: self.confidence.summary(),
+            steady: self.steady.as_ref().map(|st| {
+                let p50 = |k: &Sketch| Stats::from_sketch(k, 1e9).p50;
+                let (a, b) = (p50(&st.first_half), p50(&st.second_half));
+                let growth = match (a, b) {
+                    (Some(a), Some(b)) if a > 0.0 => round6(b / a),
+                    _ => 1.0,
+                };
+                SteadySummary {
+                    from_workflow: st.from,
+                    to_workflow: st.to,
+                    workflows: st.workflows,
+                    e2e_s: Stats::from_sketch(&st.e2e, 1e9),
+                    e2e_per_output_token_ms: Stats::from_sketch(&st.e2e_per_token, 1e6),
+                    accuracy: (st.known > 0).then(|| round6(st.solved as f64 / st.known as f64)),
+                    growth,
+                    overloaded: growth > OVERLOAD_GROWTH,
+                }
+            }),
         }
     }
 }

@@ -952,6 +952,9 @@ pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path, policy: St
     let reqs = records::final_requests(reqs, &wfs);
     let names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
     let mut agg = Aggregates::new(&r.models);
+    if let Some(last) = wfs.iter().map(|w| w.workflow_id).max() {
+        agg.set_window(last + 1);
+    }
     records::write_tables(out, &names, &r.models, &reqs, &wfs, &mets, &mut agg)?;
     let engines = endpoints
         .iter()

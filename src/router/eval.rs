@@ -15,17 +15,33 @@ pub struct Dataset<'a> {
 }
 
 impl Dataset<'_> {
-    /// A seeded split: (train indices, test indices) with `test_fraction` of items in test.
-    pub fn split(&self, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-        let mut r = stream(seed, "router.split");
-        let mut idx: Vec<usize> = (0..self.texts.len()).collect();
-        for i in (1..idx.len()).rev() {
-            let j = r.random_range(0..=i);
-            idx.swap(i, j);
+    /// The rows grouped by text (a problem drawn several times is one group), groups in a
+    /// seeded random order: splits and folds never put one text on both sides.
+    pub fn groups(&self, seed: u64) -> Vec<Vec<usize>> {
+        let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, t) in self.texts.iter().enumerate() {
+            let g = *index.entry(t).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
         }
-        let n_test = ((self.texts.len() as f64) * test_fraction).round() as usize;
-        let test = idx[..n_test].to_vec();
-        let train = idx[n_test..].to_vec();
+        let mut r = stream(seed, "router.split");
+        for i in (1..groups.len()).rev() {
+            let j = r.random_range(0..=i);
+            groups.swap(i, j);
+        }
+        groups
+    }
+
+    /// A seeded split: (train indices, test indices) with `test_fraction` of the distinct
+    /// texts in test.
+    pub fn split(&self, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+        let groups = self.groups(seed);
+        let n_test = ((groups.len() as f64) * test_fraction).round() as usize;
+        let test = groups[..n_test].concat();
+        let train = groups[n_test..].concat();
         (train, test)
     }
 }
@@ -146,23 +162,20 @@ pub fn cross_validate_with(
     seed: u64,
     fit_predict: impl Fn(&[usize], &[usize]) -> Vec<Vec<f64>>,
 ) -> EvalReport {
-    let (_, order) = data.split(1.0, seed);
-    let n = order.len();
+    let groups = data.groups(seed);
+    let n = data.texts.len();
     let mut preds = vec![vec![]; n];
     let mut lens = vec![vec![]; n];
     for f in 0..k {
-        let test: Vec<usize> = order
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| j % k == f)
-            .map(|(_, &i)| i)
-            .collect();
-        let train: Vec<usize> = order
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| j % k != f)
-            .map(|(_, &i)| i)
-            .collect();
+        let fold = |keep: bool| -> Vec<usize> {
+            groups
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| (j % k == f) == keep)
+                .flat_map(|(_, g)| g.iter().copied())
+                .collect()
+        };
+        let (test, train) = (fold(true), fold(false));
         for (t, p) in test.iter().zip(fit_predict(&train, &test)) {
             preds[*t] = p;
         }

@@ -173,6 +173,27 @@ pub struct RouterModel {
     pub per_model_length: Vec<f64>,
     /// Free-form facts: training data, items, date of training, cross-validated scores.
     pub provenance: serde_json::Value,
+    /// Cross-fitting (`router train --cross-fit K`): routers each trained without one part of
+    /// the training texts. A text this router was trained on is scored by the one that did not
+    /// see it, so a simulation drawing the training problems still meets held-out scores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cross_fit: Vec<HeldOutFold>,
+}
+
+/// One cross-fitting part: the texts left out (FNV-1a 64 of their bytes) and the router
+/// trained on the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldOutFold {
+    pub held_out: Vec<u64>,
+    pub router: Box<RouterModel>,
+}
+
+/// The key a cross-fitted router knows a training text by.
+pub fn text_key(text: &str) -> u64 {
+    let mut h = Fnv::new();
+    h.bytes(text.as_bytes());
+    h.0
 }
 
 impl RouterModel {
@@ -287,6 +308,35 @@ impl RouterModel {
         for (k, x) in self.per_model_length.iter().enumerate() {
             finite(&format!("per_model_length[{k}]"), *x)?;
         }
+        let mut seen = std::collections::HashSet::new();
+        for (k, f) in self.cross_fit.iter().enumerate() {
+            let r = &f.router;
+            r.check().map_err(|e| format!("cross_fit[{k}].router.{e}"))?;
+            if r.models != self.models {
+                return Err(format!(
+                    "cross_fit[{k}].router.models: expected the main router's models ({}), got {}",
+                    self.models.join(", "),
+                    r.models.join(", ")
+                ));
+            }
+            if !r.cross_fit.is_empty() {
+                return Err(format!(
+                    "cross_fit[{k}].router.cross_fit: a part may not be cross-fitted itself"
+                ));
+            }
+            if r.is_encoder() != self.is_encoder() {
+                return Err(format!(
+                    "cross_fit[{k}].router.features: a part must read the same features"
+                ));
+            }
+            for (j, h) in f.held_out.iter().enumerate() {
+                if !seen.insert(*h) {
+                    return Err(format!(
+                        "cross_fit[{k}].held_out[{j}]: text key {h} is held out by two parts"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -298,6 +348,9 @@ pub struct Router {
     idf: Vec<f32>,
     shared: Vec<f32>,
     per_model: Vec<Vec<f32>>,
+    /// Cross-fitting parts, and which part holds out each training text.
+    parts: Vec<Router>,
+    part_of: std::collections::HashMap<u64, usize>,
 }
 
 fn dense(n: usize, sparse: &[(u32, f32)], default: f32) -> Vec<f32> {
@@ -321,9 +374,22 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 impl Router {
-    pub fn new(model: RouterModel) -> Router {
+    pub fn new(mut model: RouterModel) -> Router {
         let n = 1usize << model.features.buckets_log2;
+        let mut part_of = std::collections::HashMap::new();
+        let parts = std::mem::take(&mut model.cross_fit)
+            .into_iter()
+            .enumerate()
+            .map(|(k, f)| {
+                for h in &f.held_out {
+                    part_of.insert(*h, k);
+                }
+                Router::new(*f.router)
+            })
+            .collect();
         Router {
+            parts,
+            part_of,
             idf: dense(n, &model.idf, model.idf_default),
             shared: dense(n, &model.shared, 0.0),
             per_model: model
@@ -348,8 +414,19 @@ impl Router {
             .collect()
     }
 
-    /// Confidence per model (in `self.model.models` order).
+    /// Cross-fitting parts (0 when the router is not cross-fitted).
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Confidence per model (in `self.model.models` order). A text the router was trained on
+    /// is scored by the cross-fitting part that held it out, when there are parts.
     pub fn predict(&self, text: &str) -> Vec<f64> {
+        if !self.part_of.is_empty() {
+            if let Some(&k) = self.part_of.get(&text_key(text)) {
+                return self.parts[k].predict(text);
+            }
+        }
         let (x, len) = self.featurize(text);
         let d: f64 = x
             .iter()
@@ -436,13 +513,13 @@ fn chol_inv_diag(l: &[f64], n: usize) -> Vec<f64> {
 }
 
 /// One-feature logistic regression by Newton's method: returns (intercept, slope).
-fn logistic_1d(x: &[f64], y: &[bool]) -> (f64, f64) {
+fn logistic_1d(x: &[f64], y: &[f64]) -> (f64, f64) {
     let (mut a, mut b) = (0.0, 0.0);
     for _ in 0..50 {
         let (mut g0, mut g1, mut h00, mut h01, mut h11) = (0.0, 0.0, 1e-6, 0.0, 1e-6);
         for (xi, &yi) in x.iter().zip(y) {
             let p = sigmoid(a + b * xi);
-            let e = p - if yi { 1.0 } else { 0.0 };
+            let e = p - yi;
             let w = p * (1.0 - p);
             g0 += e;
             g1 += e * xi;
@@ -477,12 +554,12 @@ struct Heads {
 
 /// Kernel ridge on the share of models solving each item (ridge strength by exact leave-one-out
 /// error), then a logistic calibration per model on the leave-one-out scores.
-fn fit_heads(xs: &[(Sparse, f64)], labels: &[Vec<bool>], nm: usize, nb: usize, len_scale: f64) -> Heads {
+fn fit_heads(xs: &[(Sparse, f64)], labels: &[Vec<f64>], nm: usize, nb: usize, len_scale: f64) -> Heads {
     let n = xs.len();
     // Target: share of models that solve the item, centred.
     let y: Vec<f64> = labels
         .iter()
-        .map(|l| l.iter().filter(|b| **b).count() as f64 / nm.max(1) as f64)
+        .map(|l| l.iter().sum::<f64>() / nm.max(1) as f64)
         .collect();
     let ybar = y.iter().sum::<f64>() / n.max(1) as f64;
     let yc: Vec<f64> = y.iter().map(|v| v - ybar).collect();
@@ -544,7 +621,7 @@ fn fit_heads(xs: &[(Sparse, f64)], labels: &[Vec<bool>], nm: usize, nb: usize, l
     // labels are too few to add signal beyond the shared difficulty.)
     let (mut bias, mut scale) = (vec![0.0; nm], vec![0.0; nm]);
     for m in 0..nm {
-        let ym: Vec<bool> = labels.iter().map(|l| l[m]).collect();
+        let ym: Vec<f64> = labels.iter().map(|l| l[m]).collect();
         let (a, b) = logistic_1d(&loo, &ym);
         bias[m] = a;
         scale[m] = b;
@@ -557,6 +634,37 @@ fn fit_heads(xs: &[(Sparse, f64)], labels: &[Vec<bool>], nm: usize, nb: usize, l
         lam,
         loo_mse,
     }
+}
+
+fn as_shares(labels: &[Vec<bool>]) -> Vec<Vec<f64>> {
+    labels
+        .iter()
+        .map(|l| l.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect())
+        .collect()
+}
+
+/// Merge rows with the same text (a problem drawn several times, as generated traces draw
+/// them): one item whose label per model is the share of its rows that model solves.
+fn merge_repeats<'t>(texts: &[&'t str], labels: &[Vec<bool>]) -> (Vec<&'t str>, Vec<Vec<f64>>) {
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut uniq: Vec<&str> = Vec::new();
+    let mut sums: Vec<(Vec<f64>, f64)> = Vec::new();
+    for (t, l) in texts.iter().zip(labels) {
+        let k = *index.entry(t).or_insert_with(|| {
+            uniq.push(t);
+            sums.push((vec![0.0; l.len()], 0.0));
+            uniq.len() - 1
+        });
+        for (s, &b) in sums[k].0.iter_mut().zip(l) {
+            *s += if b { 1.0 } else { 0.0 };
+        }
+        sums[k].1 += 1.0;
+    }
+    let shares = sums
+        .into_iter()
+        .map(|(s, n)| s.into_iter().map(|v| v / n).collect())
+        .collect();
+    (uniq, shares)
 }
 
 /// Record the backend and the fitted ridge strength and leave-one-out error in a provenance
@@ -591,7 +699,7 @@ pub fn train_dense(
         lw,
         lam,
         loo_mse,
-    } = fit_heads(&xs, labels, models.len(), nb, 0.0);
+    } = fit_heads(&xs, &as_shares(labels), models.len(), nb, 0.0);
     let provenance = with_fit_facts(provenance, "encoder", lam, loo_mse);
     RouterModel {
         format: ROUTER_FORMAT.into(),
@@ -612,6 +720,7 @@ pub fn train_dense(
         per_model: vec![Vec::new(); models.len()],
         per_model_length: vec![0.0; models.len()],
         provenance,
+        cross_fit: Vec::new(),
     }
 }
 
@@ -630,6 +739,7 @@ pub fn train(
     tcfg: &TrainConfig,
     provenance: serde_json::Value,
 ) -> RouterModel {
+    let (texts, shares) = merge_repeats(texts, labels);
     let n = texts.len();
     let nm = models.len();
     let nb = 1usize << fcfg.buckets_log2;
@@ -656,7 +766,7 @@ pub fn train(
         lw,
         lam,
         loo_mse,
-    } = fit_heads(&xs, labels, nm, nb, len_scale);
+    } = fit_heads(&xs, &shares, nm, nb, len_scale);
     let provenance = with_fit_facts(provenance, "tfidf", lam, loo_mse);
     RouterModel {
         format: ROUTER_FORMAT.into(),
@@ -678,7 +788,59 @@ pub fn train(
         per_model: vec![Vec::new(); nm],
         per_model_length: vec![0.0; nm],
         provenance,
+        cross_fit: Vec::new(),
     }
+}
+
+/// [`train`] on all texts, plus `k` cross-fitting parts, each trained without one k-th of the
+/// distinct texts (a seeded random partition) and holding those out.
+#[allow(clippy::too_many_arguments)]
+pub fn train_cross_fit(
+    texts: &[&str],
+    labels: &[Vec<bool>],
+    models: &[String],
+    fcfg: &FeatureConfig,
+    tcfg: &TrainConfig,
+    provenance: serde_json::Value,
+    k: usize,
+    seed: u64,
+) -> RouterModel {
+    let mut main = train(texts, labels, models, fcfg, tcfg, provenance);
+    let data = eval::Dataset {
+        texts: texts.to_vec(),
+        labels: labels.to_vec(),
+        models: models.to_vec(),
+    };
+    let groups = data.groups(seed);
+    for part in 0..k {
+        let in_part = |j: usize| j % k == part;
+        let rows: Vec<usize> = groups
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !in_part(*j))
+            .flat_map(|(_, g)| g.iter().copied())
+            .collect();
+        let t: Vec<&str> = rows.iter().map(|&i| texts[i]).collect();
+        let l: Vec<Vec<bool>> = rows.iter().map(|&i| labels[i].clone()).collect();
+        let sub = train(
+            &t,
+            &l,
+            models,
+            fcfg,
+            tcfg,
+            serde_json::json!({"cross_fit_part": part, "parts": k, "seed": seed, "items": groups.len() - groups.iter().enumerate().filter(|(j, _)| in_part(*j)).count()}),
+        );
+        main.cross_fit.push(HeldOutFold {
+            held_out: groups
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| in_part(*j))
+                .map(|(_, g)| text_key(texts[g[0]]))
+                .collect(),
+            router: Box::new(sub),
+        });
+    }
+    main
 }
 
 #[cfg(test)]
@@ -735,6 +897,62 @@ mod tests {
             &TrainConfig::default(),
             serde_json::Value::Null,
         )
+    }
+
+    #[test]
+    fn a_cross_fitted_router_scores_each_training_text_with_the_part_that_held_it_out() {
+        let texts: Vec<String> = (0..24)
+            .map(|i| format!("problem {i} about {}", ["primes", "sums", "graphs"][i % 3]))
+            .collect();
+        let t: Vec<&str> = texts.iter().chain(texts.iter()).map(|s| s.as_str()).collect();
+        let labels: Vec<Vec<bool>> = (0..48).map(|i| vec![i % 3 == 0, i % 3 != 2]).collect();
+        let models = vec!["small".to_string(), "big".to_string()];
+        let cfg = FeatureConfig {
+            buckets_log2: 10,
+            ..FeatureConfig::default()
+        };
+        let m = train_cross_fit(
+            &t,
+            &labels,
+            &models,
+            &cfg,
+            &TrainConfig::default(),
+            serde_json::Value::Null,
+            3,
+            7,
+        );
+        m.check().unwrap();
+        assert_eq!(m.cross_fit.len(), 3);
+        // Every distinct text held out exactly once (repeats are one text).
+        let held: usize = m.cross_fit.iter().map(|f| f.held_out.len()).sum();
+        assert_eq!(held, 24);
+        let back = RouterModel::from_json(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+        let r = Router::new(back);
+        assert_eq!(r.parts(), 3);
+        for f in &m.cross_fit {
+            let part = Router::new((*f.router).clone());
+            for s in &texts {
+                if f.held_out.contains(&text_key(s)) {
+                    assert_eq!(r.predict(s), part.predict(s), "{s}");
+                }
+            }
+        }
+        // A text no part held out gets the main router's score.
+        let main = Router::new(RouterModel {
+            cross_fit: Vec::new(),
+            ..m.clone()
+        });
+        assert_eq!(r.predict("an unseen problem"), main.predict("an unseen problem"));
+        assert_ne!(r.predict(&texts[0]), main.predict(&texts[0]));
+        // A part with other models, or a text held out twice, is refused naming the field.
+        let mut bad = m.clone();
+        bad.cross_fit[1].router.models.reverse();
+        assert!(bad.check().unwrap_err().starts_with("cross_fit[1].router.models"));
+        let mut bad = m.clone();
+        let h = bad.cross_fit[0].held_out[0];
+        bad.cross_fit[2].held_out.push(h);
+        assert!(bad.check().unwrap_err().contains("held out by two parts"));
     }
 
     #[test]

@@ -266,6 +266,11 @@ pub struct GeneratedSpec {
     pub tasks: BTreeMap<String, f64>,
     pub workflows: u64,
     pub arrivals: ArrivalSpec,
+    /// The data folder (../shared/data layout): workflows are then real MATH level-5 and APPS
+    /// problems with their text (which a semantic router reads), each with its fitted
+    /// difficulty and length. Relative to the scenario file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems: Option<std::path::PathBuf>,
 }
 
 const KINDS: &str = "`synthetic`, `azure_trace`, `trace`, `generated`, `serving`";
@@ -1029,6 +1034,14 @@ impl Scenario {
                 }
                 if g.tasks.values().sum::<f64>() <= 0.0 {
                     return Err(Error::bad("workload.tasks: the weights sum to 0"));
+                }
+                if let Some(dir) = &g.problems {
+                    let d = base_dir.join(dir);
+                    for t in g.tasks.keys() {
+                        let task = crate::trace::Task::parse(t).expect("checked above");
+                        crate::trace::gen::load_items(crate::trace::FittedParams::embedded().task(task), task, &d)
+                            .map_err(|e| e.context("workload.problems"))?;
+                    }
                 }
                 if crate::trace::gen::MAX_PROMPT_TOKENS >= min_len {
                     return Err(Error::bad(format!(

@@ -198,6 +198,13 @@ pub const FIELDS: &[(&str, &str, &str, &str, &str)] = &[
         "",
         "generated, synthetic: workflows to run.",
     ),
+    (
+        "workload.problems",
+        "path",
+        "none",
+        "",
+        "generated: the data folder (../shared/data layout); workflows are then real MATH level-5 and APPS problems with their text, each with its fitted difficulty and output length. Without it: latent difficulties, no text (a semantic router then has nothing to read).",
+    ),
     ("workload.arrivals", "map", "required", "", "Arrival process (below)."),
     (
         "workload.arrivals.process",

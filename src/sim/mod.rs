@@ -380,6 +380,9 @@ impl<'a> Simulation<'a> {
 
     fn run_loop(&mut self, progress: Progress) -> Result<()> {
         let total = self.source.expected_len();
+        if let Some(n) = total {
+            self.agg.set_window(n);
+        }
         self.next_wf = self.source.next_workflow()?;
         match &self.next_wf {
             Some(w) => {

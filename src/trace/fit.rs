@@ -104,6 +104,46 @@ pub fn quantiles(xs: &[f64], n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Item length factors from per-item observations `(source, outcome, length)`: an item's mean
+/// over its observations of ln(length) minus the mean of the same source and outcome,
+/// exponentiated and scaled so the factors average 1. Also the lognormal cv of the residual
+/// spread around the item's mean.
+pub fn item_lengths(obs: &[Vec<(usize, bool, f64)>]) -> (Vec<f64>, f64) {
+    let mut cell: BTreeMap<(usize, bool), (f64, f64)> = BTreeMap::new();
+    for row in obs {
+        for &(m, y, v) in row {
+            let e = cell.entry((m, y)).or_default();
+            e.0 += v.ln();
+            e.1 += 1.0;
+        }
+    }
+    let resid = |m: usize, y: bool, v: f64| {
+        let (s, n) = cell[&(m, y)];
+        v.ln() - s / n
+    };
+    let effect: Vec<f64> = obs
+        .iter()
+        .map(|row| {
+            if row.is_empty() {
+                0.0
+            } else {
+                row.iter().map(|&(m, y, v)| resid(m, y, v)).sum::<f64>() / row.len() as f64
+            }
+        })
+        .collect();
+    let (mut ss, mut n) = (0.0f64, 0.0f64);
+    for (row, e) in obs.iter().zip(&effect) {
+        for &(m, y, v) in row {
+            ss += (resid(m, y, v) - e).powi(2);
+            n += 1.0;
+        }
+    }
+    let sd = (ss / n.max(1.0)).sqrt();
+    let f: Vec<f64> = effect.iter().map(|e| e.exp()).collect();
+    let mf = mean(&f);
+    (f.iter().map(|x| x / mf).collect(), ((sd * sd).exp() - 1.0).sqrt())
+}
+
 fn round4(x: f64) -> f64 {
     (x * 1e4).round() / 1e4
 }
@@ -416,6 +456,94 @@ pub fn lcb_ladder_pass(path: &Path) -> Result<Vec<(f64, BTreeMap<String, f64>)>>
         .collect())
 }
 
+/// MapCoder's runs on the APPS problems: (problem id, source = model/workflow, solved, total
+/// completion tokens).
+fn rows_runs(path: &Path) -> Result<Vec<(String, String, bool, f64)>> {
+    let (h, rows) = read_csv(path)?;
+    let (cm, cw, cp, cs, cc) = (
+        col(&h, "model", path)?,
+        col(&h, "workflow", path)?,
+        col(&h, "problem_id", path)?,
+        col(&h, "is_solved", path)?,
+        col(&h, "completion_tokens", path)?,
+    );
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let t: f64 = r[cc]
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .filter_map(|x| x.trim().parse::<f64>().ok())
+                .sum();
+            (r[cp].clone(), format!("{}/{}", r[cm], r[cw]), r[cs] == "True", t)
+        })
+        .collect())
+}
+
+/// Per-problem difficulty and length factor of the APPS problems (see the note in `fit`).
+fn fit_apps_items(
+    problems: &[serde_json::Value],
+    runs: &[(String, String, bool, f64)],
+    level_quantiles: &[(String, Vec<f64>)],
+) -> Result<(Vec<(String, String, f64, f64)>, f64)> {
+    let ids: Vec<(String, String)> = problems
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?.to_string(), v["difficulty"].as_str()?.to_string())))
+        .collect();
+    let sources: Vec<String> = runs
+        .iter()
+        .map(|r| r.1.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut y = vec![vec![None; sources.len()]; ids.len()];
+    let mut obs: Vec<Vec<(usize, bool, f64)>> = vec![Vec::new(); ids.len()];
+    for (pid, src, solved, toks) in runs {
+        if let Some(i) = ids.iter().position(|(id, _)| id == pid) {
+            let m = sources.iter().position(|s| s == src).expect("listed");
+            y[i][m] = Some(if *solved { 1.0 } else { 0.0 });
+            if *toks > 0.0 {
+                obs[i].push((m, *solved, *toks));
+            }
+        }
+    }
+    let (_, raw) = fit_rasch(&y, sources.len(), 3.0);
+    let (factors, residual_cv) = item_lengths(&obs);
+    let tie = |id: &str| {
+        let mut h = crate::router::Fnv::new();
+        h.bytes(id.as_bytes());
+        h.0
+    };
+    let mut b = vec![f64::NAN; ids.len()];
+    for (level, q) in level_quantiles {
+        let mut members: Vec<usize> = (0..ids.len()).filter(|&i| &ids[i].1 == level).collect();
+        members.sort_by(|&i, &j| {
+            raw[i]
+                .partial_cmp(&raw[j])
+                .expect("finite")
+                .then(tie(&ids[i].0).cmp(&tie(&ids[j].0)))
+        });
+        let n = members.len() as f64;
+        for (k, &i) in members.iter().enumerate() {
+            b[i] = super::gen::sample_quantiles(q, (k as f64 + 0.5) / n);
+        }
+    }
+    if let Some(i) = b.iter().position(|v| v.is_nan()) {
+        return Err(Error::bad(format!(
+            "apps/selected150.jsonl: problem {} has difficulty `{}`, expected introductory, interview or competition",
+            ids[i].0, ids[i].1
+        )));
+    }
+    Ok((
+        ids.iter()
+            .zip(&b)
+            .zip(&factors)
+            .map(|(((id, l), b), f)| (id.clone(), l.clone(), round4(*b), round4(*f)))
+            .collect(),
+        residual_cv,
+    ))
+}
+
 /// Fit every parameter from the data folder (../shared/data layout).
 pub fn fit(data: &Path) -> Result<FittedParams> {
     let mut notes = Vec::new();
@@ -439,56 +567,112 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         col(&h, "correct_heuristic", &zpath)?,
         col(&h, "output_chars", &zpath)?,
     );
-    let mut items: BTreeMap<String, [Option<(f64, f64)>; 4]> = BTreeMap::new();
-    for r in &rows {
+    // item -> model -> (correct, output chars), over every model with math-l5 outcomes.
+    let mut items: BTreeMap<String, BTreeMap<String, (f64, f64)>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
         if r[ct] != "math-l5" {
             continue;
         }
-        if let Some(k) = MATH_LADDER.iter().position(|(m, _)| *m == r[cm]) {
-            let y: f64 = r[cc]
-                .parse()
-                .map_err(|_| Error::bad(format!("{}: correct_heuristic `{}` is not 0/1", zpath.display(), r[cc])))?;
-            let chars: f64 = r[co].parse().unwrap_or(f64::NAN);
-            items.entry(r[ci].clone()).or_insert([None; 4])[k] = Some((y, chars));
-        }
+        let y: f64 = r[cc].parse().ok().filter(|v| *v == 0.0 || *v == 1.0).ok_or_else(|| {
+            Error::bad(format!(
+                "{}: line {}: correct_heuristic `{}` is not 0/1",
+                zpath.display(),
+                i + 2,
+                r[cc]
+            ))
+        })?;
+        let chars: f64 = r[co].parse().unwrap_or(f64::NAN);
+        items
+            .entry(r[ci].clone())
+            .or_default()
+            .insert(r[cm].clone(), (y, chars));
     }
-    let complete: Vec<[(f64, f64); 4]> = items
+    let all_models: Vec<String> = items
         .values()
-        .filter(|v| v.iter().all(|x| x.is_some()))
-        .map(|v| v.map(|x| x.expect("complete")))
+        .flat_map(|m| m.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
-    let y: Vec<Vec<Option<f64>>> = complete
+    let ladder_idx: Vec<usize> = MATH_LADDER
         .iter()
-        .map(|v| v.iter().map(|(y, _)| Some(*y)).collect())
+        .map(|(m, _)| {
+            all_models
+                .iter()
+                .position(|x| x == m)
+                .ok_or_else(|| Error::bad(format!("{}: no math-l5 rows of {m}", zpath.display())))
+        })
+        .collect::<Result<_>>()?;
+    let grid: Vec<Vec<Option<(f64, f64)>>> = items
+        .values()
+        .map(|m| all_models.iter().map(|name| m.get(name).copied()).collect())
         .collect();
-    let (theta, b) = fit_rasch(&y, 4, 3.0);
+    let y: Vec<Vec<Option<f64>>> = grid
+        .iter()
+        .map(|row| row.iter().map(|c| c.map(|(y, _)| y)).collect())
+        .collect();
+    // One Rasch fit over every model: ~40 outcomes per item pin each item's difficulty, and the
+    // Qwen2.5 ladder's abilities come out on the same scale.
+    let (theta_all, b) = fit_rasch(&y, all_models.len(), 3.0);
+    let theta: Vec<f64> = ladder_idx.iter().map(|&k| theta_all[k]).collect();
     let params: Vec<f64> = MATH_LADDER.iter().map(|(_, c)| billions(c)).collect::<Result<_>>()?;
     let (a0, a1) = line(&params.iter().map(|p| p.ln()).collect::<Vec<_>>(), &theta);
     let mut anchors = vec![];
     let mut cvs = vec![];
-    for k in 0..4 {
+    for &k in &ladder_idx {
         let tok = |solved: bool| -> Vec<f64> {
-            complete
-                .iter()
-                .filter(|v| (v[k].0 == 1.0) == solved && v[k].1.is_finite())
-                .map(|v| v[k].1 / cpt_math)
+            grid.iter()
+                .filter_map(|row| row[k])
+                .filter(|(y, c)| (*y == 1.0) == solved && c.is_finite())
+                .map(|(_, c)| c / cpt_math)
                 .collect()
         };
         let (s, f) = (tok(true), tok(false));
         cvs.push(cv(&s));
         cvs.push(cv(&f));
         anchors.push(LengthAnchor {
-            params_b: round4(params[k]),
+            params_b: round4(params[anchors.len()]),
             solved_mean_tokens: round4(mean(&s)),
             failed_mean_tokens: round4(mean(&f)),
         });
     }
+    let math_items = item_lengths(
+        &grid
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .filter_map(|(m, c)| {
+                        c.filter(|(_, ch)| ch.is_finite() && *ch > 0.0)
+                            .map(|(y, ch)| (m, y == 1.0, ch))
+                    })
+                    .collect()
+            })
+            .collect::<Vec<_>>(),
+    );
+    let math_item_list: Vec<(String, String, f64, f64)> = items
+        .keys()
+        .zip(&b)
+        .zip(&math_items.0)
+        .map(|((id, b), f)| (id.clone(), "level 5".to_string(), round4(*b), round4(*f)))
+        .collect();
+    notes.push(Note {
+        what: "math items: each real problem's latent difficulty and output length factor".into(),
+        source: format!(
+            "model-outcomes/zeroeval_per_item.csv (yuchenlin/ZeroEval @ 570c626): task math-l5, all {} models, columns item_id, correct_heuristic, output_chars; problem text from model-outcomes/math-l5_problems.jsonl, read at generation time",
+            all_models.len()
+        ),
+        how: format!(
+            "difficulty b: the Rasch fit below, over every model's outcome on the item; length factor: the item's mean over models of ln(output chars) minus that model's mean for the same outcome, exponentiated and scaled to mean 1 (lognormal cv {} of a workflow around its item's mean, from the residuals)",
+            round4(math_items.1)
+        ),
+    });
     notes.push(Note {
         what: "math: per-model success (Rasch abilities, item difficulty quantiles) and output tokens by outcome".into(),
-        source: "model-outcomes/zeroeval_per_item.csv (yuchenlin/ZeroEval @ 570c626): task math-l5, models Qwen2.5-{3,7,32,72}B-Instruct, columns item_id, correct_heuristic, output_chars".into(),
+        source: "model-outcomes/zeroeval_per_item.csv (yuchenlin/ZeroEval @ 570c626): task math-l5, every model (abilities of Qwen2.5-{3,7,32,72}B-Instruct kept), columns item_id, correct_heuristic, output_chars".into(),
         how: format!(
-            "{} items with all four models; Rasch fit by penalised joint ML (prior N(0, 3^2) on b); other sizes: between anchors (14B) theta is linear in ln(billions of parameters), outside them (0.5B, 1.5B) it runs from the end anchor along the slope of the least-squares line theta = {:.3} + {:.3} ln(billions); output tokens = output_chars / {cpt_math}, mean by model and outcome, lognormal cv pooled; sizes between anchors interpolated in log-log, outside them extrapolated from the end segments",
-            complete.len(),
+            "{} items, {} models; one Rasch fit by penalised joint ML (prior N(0, 3^2) on b), so each ladder model's abilities reproduce its accuracy; other sizes: between anchors (14B) theta is linear in ln(billions of parameters), outside them (0.5B, 1.5B) it runs from the end anchor along the slope of the least-squares line theta = {:.3} + {:.3} ln(billions); output tokens = output_chars / {cpt_math}, mean by model and outcome, lognormal cv pooled; sizes between anchors interpolated in log-log, outside them extrapolated from the end segments",
+            items.len(),
+            all_models.len(),
             a0,
             a1
         ),
@@ -527,6 +711,10 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         problem_tokens: math_problem,
         observation_tokens: math_obs,
         tool_delay_ms: LogNormalParams { mean: 400.0, cv: 1.0 },
+        items: Some(Items {
+            residual_cv: round4(math_items.1),
+            list: math_item_list,
+        }),
     };
     notes.push(Note {
         what: "math: prompt of the first stage = template + problem".into(),
@@ -693,6 +881,15 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         source: "apps/workflow_runs_summary.csv (MapCoder @ 0027da7): ChatGPT and GPT4-Turbo, workflow CoT, columns difficulty, is_solved, completion_tokens; lengths/alpacaeval_qwen15_lengths.csv: Qwen1.5-{1.8,7,14,72,110}B-Chat output_chars".into(),
         how: "mean completion tokens of the single-call chain-of-thought solutions by outcome, times a level factor (level mean / overall mean), times a size factor = Qwen1.5 mean AlpacaEval output length at that size / at 72B (an assumption: the two API models write like a 72B-class chat model); lognormal cv from the same completions. Note: on these 150 (hard, selected) problems the runs solve 7-13 %, below what the LiveCodeBench-based success model gives at the same levels".into(),
     });
+    let (apps_item_list, apps_residual_cv) = fit_apps_items(&apps150, &rows_runs(&rpath)?, &apps_quantiles)?;
+    notes.push(Note {
+        what: "apps items: each of the 150 real problems' latent difficulty and output length factor".into(),
+        source: "apps/workflow_runs_summary.csv (MapCoder @ 0027da7): every model and workflow (ChatGPT, GPT4-Turbo x Direct, CoT, SelfPlanning, Analogical, MapCoder), columns problem_id, is_solved, completion_tokens; apps/selected150.jsonl: name, difficulty (text read at generation time)".into(),
+        how: format!(
+            "difficulty: a Rasch fit of the ten (model, workflow) outcomes per problem orders the problems within their level (ties, mostly problems no run solves, broken by a hash of the id: an assumption), and the k-th of n gets the level's LiveCodeBench difficulty quantile at (k + 1/2) / n, so each level keeps the difficulty distribution (and the ladder's pass rates) fitted above; length factor: the problem's mean over runs of ln(completion tokens) minus the mean of the same (model, workflow, outcome), exponentiated and scaled to mean 1 (residual lognormal cv {})",
+            round4(apps_residual_cv)
+        ),
+    });
     let (apps_stages, apps_template_total, apps_obs) =
         fit_stages(&mint, &["mbpp", "humaneval"], cpt_code, small_max_b, &mut notes, "apps");
     let apps_problem = lognormal_of(&apps_ptoks);
@@ -721,6 +918,10 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         problem_tokens: apps_problem,
         observation_tokens: apps_obs,
         tool_delay_ms: LogNormalParams { mean: 2500.0, cv: 0.8 },
+        items: Some(Items {
+            residual_cv: round4(apps_residual_cv),
+            list: apps_item_list,
+        }),
     };
     notes.push(Note {
         what: "apps: prompt of the first stage = template + problem statement; difficulty mix".into(),

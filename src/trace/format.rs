@@ -444,3 +444,30 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
         provenance,
     })
 }
+
+/// Read several traces as one (workflow ids renumbered in order). With `same_models`, every
+/// trace must have the first one's models, in its order.
+pub fn read_traces(paths: &[std::path::PathBuf], same_models: bool) -> Result<Trace> {
+    let first = paths
+        .first()
+        .ok_or_else(|| crate::error::Error::bad("--trace: give at least one trace"))?;
+    let mut all = read_trace(first)?;
+    for p in &paths[1..] {
+        let t = read_trace(p)?;
+        if same_models && t.models != all.models {
+            return Err(crate::error::Error::bad(format!(
+                "--trace {}: models {} differ from {}'s {}",
+                p.display(),
+                t.models.join(", "),
+                first.display(),
+                all.models.join(", ")
+            )));
+        }
+        let base = all.workflows.len() as u64;
+        all.workflows.extend(t.workflows.into_iter().map(|mut w| {
+            w.id += base;
+            w
+        }));
+    }
+    Ok(all)
+}

@@ -4,12 +4,14 @@
 
 use super::format::{Trace, TraceWorkflow};
 use super::params::{FittedParams, Task, TaskParams};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hw::Catalog;
 use crate::rng::{stream, StreamRng};
 use crate::workload::dist::{Dist, Sampler};
 use crate::workload::{Plan, Stage};
 use rand::RngExt;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Largest prompt a generated stage may have; older context is dropped beyond it.
@@ -91,10 +93,89 @@ impl<'a> StageModel<'a> {
         stages
     }
 
-    /// Total output tokens of a workflow on a model.
-    pub fn total_output(&self, params_b: f64, solved: bool, level: &str, rng: &mut StreamRng) -> f64 {
-        lognormal(self.p.mean_output_tokens(params_b, solved, level), self.p.output.cv).sample(rng)
+    /// Total output tokens of a workflow on a model; for a real item, its length factor scales
+    /// the mean and only the spread the item leaves is drawn.
+    pub fn total_output(
+        &self,
+        params_b: f64,
+        solved: bool,
+        level: &str,
+        item: Option<&Item>,
+        rng: &mut StreamRng,
+    ) -> f64 {
+        let mean = self.p.mean_output_tokens(params_b, solved, level);
+        match (item, &self.p.items) {
+            (Some(it), Some(items)) => lognormal(mean * it.length_factor, items.residual_cv).sample(rng),
+            _ => lognormal(mean, self.p.output.cv).sample(rng),
+        }
     }
+}
+
+/// A real problem the generator can draw: its text (read from the data folder), the fitted
+/// latent difficulty and output length factor (`traces/fitted-params.yaml`, `items`).
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub id: String,
+    pub level: String,
+    pub b: f64,
+    pub length_factor: f64,
+    pub text: Arc<str>,
+}
+
+/// The real problems of one task, joined with their text from the data folder
+/// (../shared/data layout: MATH level 5 from `model-outcomes/math-l5_problems.jsonl`, APPS from
+/// `apps/selected150.jsonl`).
+pub fn load_items(params: &TaskParams, task: Task, data: &Path) -> Result<Vec<Item>> {
+    let (file, id_key, text_key) = match task {
+        Task::Math => ("model-outcomes/math-l5_problems.jsonl", "item_id", "problem"),
+        Task::Apps => ("apps/selected150.jsonl", "name", "description"),
+    };
+    let path = data.join(file);
+    let listed = params.items.as_ref().ok_or_else(|| {
+        Error::bad(format!(
+            "the fitted parameters have no {} items (refit with `chimera trace fit`)",
+            task.name()
+        ))
+    })?;
+    let mut texts: BTreeMap<String, Arc<str>> = BTreeMap::new();
+    for (i, line) in crate::input::read_text(&path)?.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| Error::bad(format!("{}: line {}: {e}", path.display(), i + 1)))?;
+        let id = match &v[id_key] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return Err(Error::bad(format!("{}: line {}: no `{id_key}`", path.display(), i + 1))),
+        };
+        let text = v[text_key]
+            .as_str()
+            .ok_or_else(|| Error::bad(format!("{}: line {}: no `{text_key}` text", path.display(), i + 1)))?;
+        texts.insert(id, Arc::from(text));
+    }
+    let items: Vec<Item> = listed
+        .list
+        .iter()
+        .filter_map(|(id, level, b, f)| {
+            texts.get(id).map(|t| Item {
+                id: id.clone(),
+                level: level.clone(),
+                b: *b,
+                length_factor: *f,
+                text: t.clone(),
+            })
+        })
+        .collect();
+    if items.is_empty() {
+        return Err(Error::bad(format!(
+            "{}: none of the {} fitted {} items has its text here",
+            path.display(),
+            listed.list.len(),
+            task.name()
+        )));
+    }
+    Ok(items)
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -116,6 +197,8 @@ pub struct TraceGen<'a> {
     wf_rng: StreamRng,
     model_rngs: Vec<StreamRng>,
     next_id: u64,
+    /// Real problems to draw from; latent difficulties without text when empty.
+    items: Vec<Item>,
 }
 
 impl<'a> TraceGen<'a> {
@@ -139,7 +222,19 @@ impl<'a> TraceGen<'a> {
                 .collect(),
             specs,
             next_id: 0,
+            items: Vec::new(),
         })
+    }
+
+    /// Draw real problems (with their text) from the data folder instead of latent
+    /// difficulties.
+    pub fn with_items(mut self, data: &Path) -> Result<Self> {
+        self.items = load_items(self.p, self.task, data)?;
+        Ok(self)
+    }
+
+    pub fn items(&self) -> usize {
+        self.items.len()
     }
 
     pub fn models(&self) -> Vec<String> {
@@ -149,19 +244,34 @@ impl<'a> TraceGen<'a> {
     /// The next workflow.
     pub fn next_workflow(&mut self) -> TraceWorkflow {
         let p = self.p;
-        let total_w: f64 = p.difficulty_mix.iter().map(|(_, w)| w).sum();
-        let u: f64 = self.wf_rng.random::<f64>() * total_w;
-        let mut acc = 0.0;
-        let level = p.difficulty_mix.iter().find(|(_, w)| {
-            acc += w;
-            u < acc
-        });
-        let level = level
-            .or(p.difficulty_mix.last())
-            .map(|(l, _)| l.clone())
-            .expect("a level");
-        let b = sample_quantiles(p.quantiles(&level), self.wf_rng.random());
-        let problem_tokens = self.problem.sample_tokens(&mut self.wf_rng, 8);
+        let item = if self.items.is_empty() {
+            None
+        } else {
+            let u: f64 = self.wf_rng.random();
+            Some(self.items[((u * self.items.len() as f64) as usize).min(self.items.len() - 1)].clone())
+        };
+        let (level, b, problem_tokens) = match &item {
+            Some(it) => (
+                it.level.clone(),
+                it.b,
+                ((it.text.chars().count() as f64 / p.chars_per_token).round() as u32).max(8),
+            ),
+            None => {
+                let total_w: f64 = p.difficulty_mix.iter().map(|(_, w)| w).sum();
+                let u: f64 = self.wf_rng.random::<f64>() * total_w;
+                let mut acc = 0.0;
+                let level = p.difficulty_mix.iter().find(|(_, w)| {
+                    acc += w;
+                    u < acc
+                });
+                let level = level
+                    .or(p.difficulty_mix.last())
+                    .map(|(l, _)| l.clone())
+                    .expect("a level");
+                let b = sample_quantiles(p.quantiles(&level), self.wf_rng.random());
+                (level, b, self.problem.sample_tokens(&mut self.wf_rng, 8))
+            }
+        };
         let sm = &self.sm;
         let plans = self
             .specs
@@ -170,7 +280,7 @@ impl<'a> TraceGen<'a> {
             .map(|((name, params_b), rng)| {
                 let solved = rng.random::<f64>() < sigmoid(p.ability_of(name, *params_b, &level) - b);
                 let k = sm.stage_count(*params_b, solved, rng);
-                let total = sm.total_output(*params_b, solved, &level, rng);
+                let total = sm.total_output(*params_b, solved, &level, item.as_ref(), rng);
                 let stages = sm.layout(k, total, problem_tokens, rng);
                 Plan {
                     model: Some(Arc::from(name.as_str())),
@@ -184,17 +294,31 @@ impl<'a> TraceGen<'a> {
         TraceWorkflow {
             id,
             task: self.task.name().into(),
-            problem_id: format!("{}-gen-{id}", self.task.name()),
+            problem_id: match &item {
+                Some(it) => format!("{}-{}", self.task.name(), it.id),
+                None => format!("{}-gen-{id}", self.task.name()),
+            },
             difficulty: level,
-            text: None,
+            text: item.map(|it| it.text),
             plans,
         }
     }
 }
 
 /// Generate `n` workflows of `task` for `models` (catalogue names).
-pub fn generate(params: &FittedParams, task: Task, models: &[String], n: u64, seed: u64) -> Result<Trace> {
+/// With `data` (the ../shared/data folder), workflows are real problems with their text.
+pub fn generate(
+    params: &FittedParams,
+    task: Task,
+    models: &[String],
+    n: u64,
+    seed: u64,
+    data: Option<&Path>,
+) -> Result<Trace> {
     let mut g = TraceGen::new(params, task, models, seed)?;
+    if let Some(d) = data {
+        g = g.with_items(d)?;
+    }
     let workflows = (0..n).map(|_| g.next_workflow()).collect();
     let provenance = serde_json::json!({
         "kind": "generated",
@@ -204,6 +328,10 @@ pub fn generate(params: &FittedParams, task: Task, models: &[String], n: u64, se
         "workflows": n,
         "seed": seed,
         "params": "traces/fitted-params.yaml (embedded)",
+        "problems": match data {
+            Some(_) => serde_json::json!(format!("{} real {} problems with their text, drawn uniformly (data folder given at generation; text from the files named in traces/fitted-params.yaml's item notes)", g.items(), task.name())),
+            None => serde_json::json!("latent difficulties, no text"),
+        },
         "params_notes": params.notes,
     });
     Ok(Trace {
@@ -222,9 +350,9 @@ mod tests {
         let p = FittedParams::embedded();
         let two = vec!["Qwen2.5-1.5B".to_string(), "Qwen2.5-7B".to_string()];
         let one = vec!["Qwen2.5-7B".to_string()];
-        let a = generate(p, Task::Math, &two, 200, 5).unwrap();
-        let b = generate(p, Task::Math, &two, 200, 5).unwrap();
-        let c = generate(p, Task::Math, &one, 200, 5).unwrap();
+        let a = generate(p, Task::Math, &two, 200, 5, None).unwrap();
+        let b = generate(p, Task::Math, &two, 200, 5, None).unwrap();
+        let c = generate(p, Task::Math, &one, 200, 5, None).unwrap();
         assert_eq!(a.workflows, b.workflows);
         for (wa, wc) in a.workflows.iter().zip(&c.workflows) {
             assert_eq!(
@@ -232,14 +360,22 @@ mod tests {
                 "the 7B plan does not depend on the other models"
             );
         }
-        let d = generate(p, Task::Math, &two, 200, 6).unwrap();
+        let d = generate(p, Task::Math, &two, 200, 6, None).unwrap();
         assert_ne!(a.workflows, d.workflows);
     }
 
     #[test]
     fn stages_are_well_formed() {
         let p = FittedParams::embedded();
-        let t = generate(p, Task::Apps, &["Qwen2.5-1.5B".into(), "Qwen2.5-14B".into()], 300, 1).unwrap();
+        let t = generate(
+            p,
+            Task::Apps,
+            &["Qwen2.5-1.5B".into(), "Qwen2.5-14B".into()],
+            300,
+            1,
+            None,
+        )
+        .unwrap();
         for w in &t.workflows {
             for plan in &w.plans {
                 assert!((1..=4).contains(&plan.stages.len()));
@@ -263,7 +399,15 @@ mod tests {
     #[test]
     fn bigger_models_solve_more_and_a_problem_hard_for_the_big_model_is_hard_for_the_small() {
         let p = FittedParams::embedded();
-        let t = generate(p, Task::Math, &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()], 4000, 2).unwrap();
+        let t = generate(
+            p,
+            Task::Math,
+            &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
+            4000,
+            2,
+            None,
+        )
+        .unwrap();
         let solved = |k: usize| t.workflows.iter().filter(|w| w.plans[k].success == Some(true)).count() as f64;
         assert!(solved(1) > solved(0) * 1.3, "{} vs {}", solved(1), solved(0));
         // Correlation through the latent difficulty: P(small solves | big fails) < P(small solves).

@@ -12,5 +12,5 @@ pub mod params;
 pub mod source;
 pub mod stats;
 
-pub use format::{read_trace, write_trace, Trace, TraceWorkflow};
+pub use format::{read_trace, read_traces, write_trace, Trace, TraceWorkflow};
 pub use params::{FittedParams, Task};

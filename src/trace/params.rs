@@ -70,6 +70,17 @@ pub struct LogNormalParams {
     pub cv: f64,
 }
 
+/// Real problems the generator draws when given the data folder (their text is read from it
+/// at run time; only ids and fitted numbers live here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Items {
+    /// Lognormal cv of a workflow's output around its item's mean (what the item leaves open).
+    pub residual_cv: f64,
+    /// (item id in the data, difficulty level, latent difficulty b, output length factor)
+    pub list: Vec<(String, String, f64, f64)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskParams {
@@ -92,6 +103,9 @@ pub struct TaskParams {
     pub observation_tokens: LogNormalParams,
     /// Tool time between stages, milliseconds (an assumption, not data: see `notes`).
     pub tool_delay_ms: LogNormalParams,
+    /// Per-item difficulty and length of the real problems (`trace gen --data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Items>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

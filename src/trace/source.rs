@@ -153,14 +153,26 @@ pub struct GeneratedWorkload {
 }
 
 impl GeneratedWorkload {
-    pub fn new(mix: &[(Task, f64)], models: &[String], n: u64, ia: InterArrival, seed: u64) -> Result<Self> {
+    /// With `problems` (the data folder), workflows are real problems with their text.
+    pub fn new(
+        mix: &[(Task, f64)],
+        models: &[String],
+        n: u64,
+        ia: InterArrival,
+        seed: u64,
+        problems: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let params = FittedParams::embedded();
         let total: f64 = mix.iter().map(|(_, w)| w).sum();
         let mut gens = Vec::new();
         let mut acc = 0.0;
         for (task, w) in mix {
             acc += w / total;
-            gens.push((acc, TraceGen::new(params, *task, models, seed)?));
+            let mut g = TraceGen::new(params, *task, models, seed)?;
+            if let Some(d) = problems {
+                g = g.with_items(d).map_err(|e| e.context("workload.problems"))?;
+            }
+            gens.push((acc, g));
         }
         Ok(GeneratedWorkload {
             gens,
