@@ -188,6 +188,10 @@ pub enum TraceCmd {
         /// length; without it, latent difficulties and no text.
         #[arg(long)]
         data: Option<PathBuf>,
+        /// With --data: draw only part K of N of the problems (`K/N`, by a hash of the problem
+        /// id), or all but it (`!K/N`): for checks on problems a model was not trained on.
+        #[arg(long, requires = "data")]
+        items: Option<String>,
     },
     /// Import real per-item outcomes into a trace.
     Import {

@@ -144,6 +144,7 @@ pub fn open_source(r: &Resolved, seed: u64) -> Result<Box<dyn WorkloadSource>> {
                 InterArrival::from_spec(&g.arrivals).expect("validated: renewal arrivals"),
                 seed,
                 g.problems.as_ref().map(|p| r.base_dir.join(p)).as_deref(),
+                g.tool_delay_scale,
             )?)
         }
     })

@@ -244,7 +244,7 @@ fn generated_apps_stage_counts_match_mint() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let t = trace::gen::generate(FittedParams::embedded(), Task::Apps, &models, 20_000, 3).unwrap();
+    let t = trace::gen::generate(FittedParams::embedded(), Task::Apps, &models, 20_000, 3, None).unwrap();
     for r in trace::stats::stats(&t, Some(&data), FittedParams::embedded()).unwrap() {
         let d = r.data.unwrap();
         assert!(
@@ -263,6 +263,7 @@ fn generated_apps_stage_counts_match_mint() {
         &["Qwen2.5-3B".into(), "Qwen2.5-32B".into()],
         20_000,
         5,
+        None,
     )
     .unwrap();
     for r in trace::stats::stats(&t2, Some(&data), FittedParams::embedded()).unwrap() {
@@ -377,6 +378,7 @@ fn traces_run_as_scenario_workloads() {
         &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
         200,
         4,
+        None,
     )
     .unwrap();
     trace::write_trace(&p, &t).unwrap();
@@ -442,7 +444,7 @@ fn the_shipped_traces_are_what_their_commands_generate() {
     for (file, task, models) in cases {
         let shipped = trace::read_trace(&repo().join(file)).unwrap();
         let models: Vec<String> = models.iter().map(|s| s.to_string()).collect();
-        let fresh = trace::gen::generate(FittedParams::embedded(), task, &models, 2000, 1).unwrap();
+        let fresh = trace::gen::generate(FittedParams::embedded(), task, &models, 2000, 1, None).unwrap();
         assert!(
             shipped.workflows == fresh.workflows,
             "{file} is stale: regenerate it with the command in traces/README.md"
@@ -452,12 +454,32 @@ fn the_shipped_traces_are_what_their_commands_generate() {
 }
 
 #[test]
-fn the_shipped_predictor_is_what_training_on_the_shipped_traces_gives() {
+fn the_shipped_predictor_is_what_training_on_its_traces_gives() {
+    let Some(data) = shared_data() else { return };
     let file = repo().join("models/predictor-qwen2.5-apps-math.json");
     let shipped: chimera::predictor::LengthPredictor =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    let mut all = trace::read_trace(&repo().join("traces/apps-qwen2.5-1.5b-7b-14b.parquet")).unwrap();
-    let math = trace::read_trace(&repo().join("traces/math-qwen2.5-1.5b-3b-7b-14b.parquet")).unwrap();
+    // The commands in models/README.md: real problems from the data folder.
+    let p = FittedParams::embedded();
+    let s = |v: &[&str]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+    let mut all = trace::gen::generate(
+        p,
+        Task::Apps,
+        &s(&["Qwen2.5-1.5B", "Qwen2.5-7B", "Qwen2.5-14B"]),
+        2000,
+        1,
+        Some(&data),
+    )
+    .unwrap();
+    let math = trace::gen::generate(
+        p,
+        Task::Math,
+        &s(&["Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-7B", "Qwen2.5-14B"]),
+        2000,
+        1,
+        Some(&data),
+    )
+    .unwrap();
     let base = all.workflows.len() as u64;
     all.workflows.extend(math.workflows.into_iter().map(|mut w| {
         w.id += base;
@@ -471,8 +493,76 @@ fn the_shipped_predictor_is_what_training_on_the_shipped_traces_gives() {
     let fresh = chimera::predictor::LengthPredictor::train(&all, 0.5, &cfg, serde_json::Value::Null);
     assert!(
         fresh.workflow == shipped.workflow && fresh.request == shipped.request,
-        "models/predictor-qwen2.5-apps-math.json is stale: retrain with the command in models/README.md"
+        "models/predictor-qwen2.5-apps-math.json is stale: retrain with the commands in models/README.md"
     );
+}
+
+#[test]
+fn the_shipped_router_is_what_its_script_trains() {
+    let Some(data) = shared_data() else { return };
+    let file = repo().join("models/router-qwen2.5-math-apps.json");
+    let shipped = chimera::router::RouterModel::from_json(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let out = tmpdir("router-stale").join("r.json");
+    let st = std::process::Command::new("bash")
+        .arg(repo().join("scripts/make-routers.sh"))
+        .arg(&data)
+        .arg(env!("CARGO_BIN_EXE_chimera"))
+        .arg(&out)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let fresh = chimera::router::RouterModel::from_json(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    // Provenance names temporary paths; the trained numbers must be identical.
+    let strip = |m: &chimera::router::RouterModel| chimera::router::RouterModel {
+        provenance: serde_json::Value::Null,
+        ..m.clone()
+    };
+    assert!(
+        strip(&fresh) == strip(&shipped),
+        "models/router-qwen2.5-math-apps.json is stale: rerun scripts/make-routers.sh"
+    );
+}
+
+#[test]
+fn the_shipped_router_ranks_real_math_outcomes_on_problems_it_did_not_see() {
+    // Bar: mean AUC >= 0.68 on real MATH level-5 outcomes of the Qwen2.5 ladder, each problem
+    // scored by the cross-fitting part that held it out.
+    let Some(data) = shared_data() else { return };
+    let models: Vec<String> = ["Qwen2.5-3B", "Qwen2.5-7B", "Qwen2.5-32B", "Qwen2.5-72B"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let t = chimera::trace::import::import_math_l5(
+        &data.join("model-outcomes/zeroeval_per_item.csv"),
+        &data.join("model-outcomes/math-l5_problems.jsonl"),
+        &models,
+        1,
+        FittedParams::embedded(),
+    )
+    .unwrap();
+    let m = chimera::router::RouterModel::from_json(
+        &std::fs::read_to_string(repo().join("models/router-qwen2.5-math-apps.json")).unwrap(),
+    )
+    .unwrap();
+    let r = chimera::router::Router::new(m.clone());
+    assert_eq!(r.parts(), 5);
+    let mut aucs = vec![];
+    for name in &models {
+        let k = m.models.iter().position(|x| x == name).unwrap();
+        let k_t = t.models.iter().position(|x| x == name).unwrap();
+        let pts: Vec<(f64, bool)> = t
+            .workflows
+            .iter()
+            .map(|w| (r.predict(w.text.as_deref().unwrap())[k], w.plans[k_t].success == Some(true)))
+            .collect();
+        aucs.push(chimera::router::metrics::auc(
+            &pts.iter().map(|p| p.0).collect::<Vec<_>>(),
+            &pts.iter().map(|p| p.1).collect::<Vec<_>>(),
+        ).unwrap());
+    }
+    let mean = aucs.iter().sum::<f64>() / aucs.len() as f64;
+    assert!(mean >= 0.68, "held-out mean AUC {mean:.3} ({aucs:?})");
 }
 
 #[test]
@@ -481,8 +571,8 @@ fn the_length_predictor_ranks_held_out_workflows() {
     // held out from training (the request-level view ranks them worse).
     let models: Vec<String> = vec!["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()];
     let p = FittedParams::embedded();
-    let train = trace::gen::generate(p, Task::Math, &models, 600, 31).unwrap();
-    let held_out = trace::gen::generate(p, Task::Math, &models, 300, 32).unwrap();
+    let train = trace::gen::generate(p, Task::Math, &models, 600, 31, None).unwrap();
+    let held_out = trace::gen::generate(p, Task::Math, &models, 300, 32, None).unwrap();
     let cfg = chimera::predictor::qrf::ForestConfig {
         trees: 15,
         sample_size: 2048,
@@ -577,4 +667,103 @@ fn router_eval_on_a_separate_trace_prints_no_borrowed_baseline() {
         let (a, l) = (m["auc"].as_f64().unwrap(), m["auc_length_only"].as_f64().unwrap());
         assert!(a != l, "{m}");
     }
+}
+
+#[test]
+fn generated_workflows_can_be_real_problems_with_their_text_and_item_difficulty() {
+    let Some(data) = shared_data() else { return };
+    let p = FittedParams::embedded();
+    let models: Vec<String> = vec!["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()];
+    for task in [Task::Math, Task::Apps] {
+        let t = trace::gen::generate(p, task, &models, 3000, 4, Some(&data)).unwrap();
+        assert!(t.workflows.iter().all(|w| w.text.as_deref().is_some_and(|x| x.len() > 20)));
+        // The same problem always has the same text and first prompt; problems repeat.
+        let mut by_id: std::collections::BTreeMap<&str, Vec<&trace::TraceWorkflow>> = Default::default();
+        for w in &t.workflows {
+            by_id.entry(&w.problem_id).or_default().push(w);
+        }
+        assert!(by_id.len() > 100 && by_id.len() < 3000, "{}", by_id.len());
+        for ws in by_id.values() {
+            assert!(ws.iter().all(|w| w.text == ws[0].text
+                && w.plans[0].stages[0].prompt_tokens == ws[0].plans[0].stages[0].prompt_tokens));
+        }
+        // Item difficulty is real: problems differ in solve rate far beyond sampling noise
+        // (split-half reliability of per-problem solve rates on the 7B).
+        let rates: Vec<(f64, f64)> = by_id
+            .values()
+            .filter(|ws| ws.len() >= 8)
+            .map(|ws| {
+                let half = |k: usize| {
+                    let h: Vec<_> = ws.iter().skip(k).step_by(2).collect();
+                    h.iter().filter(|w| w.plans[1].success == Some(true)).count() as f64 / h.len() as f64
+                };
+                (half(0), half(1))
+            })
+            .collect();
+        let (a, b): (Vec<f64>, Vec<f64>) = rates.into_iter().unzip();
+        let r = chimera::router::metrics::spearman(&a, &b);
+        assert!(r > 0.4, "{}: split-half correlation of per-problem solve rates {r:.3}", task.name());
+    }
+    // Parts: `K/N` and `!K/N` draw disjoint problems that together cover them all.
+    let part = |keep| {
+        trace::gen::generate_part(p, Task::Math, &models, 4000, 1, Some(&data), Some(((0, 2), keep)))
+            .unwrap()
+            .workflows
+            .into_iter()
+            .map(|w| w.problem_id)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (a, b) = (part(true), part(false));
+    assert!(a.is_disjoint(&b) && a.len() > 150 && b.len() > 150, "{} {}", a.len(), b.len());
+}
+
+#[test]
+fn a_scenario_with_real_problems_routes_by_the_trained_router_and_reports_its_auc() {
+    let Some(_) = shared_data() else { return };
+    let r = chimera::scenario::load(
+        &repo().join("scenarios/paper/math-1.5b-7b.yaml"),
+        &[
+            "workload.workflows=400".to_string(),
+            "cluster.engines[*].scheduling={priority_aging: {starvation_steps: 200, quantum_steps: 20}}".into(),
+            "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 1.0}, min_confidence_gain: 0.1}".into(),
+            "policy.length={kind: qrf, path: ../../models/predictor-qwen2.5-apps-math.json}".into(),
+            "policy.confidence={kind: router, path: ../../models/router-qwen2.5-math-apps.json}".into(),
+            "policy.priority=stjf".into(),
+        ],
+    )
+    .unwrap();
+    let rep = run(&r, &tmpdir("paper-router"));
+    let c = rep.summary.confidence.as_ref().expect("a realised AUC");
+    let auc = c.mean_auc.unwrap();
+    assert!((0.6..0.8).contains(&auc), "realised AUC {auc}");
+    let st = rep.summary.steady.as_ref().expect("a steady-state window");
+    assert_eq!((st.from_workflow, st.to_workflow), (40, 360));
+    assert!(!st.overloaded, "1 workflow/s does not overload two A6000s: growth {}", st.growth);
+    // Without problem text the same router has nothing to read: every workflow ties.
+    let bare = chimera::scenario::load(
+        &repo().join("scenarios/paper/math-1.5b-7b.yaml"),
+        &[
+            "workload.workflows=200".to_string(),
+            "workload.problems=null".into(),
+            "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 1.0}, min_confidence_gain: 0.1}".into(),
+            "policy.length={kind: qrf, path: ../../models/predictor-qwen2.5-apps-math.json}".into(),
+            "policy.confidence={kind: router, path: ../../models/router-qwen2.5-math-apps.json}".into(),
+        ],
+    );
+    if let Ok(b) = bare {
+        let rep = run(&b, &tmpdir("paper-router-bare"));
+        assert_eq!(rep.summary.confidence.unwrap().mean_auc, Some(0.5));
+    }
+}
+
+#[test]
+fn an_overloaded_run_is_marked() {
+    let Some(_) = shared_data() else { return };
+    let r = chimera::scenario::load(
+        &repo().join("scenarios/paper/math-1.5b-7b.yaml"),
+        &["workload.workflows=600".to_string(), "workload.arrivals.rate_per_s=40".into()],
+    )
+    .unwrap();
+    let st = run(&r, &tmpdir("overload")).summary.steady.unwrap();
+    assert!(st.overloaded, "growth {}, finish span ratio {}", st.growth, st.finish_span_ratio);
 }

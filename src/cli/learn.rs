@@ -59,6 +59,7 @@ pub(super) fn bench_policy(
         .expect("poisson"),
         1,
         None,
+        1.0,
     )?;
     use crate::workload::WorkloadSource;
     let mut costs_ns: Vec<f64> = Vec::with_capacity(requests as usize);

@@ -13,8 +13,23 @@ pub(super) fn trace_cmd(what: TraceCmd) -> Result<i32> {
             seed,
             out,
             data,
+            items,
         } => {
             let task = Task::parse(&task).map_err(|e| e.context("--task"))?;
+            let part = items
+                .as_deref()
+                .map(|s| {
+                    let (keep, body) = match s.strip_prefix('!') {
+                        Some(b) => (false, b),
+                        None => (true, s),
+                    };
+                    body.split_once('/')
+                        .and_then(|(k, n)| Some((k.trim().parse::<u64>().ok()?, n.trim().parse::<u64>().ok()?)))
+                        .filter(|(k, n)| *n >= 2 && k < n)
+                        .map(|p| (p, keep))
+                        .ok_or_else(|| Error::bad(format!("--items: expected K/N or !K/N with 0 <= K < N and N >= 2, got `{s}`")))
+                })
+                .transpose()?;
             // A trace is generated and read whole, in memory: a bound keeps both possible.
             const MAX_TRACE_WORKFLOWS: u64 = 2_000_000;
             if !(1..=MAX_TRACE_WORKFLOWS).contains(&workflows) {
@@ -27,13 +42,14 @@ pub(super) fn trace_cmd(what: TraceCmd) -> Result<i32> {
                     return Err(Error::bad(format!("--models: `{m}` is listed twice")));
                 }
             }
-            let t = trace::gen::generate(
+            let t = trace::gen::generate_part(
                 FittedParams::embedded(),
                 task,
                 &models,
                 workflows,
                 seed,
                 data.as_deref(),
+                part,
             )
             .map_err(|e| if data.is_some() { e.context("--data") } else { e })?;
             trace::write_trace(&out, &t)?;

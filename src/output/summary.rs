@@ -90,11 +90,16 @@ pub struct SteadyAgg {
     pub workflows: u64,
     pub known: u64,
     pub solved: u64,
+    /// First and last arrival, first and last finish of the window's workflows.
+    pub arrivals: (Nanos, Nanos),
+    pub finishes: (Nanos, Nanos),
 }
 
-/// Median workflow E2E of the window's second half over its first half above which a run is
-/// marked overloaded: a cluster that keeps up has a stationary backlog (ratio near 1); one
-/// that does not has a backlog growing with every arrival.
+/// Above this, either ratio marks a run overloaded: the median workflow E2E of the window's
+/// second half over its first half (a cluster that keeps up has a stationary backlog, ratio
+/// near 1; one that does not has a backlog growing with every arrival), or the span over
+/// which the window's workflows finish over the span over which they arrive (near 1 when the
+/// cluster serves them as fast as they come; long when they pile up and drain afterwards).
 pub const OVERLOAD_GROWTH: f64 = 1.5;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -109,8 +114,10 @@ pub struct SteadySummary {
     pub accuracy: Option<f64>,
     /// Median workflow E2E of the window's second half over its first half.
     pub growth: f64,
-    /// `growth` above 1.5: the cluster does not keep up with this load; its latency figures
-    /// depend on how long the run is and are not a steady state.
+    /// Span of the window's finishes over the span of its arrivals.
+    pub finish_span_ratio: f64,
+    /// Either ratio above 1.5: the cluster does not keep up with this load; its latency
+    /// figures depend on how long the run is and are not a steady state.
     pub overloaded: bool,
 }
 
@@ -182,6 +189,8 @@ impl Aggregates {
             workflows: 0,
             known: 0,
             solved: 0,
+            arrivals: (Nanos::MAX, Nanos::MIN),
+            finishes: (Nanos::MAX, Nanos::MIN),
         });
     }
 
@@ -190,6 +199,8 @@ impl Aggregates {
         if let Some(st) = &mut self.steady {
             if (st.from..st.to).contains(&w.id) {
                 st.workflows += 1;
+                st.arrivals = (st.arrivals.0.min(w.arrival_ns), st.arrivals.1.max(w.arrival_ns));
+                st.finishes = (st.finishes.0.min(w.finish_ns), st.finishes.1.max(w.finish_ns));
                 if let Some(s) = w.success {
                     st.known += 1;
                     st.solved += s as u64;
@@ -484,6 +495,12 @@ impl Aggregates {
                     (Some(a), Some(b)) if a > 0.0 => round6(b / a),
                     _ => 1.0,
                 };
+                let span = |(a, b): (Nanos, Nanos)| if b > a { (b - a) as f64 } else { 0.0 };
+                let finish_span_ratio = if span(st.arrivals) > 0.0 {
+                    round6(span(st.finishes) / span(st.arrivals))
+                } else {
+                    1.0
+                };
                 SteadySummary {
                     from_workflow: st.from,
                     to_workflow: st.to,
@@ -492,7 +509,8 @@ impl Aggregates {
                     e2e_per_output_token_ms: Stats::from_sketch(&st.e2e_per_token, 1e6),
                     accuracy: (st.known > 0).then(|| round6(st.solved as f64 / st.known as f64)),
                     growth,
-                    overloaded: growth > OVERLOAD_GROWTH,
+                    finish_span_ratio,
+                    overloaded: growth > OVERLOAD_GROWTH || finish_span_ratio > OVERLOAD_GROWTH,
                 }
             }),
         }

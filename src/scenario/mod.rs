@@ -271,6 +271,18 @@ pub struct GeneratedSpec {
     /// difficulty and length. Relative to the scenario file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problems: Option<std::path::PathBuf>,
+    /// Multiplies every tool delay between stages (1 as fitted, which is an assumption; 0 for
+    /// none): for ablations.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub tool_delay_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 const KINDS: &str = "`synthetic`, `azure_trace`, `trace`, `generated`, `serving`";
@@ -1034,6 +1046,12 @@ impl Scenario {
                 }
                 if g.tasks.values().sum::<f64>() <= 0.0 {
                     return Err(Error::bad("workload.tasks: the weights sum to 0"));
+                }
+                if !(0.0..=100.0).contains(&g.tool_delay_scale) {
+                    return Err(Error::bad(format!(
+                        "workload.tool_delay_scale: expected 0 to 100, got {}",
+                        crate::error::num(g.tool_delay_scale)
+                    )));
                 }
                 if let Some(dir) = &g.problems {
                     let d = base_dir.join(dir);

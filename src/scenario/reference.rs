@@ -199,6 +199,13 @@ pub const FIELDS: &[(&str, &str, &str, &str, &str)] = &[
         "generated, synthetic: workflows to run.",
     ),
     (
+        "workload.tool_delay_scale",
+        "number",
+        "1",
+        "0 to 100",
+        "generated: multiplies every tool delay between stages (the fitted delays are an assumption: no shared data times tool calls); 0 for none. For ablations.",
+    ),
+    (
         "workload.problems",
         "path",
         "none",

@@ -33,6 +33,8 @@ pub struct StageModel<'a> {
     pub p: &'a TaskParams,
     obs: Sampler,
     delay: Sampler,
+    /// Multiplies every drawn tool delay (1: as fitted; 0: no tool time), for ablations.
+    pub delay_scale: f64,
 }
 
 impl<'a> StageModel<'a> {
@@ -41,6 +43,7 @@ impl<'a> StageModel<'a> {
             p,
             obs: lognormal(p.observation_tokens.mean, p.observation_tokens.cv),
             delay: lognormal(p.tool_delay_ms.mean, p.tool_delay_ms.cv),
+            delay_scale: 1.0,
         }
     }
 
@@ -75,7 +78,7 @@ impl<'a> StageModel<'a> {
             let (obs, delay_ns) = if k + 1 < n {
                 (
                     self.obs.sample_tokens(rng, 1),
-                    (self.delay.sample(rng) * 1e6).round() as i64,
+                    (self.delay.sample(rng) * self.delay_scale * 1e6).round() as i64,
                 )
             } else {
                 (0, 0)
@@ -233,6 +236,24 @@ impl<'a> TraceGen<'a> {
         Ok(self)
     }
 
+    /// Keep only one part of the problems (`keep`), or all but it (`!keep`): part `k` of `n`
+    /// holds the problems whose id hashes to `k` modulo `n`. For held-out checks: train on
+    /// one part, evaluate on another.
+    pub fn select_items(mut self, part: (u64, u64), keep: bool) -> Result<Self> {
+        let (k, n) = part;
+        self.items.retain(|it| (crate::router::text_key(&it.id) % n == k) == keep);
+        if self.items.is_empty() {
+            return Err(Error::bad(format!("--items: part {k}/{n} leaves no problem")));
+        }
+        Ok(self)
+    }
+
+    /// Scale every tool delay (the draws stay the same: common random numbers).
+    pub fn with_tool_delay_scale(mut self, scale: f64) -> Self {
+        self.sm.delay_scale = scale;
+        self
+    }
+
     pub fn items(&self) -> usize {
         self.items.len()
     }
@@ -315,9 +336,25 @@ pub fn generate(
     seed: u64,
     data: Option<&Path>,
 ) -> Result<Trace> {
+    generate_part(params, task, models, n, seed, data, None)
+}
+
+/// [`generate`] drawing only from one part of the problems (see [`TraceGen::select_items`]).
+pub fn generate_part(
+    params: &FittedParams,
+    task: Task,
+    models: &[String],
+    n: u64,
+    seed: u64,
+    data: Option<&Path>,
+    part: Option<((u64, u64), bool)>,
+) -> Result<Trace> {
     let mut g = TraceGen::new(params, task, models, seed)?;
     if let Some(d) = data {
         g = g.with_items(d)?;
+        if let Some((p, keep)) = part {
+            g = g.select_items(p, keep)?;
+        }
     }
     let workflows = (0..n).map(|_| g.next_workflow()).collect();
     let provenance = serde_json::json!({
@@ -329,7 +366,7 @@ pub fn generate(
         "seed": seed,
         "params": "traces/fitted-params.yaml (embedded)",
         "problems": match data {
-            Some(_) => serde_json::json!(format!("{} real {} problems with their text, drawn uniformly (data folder given at generation; text from the files named in traces/fitted-params.yaml's item notes)", g.items(), task.name())),
+            Some(_) => serde_json::json!(format!("{} real {} problems with their text, drawn uniformly{} (data folder given at generation; text from the files named in traces/fitted-params.yaml's item notes)", g.items(), task.name(), match part { Some(((k, n), true)) => format!(", part {k}/{n}"), Some(((k, n), false)) => format!(", all but part {k}/{n}"), None => String::new() })),
             None => serde_json::json!("latent difficulties, no text"),
         },
         "params_notes": params.notes,

@@ -161,6 +161,7 @@ impl GeneratedWorkload {
         ia: InterArrival,
         seed: u64,
         problems: Option<&std::path::Path>,
+        tool_delay_scale: f64,
     ) -> Result<Self> {
         let params = FittedParams::embedded();
         let total: f64 = mix.iter().map(|(_, w)| w).sum();
@@ -168,7 +169,7 @@ impl GeneratedWorkload {
         let mut acc = 0.0;
         for (task, w) in mix {
             acc += w / total;
-            let mut g = TraceGen::new(params, *task, models, seed)?;
+            let mut g = TraceGen::new(params, *task, models, seed)?.with_tool_delay_scale(tool_delay_scale);
             if let Some(d) = problems {
                 g = g.with_items(d).map_err(|e| e.context("workload.problems"))?;
             }
