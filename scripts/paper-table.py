@@ -124,8 +124,11 @@ def is_op(r):
 
 
 def setting_of(folder):
-    m = re.search(r"([a-z]+-[0-9.]+b-[0-9.]+b)-r([0-9.]+)", folder)
-    return (m.group(1), m.group(2)) if m else (folder, "?")
+    m = re.search(r"([a-z]+-[0-9.]+b-[0-9.]+b)-r([0-9.]+)(-[a-z-]+)?/?$", folder)
+    if not m:
+        return (folder, "?")
+    variant = f" ({m.group(3)[1:].replace('-', ' ')})" if m.group(3) else ""
+    return (m.group(1), m.group(2) + variant)
 
 
 def analyse(folder):

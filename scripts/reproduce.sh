@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate every figure and number of REPRODUCING.md (about 10 minutes on 2 cores).
+# Regenerate every figure and number of REPRODUCING.md (about 15 minutes on 2 cores; needs
+# ../shared/data: the paper scenarios draw the real problems from it).
 #   scripts/reproduce.sh [JOBS]
 # Results go to runs/ (not committed); figures to plots/; the comparison tables to
 # runs/paper/report.md (pasted into REPRODUCING.md).
@@ -34,10 +35,10 @@ $C plot heatmap runs/sq-chimera --x "$S" --y "$Q" --metric workflows.e2e_s.p99 -
 $C plot heatmap runs/sq-chimera --x "$S" --y "$Q" --metric requests.queue_ms.p99 --out plots/sq-heatmap-queue-p99
 $C plot lines runs/sq-chimera --x "$S" --series "$Q" --out plots/sq-lines
 
-# 3. The paper's settings at light, medium and saturated load.
+# 3. The paper's settings at light, medium and saturated load (11 series, 102 points, 5 seeds).
 declare -A LOADS=([apps-1.5b-7b]="1 2 4" [apps-1.5b-14b]="0.5 1 2" [math-1.5b-7b]="1 2 4" [math-1.5b-14b]="0.5 1 2" [math-3b-7b]="1 2 4")
 DIRS=()
-for s in apps-1.5b-7b apps-1.5b-14b math-1.5b-7b math-1.5b-14b math-3b-7b; do
+for s in math-1.5b-7b apps-1.5b-7b math-1.5b-14b apps-1.5b-14b math-3b-7b; do
   for r in ${LOADS[$s]}; do
     out=runs/paper/$s-r$r
     sweep scenarios/paper/$s.plan.yaml "$out" "workload.arrivals.rate_per_s=$r"
@@ -45,6 +46,23 @@ for s in apps-1.5b-7b apps-1.5b-14b math-1.5b-7b math-1.5b-14b math-3b-7b; do
     DIRS+=("$out")
   done
 done
-$C report "${DIRS[@]}" --operating policy.routing.slack.value=1.0 --operating policy.routing.min_confidence_gain=0.1 \
-  --baselines "vLLM,MLFQ,LTR,Ablation: no router (STJF + aging; fixed split)" > runs/paper/report.md
-echo "tables in runs/paper/report.md"
+python3 scripts/paper-table.py "${DIRS[@]}" > runs/paper/table.md
+
+# 4. Attribution: the same sweeps at the medium load without tool delays, and without prefix
+# caching.
+ADIRS=()
+for s in math-1.5b-7b apps-1.5b-7b; do
+  ADIRS+=("runs/paper/$s-r2")
+  sweep scenarios/paper/$s.plan.yaml "runs/attribution/$s-r2-no-tool-delay" workload.arrivals.rate_per_s=2 workload.tool_delay_scale=0
+  ADIRS+=("runs/attribution/$s-r2-no-tool-delay")
+  sweep scenarios/paper/$s.plan.yaml "runs/attribution/$s-r2-no-prefix-caching" workload.arrivals.rate_per_s=2 'cluster.engines[*].enable_prefix_caching=false'
+  ADIRS+=("runs/attribution/$s-r2-no-prefix-caching")
+done
+python3 scripts/paper-table.py "${ADIRS[@]}" > runs/attribution/table.md
+
+# 5. Router quality: a noisy oracle swept over its AUC beside the trained router.
+for r in 1.0 2.0; do
+  sweep scenarios/sweeps/router-auc.yaml "runs/router-auc-r$r" "workload.arrivals.rate_per_s=$r"
+  python3 scripts/router-auc-table.py "runs/router-auc-r$r" > "runs/router-auc-r$r/table.md"
+done
+echo "tables in runs/paper/table.md, runs/attribution/table.md, runs/router-auc-r*/table.md"

@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::bert::{BertModel, Config};
 use chimera::encoder::TextEncoder;
-use common::tmpdir;
+use common::{default_with, repo, run, tmpdir};
 
 const VOCAB: &[&str] = &[
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "easy", "hard", "sum", "integral", "of", "number", "##s", "and", "two", "1",
@@ -191,4 +191,41 @@ fn router_eval_of_an_encoder_router_embeds_the_texts() {
     ]);
     assert_eq!(code, Some(2));
     assert!(err.contains("reads no embeddings"), "{err}");
+
+    // In a scenario: the policy core routes each workflow by the router's reading of its text
+    // through the encoder, and the summary's realised AUC is the AUC `router eval` gives on the
+    // same texts and outcomes (to the 1/4096 binning).
+    let (_, out, _) = chimera(&["router", "eval", "--router", &router_s, "--trace", &test_s, "--json"]);
+    let eval: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sets = [
+        format!("workload={{kind: trace, path: {test_s}, arrivals: {{process: poisson, rate_per_s: 0.5}}}}"),
+        "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 1.0}, min_confidence_gain: 0.1}".into(),
+        format!(
+            "policy.length={{kind: qrf, path: {}}}",
+            repo().join("models/predictor-qwen2.5-apps-math.json").display()
+        ),
+        format!("policy.confidence={{kind: router, path: {router_s}}}"),
+    ];
+    let sets: Vec<&str> = sets.iter().map(|s| s.as_str()).collect();
+    let rep = run(&default_with(&sets), &dir.join("run"));
+    let c = rep.summary.confidence.expect("a realised AUC");
+    for (m, want) in c.by_model.iter().zip(eval["models"].as_array().unwrap()) {
+        let (got, want) = (m.auc.unwrap(), want["auc"].as_f64().unwrap());
+        assert!((got - want).abs() < 0.01, "{}: realised {got} vs eval {want}", m.model);
+    }
+    // A text router given an encoder is refused, naming the field.
+    let bad = [format!(
+        "policy.confidence={{kind: router, path: {}, encoder: {enc_s}}}",
+        s(&text_router)
+    )];
+    let mut sets2 = sets.clone();
+    sets2[3] = bad[0].as_str();
+    let err = chimera::scenario::load_str(
+        chimera::scenario::DEFAULT_SCENARIO,
+        &sets2.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        std::path::Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("policy.confidence.encoder"), "{err}");
 }

@@ -53,7 +53,11 @@ fn the_readme_is_short_and_its_worked_tasks_run_as_written() {
     ] {
         assert!(headings.contains(&want), "no worked task `{want}` in {headings:?}");
     }
-    let dir = common::tmpdir("readme");
+    // A checkout's layout: the repository beside `shared` (the README's `../shared/data`).
+    let top = common::tmpdir("readme");
+    let dir = top.join("chimera");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(repo.join("../shared"), top.join("shared")).unwrap();
     for d in ["scenarios", "calibration", "models", "traces", "catalog"] {
         std::os::unix::fs::symlink(repo.join(d), dir.join(d)).unwrap();
     }

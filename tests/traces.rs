@@ -554,12 +554,20 @@ fn the_shipped_router_ranks_real_math_outcomes_on_problems_it_did_not_see() {
         let pts: Vec<(f64, bool)> = t
             .workflows
             .iter()
-            .map(|w| (r.predict(w.text.as_deref().unwrap())[k], w.plans[k_t].success == Some(true)))
+            .map(|w| {
+                (
+                    r.predict(w.text.as_deref().unwrap())[k],
+                    w.plans[k_t].success == Some(true),
+                )
+            })
             .collect();
-        aucs.push(chimera::router::metrics::auc(
-            &pts.iter().map(|p| p.0).collect::<Vec<_>>(),
-            &pts.iter().map(|p| p.1).collect::<Vec<_>>(),
-        ).unwrap());
+        aucs.push(
+            chimera::router::metrics::auc(
+                &pts.iter().map(|p| p.0).collect::<Vec<_>>(),
+                &pts.iter().map(|p| p.1).collect::<Vec<_>>(),
+            )
+            .unwrap(),
+        );
     }
     let mean = aucs.iter().sum::<f64>() / aucs.len() as f64;
     assert!(mean >= 0.68, "held-out mean AUC {mean:.3} ({aucs:?})");
@@ -676,7 +684,10 @@ fn generated_workflows_can_be_real_problems_with_their_text_and_item_difficulty(
     let models: Vec<String> = vec!["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()];
     for task in [Task::Math, Task::Apps] {
         let t = trace::gen::generate(p, task, &models, 3000, 4, Some(&data)).unwrap();
-        assert!(t.workflows.iter().all(|w| w.text.as_deref().is_some_and(|x| x.len() > 20)));
+        assert!(t
+            .workflows
+            .iter()
+            .all(|w| w.text.as_deref().is_some_and(|x| x.len() > 20)));
         // The same problem always has the same text and first prompt; problems repeat.
         let mut by_id: std::collections::BTreeMap<&str, Vec<&trace::TraceWorkflow>> = Default::default();
         for w in &t.workflows {
@@ -702,7 +713,11 @@ fn generated_workflows_can_be_real_problems_with_their_text_and_item_difficulty(
             .collect();
         let (a, b): (Vec<f64>, Vec<f64>) = rates.into_iter().unzip();
         let r = chimera::router::metrics::spearman(&a, &b);
-        assert!(r > 0.4, "{}: split-half correlation of per-problem solve rates {r:.3}", task.name());
+        assert!(
+            r > 0.4,
+            "{}: split-half correlation of per-problem solve rates {r:.3}",
+            task.name()
+        );
     }
     // Parts: `K/N` and `!K/N` draw disjoint problems that together cover them all.
     let part = |keep| {
@@ -714,7 +729,12 @@ fn generated_workflows_can_be_real_problems_with_their_text_and_item_difficulty(
             .collect::<std::collections::BTreeSet<_>>()
     };
     let (a, b) = (part(true), part(false));
-    assert!(a.is_disjoint(&b) && a.len() > 150 && b.len() > 150, "{} {}", a.len(), b.len());
+    assert!(
+        a.is_disjoint(&b) && a.len() > 150 && b.len() > 150,
+        "{} {}",
+        a.len(),
+        b.len()
+    );
 }
 
 #[test]
@@ -725,7 +745,8 @@ fn a_scenario_with_real_problems_routes_by_the_trained_router_and_reports_its_au
         &[
             "workload.workflows=400".to_string(),
             "cluster.engines[*].scheduling={priority_aging: {starvation_steps: 200, quantum_steps: 20}}".into(),
-            "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 1.0}, min_confidence_gain: 0.1}".into(),
+            "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 1.0}, min_confidence_gain: 0.1}"
+                .into(),
             "policy.length={kind: qrf, path: ../../models/predictor-qwen2.5-apps-math.json}".into(),
             "policy.confidence={kind: router, path: ../../models/router-qwen2.5-math-apps.json}".into(),
             "policy.priority=stjf".into(),
@@ -738,14 +759,19 @@ fn a_scenario_with_real_problems_routes_by_the_trained_router_and_reports_its_au
     assert!((0.6..0.8).contains(&auc), "realised AUC {auc}");
     let st = rep.summary.steady.as_ref().expect("a steady-state window");
     assert_eq!((st.from_workflow, st.to_workflow), (40, 360));
-    assert!(!st.overloaded, "1 workflow/s does not overload two A6000s: growth {}", st.growth);
+    assert!(
+        !st.overloaded,
+        "1 workflow/s does not overload two A6000s: growth {}",
+        st.growth
+    );
     // Without problem text the same router has nothing to read: every workflow ties.
     let bare = chimera::scenario::load(
         &repo().join("scenarios/paper/math-1.5b-7b.yaml"),
         &[
             "workload.workflows=200".to_string(),
             "workload.problems=null".into(),
-            "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 1.0}, min_confidence_gain: 0.1}".into(),
+            "policy.routing={kind: chimera, slack: {kind: multiplicative, value: 1.0}, min_confidence_gain: 0.1}"
+                .into(),
             "policy.length={kind: qrf, path: ../../models/predictor-qwen2.5-apps-math.json}".into(),
             "policy.confidence={kind: router, path: ../../models/router-qwen2.5-math-apps.json}".into(),
         ],
@@ -761,9 +787,16 @@ fn an_overloaded_run_is_marked() {
     let Some(_) = shared_data() else { return };
     let r = chimera::scenario::load(
         &repo().join("scenarios/paper/math-1.5b-7b.yaml"),
-        &["workload.workflows=600".to_string(), "workload.arrivals.rate_per_s=40".into()],
+        &[
+            "workload.workflows=600".to_string(),
+            "workload.arrivals.rate_per_s=40".into(),
+        ],
     )
     .unwrap();
     let st = run(&r, &tmpdir("overload")).summary.steady.unwrap();
-    assert!(st.overloaded, "growth {}, finish span ratio {}", st.growth, st.finish_span_ratio);
+    assert!(
+        st.overloaded,
+        "growth {}, finish span ratio {}",
+        st.growth, st.finish_span_ratio
+    );
 }

@@ -27,7 +27,11 @@ pub(super) fn trace_cmd(what: TraceCmd) -> Result<i32> {
                         .and_then(|(k, n)| Some((k.trim().parse::<u64>().ok()?, n.trim().parse::<u64>().ok()?)))
                         .filter(|(k, n)| *n >= 2 && k < n)
                         .map(|p| (p, keep))
-                        .ok_or_else(|| Error::bad(format!("--items: expected K/N or !K/N with 0 <= K < N and N >= 2, got `{s}`")))
+                        .ok_or_else(|| {
+                            Error::bad(format!(
+                                "--items: expected K/N or !K/N with 0 <= K < N and N >= 2, got `{s}`"
+                            ))
+                        })
                 })
                 .transpose()?;
             // A trace is generated and read whole, in memory: a bound keeps both possible.

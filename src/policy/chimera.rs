@@ -191,7 +191,7 @@ impl ConfidenceModel for SemanticConfidence {
         match req.text.as_deref() {
             Some(t) => {
                 if self.last.as_ref().is_none_or(|l| l.0 != req.request) {
-                    self.last = Some((req.request, self.router.predict(t)));
+                    self.last = Some((req.request, self.router.score(t)));
                 }
                 self.last.as_ref().expect("just set").1[k]
             }

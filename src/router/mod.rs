@@ -341,8 +341,10 @@ impl RouterModel {
     }
 }
 
+/// Text to embedding, for routers trained on encoder embeddings (None: the encoder failed).
+pub type Embedder = std::sync::Arc<dyn Fn(&str) -> Option<Vec<f32>> + Send + Sync>;
+
 /// A router ready to predict (dense weights).
-#[derive(Debug)]
 pub struct Router {
     pub model: RouterModel,
     idf: Vec<f32>,
@@ -351,6 +353,18 @@ pub struct Router {
     /// Cross-fitting parts, and which part holds out each training text.
     parts: Vec<Router>,
     part_of: std::collections::HashMap<u64, usize>,
+    /// The encoder an encoder router reads texts through ([`Router::with_embedder`]).
+    embed: Option<Embedder>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("models", &self.model.models)
+            .field("parts", &self.parts.len())
+            .field("encoder", &self.embed.is_some())
+            .finish()
+    }
 }
 
 fn dense(n: usize, sparse: &[(u32, f32)], default: f32) -> Vec<f32> {
@@ -390,6 +404,7 @@ impl Router {
         Router {
             parts,
             part_of,
+            embed: None,
             idf: dense(n, &model.idf, model.idf_default),
             shared: dense(n, &model.shared, 0.0),
             per_model: model
@@ -412,6 +427,25 @@ impl Router {
         (0..self.model.models.len())
             .map(|m| sigmoid(self.model.bias[m] + self.model.scale[m] * d))
             .collect()
+    }
+
+    /// Read texts through this encoder (for a router trained on its embeddings).
+    pub fn with_embedder(mut self, embed: Embedder) -> Router {
+        self.embed = Some(embed);
+        self
+    }
+
+    /// Confidence per model for a text, whatever the router reads: TF-IDF features, or the
+    /// embedding of its encoder (an encoder router without one, or whose encoder fails on
+    /// the text, gives each model's base rate).
+    pub fn score(&self, text: &str) -> Vec<f64> {
+        if !self.model.is_encoder() {
+            return self.predict(text);
+        }
+        match self.embed.as_ref().and_then(|e| e(text)) {
+            Some(x) if x.len() <= self.shared.len() => self.predict_dense(&x),
+            _ => self.model.bias.iter().map(|b| sigmoid(*b)).collect(),
+        }
     }
 
     /// Cross-fitting parts (0 when the router is not cross-fitted).

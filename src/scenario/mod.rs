@@ -285,6 +285,30 @@ fn is_one(x: &f64) -> bool {
     *x == 1.0
 }
 
+/// An encoder router reads each workflow's text through its encoder (the `encoder` build
+/// feature), loaded once here; the policy core only calls it.
+#[cfg(feature = "encoder")]
+fn with_encoder(r: crate::router::Router, dir: &Path) -> Result<crate::router::Router> {
+    let enc = crate::encoder::TextEncoder::load(dir).map_err(|e| e.context("policy.confidence.encoder"))?;
+    let dims = 1usize << r.model.features.buckets_log2;
+    if enc.dims > dims {
+        return Err(Error::bad(format!(
+            "policy.confidence.encoder: {} embeds in {} dimensions, but the router's heads take at most {dims}; use the encoder the router was trained with",
+            dir.display(),
+            enc.dims
+        )));
+    }
+    Ok(r.with_embedder(std::sync::Arc::new(move |t: &str| enc.embed(t).ok())))
+}
+
+#[cfg(not(feature = "encoder"))]
+fn with_encoder(_r: crate::router::Router, dir: &Path) -> Result<crate::router::Router> {
+    Err(Error::bad(format!(
+        "policy.confidence: an encoder router (encoder {}) needs a build with the `encoder` feature (cargo build --release --features encoder)",
+        dir.display()
+    )))
+}
+
 const KINDS: &str = "`synthetic`, `azure_trace`, `trace`, `generated`, `serving`";
 
 impl TryFrom<serde_json::Value> for Workload {
@@ -374,8 +398,14 @@ pub enum RoutingSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ConfidenceSpec {
-    /// A trained semantic router file (`chimera router train`), relative to the scenario.
-    Router { path: String },
+    /// A trained semantic router file (`chimera router train`), relative to the scenario; an
+    /// encoder router also reads the encoder folder it was trained with (`encoder`, relative
+    /// to the scenario; default: the folder in the router's provenance).
+    Router {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encoder: Option<String>,
+    },
     /// Each model's fixed accuracy.
     Prior { accuracy: BTreeMap<String, f64> },
     /// The true outcome (simulation only).
@@ -676,17 +706,33 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
     }
     let mut router = None;
     match &p.confidence {
-        Some(ConfidenceSpec::Router { path }) => {
+        Some(ConfidenceSpec::Router { path, encoder }) => {
             let f = base.join(path);
             let text = crate::input::read_text(&f).map_err(|e| Error::bad(format!("policy.confidence.path: {e}")))?;
             let m = crate::router::RouterModel::from_json(&text)
                 .map_err(|e| Error::bad(format!("policy.confidence.path: {}: {e}", f.display())))?;
-            if m.is_encoder() {
-                return Err(Error::bad(format!(
-                    "policy.confidence.path: {}: an encoder router reads text embeddings, which simulated workflows do not carry; train a text router (`chimera router train` without --encoder)",
-                    f.display()
-                )));
-            }
+            let enc_dir = match (m.is_encoder(), encoder) {
+                (false, Some(_)) => {
+                    return Err(Error::bad(format!(
+                        "policy.confidence.encoder: {} is a text-feature router; it reads no embeddings (remove `encoder`)",
+                        f.display()
+                    )))
+                }
+                (false, None) => None,
+                (true, Some(e)) => Some(base.join(e)),
+                (true, None) => Some(
+                    m.provenance
+                        .get("encoder")
+                        .and_then(|v| v.as_str())
+                        .map(std::path::PathBuf::from)
+                        .ok_or_else(|| {
+                            Error::bad(format!(
+                                "policy.confidence.encoder: {} is an encoder router whose provenance names no encoder; give `encoder: DIR`",
+                                f.display()
+                            ))
+                        })?,
+                ),
+            };
             for model in models {
                 if !m.models.contains(model) {
                     return Err(Error::bad(format!(
@@ -696,7 +742,11 @@ fn resolve_policy_models(p: &mut PolicySpec, models: &[String], base: &Path) -> 
                     )));
                 }
             }
-            router = Some(std::sync::Arc::new(crate::router::Router::new(m)));
+            let r = crate::router::Router::new(m);
+            router = Some(std::sync::Arc::new(match enc_dir {
+                None => r,
+                Some(dir) => with_encoder(r, &dir)?,
+            }));
         }
         Some(ConfidenceSpec::NoisyOracle { auc }) if !(*auc > 0.5 && *auc < 1.0) => {
             return Err(Error::bad(format!(

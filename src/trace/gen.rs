@@ -241,7 +241,8 @@ impl<'a> TraceGen<'a> {
     /// one part, evaluate on another.
     pub fn select_items(mut self, part: (u64, u64), keep: bool) -> Result<Self> {
         let (k, n) = part;
-        self.items.retain(|it| (crate::router::text_key(&it.id) % n == k) == keep);
+        self.items
+            .retain(|it| (crate::router::text_key(&it.id) % n == k) == keep);
         if self.items.is_empty() {
             return Err(Error::bad(format!("--items: part {k}/{n} leaves no problem")));
         }
