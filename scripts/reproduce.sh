@@ -36,7 +36,7 @@ $C plot heatmap runs/sq-chimera --x "$S" --y "$Q" --metric requests.queue_ms.p99
 $C plot lines runs/sq-chimera --x "$S" --series "$Q" --out plots/sq-lines
 
 # 3. The paper's settings at light, medium and saturated load (11 series, 102 points, 5 seeds).
-declare -A LOADS=([apps-1.5b-7b]="1 2 4" [apps-1.5b-14b]="0.5 1 2" [math-1.5b-7b]="1 2 4" [math-1.5b-14b]="0.5 1 2" [math-3b-7b]="1 2 4")
+declare -A LOADS=([apps-1.5b-7b]="1 2 4" [apps-1.5b-14b]="0.5 1 2" [math-1.5b-7b]="0.5 1 2" [math-1.5b-14b]="0.125 0.25 0.5" [math-3b-7b]="0.5 1 2")
 DIRS=()
 for s in math-1.5b-7b apps-1.5b-7b math-1.5b-14b apps-1.5b-14b math-3b-7b; do
   for r in ${LOADS[$s]}; do
@@ -51,17 +51,18 @@ python3 scripts/paper-table.py "${DIRS[@]}" > runs/paper/table.md
 # 4. Attribution: the same sweeps at the medium load without tool delays, and without prefix
 # caching.
 ADIRS=()
-for s in math-1.5b-7b apps-1.5b-7b; do
-  ADIRS+=("runs/paper/$s-r2")
-  sweep scenarios/paper/$s.plan.yaml "runs/attribution/$s-r2-no-tool-delay" workload.arrivals.rate_per_s=2 workload.tool_delay_scale=0
-  ADIRS+=("runs/attribution/$s-r2-no-tool-delay")
-  sweep scenarios/paper/$s.plan.yaml "runs/attribution/$s-r2-no-prefix-caching" workload.arrivals.rate_per_s=2 'cluster.engines[*].enable_prefix_caching=false'
-  ADIRS+=("runs/attribution/$s-r2-no-prefix-caching")
+for sr in math-1.5b-7b:1 apps-1.5b-7b:2; do
+  s=${sr%:*}; r=${sr#*:}
+  ADIRS+=("runs/paper/$s-r$r")
+  sweep scenarios/paper/$s.plan.yaml "runs/attribution/$s-r$r-no-tool-delay" workload.arrivals.rate_per_s=$r workload.tool_delay_scale=0
+  ADIRS+=("runs/attribution/$s-r$r-no-tool-delay")
+  sweep scenarios/paper/$s.plan.yaml "runs/attribution/$s-r$r-no-prefix-caching" workload.arrivals.rate_per_s=$r 'cluster.engines[*].enable_prefix_caching=false'
+  ADIRS+=("runs/attribution/$s-r$r-no-prefix-caching")
 done
 python3 scripts/paper-table.py "${ADIRS[@]}" > runs/attribution/table.md
 
 # 5. Router quality: a noisy oracle swept over its AUC beside the trained router.
-for r in 1.0 2.0; do
+for r in 0.5 1.0; do
   sweep scenarios/sweeps/router-auc.yaml "runs/router-auc-r$r" "workload.arrivals.rate_per_s=$r"
   python3 scripts/router-auc-table.py "runs/router-auc-r$r" > "runs/router-auc-r$r/table.md"
 done

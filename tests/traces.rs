@@ -216,12 +216,13 @@ fn generated_math_matches_the_data_it_was_fitted_to() {
             r.accuracy,
             acc
         );
+        // A workflow's output over its stages' per-turn ratios is the single call the data has.
         let len = d.output_tokens_mean.unwrap();
         assert!(
-            (r.output_tokens_mean - len).abs() / len <= 0.10,
-            "{}: mean output {:.0} vs data {:.0}",
+            (r.single_call_tokens_mean - len).abs() / len <= 0.10,
+            "{}: single-call equivalent {:.0} vs data {:.0}",
             r.model,
-            r.output_tokens_mean,
+            r.single_call_tokens_mean,
             len
         );
         assert!(
@@ -232,6 +233,53 @@ fn generated_math_matches_the_data_it_was_fitted_to() {
             d.tv_failed
         );
     }
+}
+
+#[test]
+fn each_stage_writes_what_mint_turns_write() {
+    // Per-turn data, not one total split: a stage at turn k of an n-stage workflow writes the
+    // single-call mean times MINT's ratio for (n, k), so a 4-stage workflow writes about 3.6
+    // times a 1-stage one on MATH.
+    let p = FittedParams::embedded();
+    let models = vec!["Qwen2.5-7B".to_string()];
+    let t = trace::gen::generate(p, Task::Math, &models, 40_000, 12, None).unwrap();
+    let r = &p.math.stages.turn_ratio;
+    let by_n = |n: usize, solved: bool| -> Vec<f64> {
+        let ws: Vec<_> = t
+            .workflows
+            .iter()
+            .filter(|w| w.plans[0].stages.len() == n && w.plans[0].success == Some(solved))
+            .collect();
+        if ws.len() < 300 {
+            return vec![f64::NAN; n];
+        }
+        (0..n)
+            .map(|k| {
+                ws.iter()
+                    .map(|w| w.plans[0].stages[k].output_tokens as f64)
+                    .sum::<f64>()
+                    / ws.len() as f64
+            })
+            .collect()
+    };
+    for solved in [true, false] {
+        let single = by_n(1, solved)[0];
+        if !single.is_finite() {
+            continue;
+        }
+        for n in 2..=4 {
+            for (k, got) in by_n(n, solved).iter().enumerate().filter(|(_, g)| g.is_finite()) {
+                let want = r[n - 1][k];
+                assert!(
+                    (got / single - want).abs() / want < 0.12,
+                    "solved {solved}, stage {k} of {n}: {:.2} x single call, MINT {want:.2}",
+                    got / single
+                );
+            }
+        }
+    }
+    let four: f64 = r[3].iter().sum();
+    assert!((3.0..4.5).contains(&four), "{four}");
 }
 
 #[test]
@@ -320,11 +368,15 @@ fn the_importer_reads_any_file_of_the_format() {
     let w = &t.workflows[1];
     assert_eq!(w.text.as_deref(), Some("Solve $x^2=4$."));
     assert_eq!((w.plans[0].success, w.plans[1].success), (Some(false), Some(true)));
+    // The real single-call length, over the stages by MINT's per-turn ratios.
     let cpt = FittedParams::embedded().math.chars_per_token;
     let total: u32 = w.plans[0].stages.iter().map(|s| s.output_tokens).sum();
+    let n = w.plans[0].stages.len();
+    let ratios: f64 = FittedParams::embedded().math.stages.turn_ratio[n - 1].iter().sum();
     assert!(
-        (total as f64 - 909.0 / cpt).abs() <= w.plans[0].stages.len() as f64,
-        "output tokens from output_chars"
+        (total as f64 - 909.0 / cpt * ratios).abs() <= n as f64,
+        "output tokens from output_chars: {total} vs {}",
+        909.0 / cpt * ratios
     );
     // Errors name the file, line and column.
     std::fs::write(&outcomes, "task,model,generator,item_id,parsed,correct_heuristic,output_chars,reasoning_chars,max_tokens\nmath-l5,Qwen2.5-7B-Instruct,x,1,1,maybe,303,0,\n").unwrap();
@@ -575,8 +627,11 @@ fn the_shipped_router_ranks_real_math_outcomes_on_problems_it_did_not_see() {
 
 #[test]
 fn the_length_predictor_ranks_held_out_workflows() {
-    // Bar: Spearman at least 0.6 with the true remaining workflow tokens on a generated trace
-    // held out from training (the request-level view ranks them worse).
+    // Bar: Spearman at least 0.4 with the true remaining workflow tokens on a generated trace
+    // held out from training, and better than the request-level view. (Each stage writes its
+    // own output, about a single call's, so how many stages a workflow will take, which the
+    // first call cannot know, dominates what remains: 0.45 here; 0.74 when the generator split
+    // one single-call total over the stages.)
     let models: Vec<String> = vec!["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()];
     let p = FittedParams::embedded();
     let train = trace::gen::generate(p, Task::Math, &models, 600, 31, None).unwrap();
@@ -589,7 +644,7 @@ fn the_length_predictor_ranks_held_out_workflows() {
     let lp = chimera::predictor::LengthPredictor::train(&train, 0.5, &cfg, serde_json::Value::Null);
     let r = chimera::predictor::evaluate(&lp, &held_out);
     let (wf, rq, oracle) = (&r.scores[0], &r.scores[1], &r.scores[2]);
-    assert!(wf.spearman >= 0.6, "workflow QRF Spearman {:.3}", wf.spearman);
+    assert!(wf.spearman >= 0.4, "workflow QRF Spearman {:.3}", wf.spearman);
     assert!(
         wf.spearman > rq.spearman,
         "STJF view {:.3} vs request-level {:.3}",

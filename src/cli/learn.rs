@@ -226,6 +226,17 @@ pub(super) fn embed_all(_dir: &Path, _texts: &[&str]) -> Result<Vec<Vec<f32>>> {
     Err(Error::bad("--encoder: this chimera was built without the `encoder` feature; rebuild with `cargo build --release --features encoder`"))
 }
 
+/// Where each of `want` sits in `have`; a missing one is an error saying what `have` holds.
+fn columns_of(want: &[String], have: &[String], missing: impl Fn(&str) -> String) -> Result<Vec<usize>> {
+    want.iter()
+        .map(|w| {
+            have.iter()
+                .position(|x| x == w)
+                .ok_or_else(|| Error::bad(format!("{} (it has {})", missing(w), have.join(", "))))
+        })
+        .collect()
+}
+
 pub(super) fn router_dataset(t: &crate::trace::Trace) -> Result<crate::router::eval::Dataset<'_>> {
     let ws: Vec<_> = t.workflows.iter().filter(|w| w.text.is_some()).collect();
     if ws.is_empty() {
@@ -437,19 +448,9 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
             let t = crate::trace::read_trace(&trace)?;
             let data = router_dataset(&t)?;
             // Score the trace's models; the router may have heads for more.
-            let cols: Vec<usize> = data
-                .models
-                .iter()
-                .map(|tm| {
-                    m.models.iter().position(|x| x == tm).ok_or_else(|| {
-                        Error::bad(format!(
-                            "router {} has no head for the trace's model {tm} (it has {})",
-                            path.display(),
-                            m.models.join(", ")
-                        ))
-                    })
-                })
-                .collect::<Result<_>>()?;
+            let cols = columns_of(&data.models, &m.models, |tm| {
+                format!("router {} has no head for the trace's model {tm}", path.display())
+            })?;
             let (train_idx, test_idx) = if test_fraction > 0.0 {
                 data.split(test_fraction, seed)
             } else {
@@ -496,19 +497,9 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
                 (None, Some(gpath)) => {
                     let g = crate::trace::read_trace(&gpath)?;
                     let gdata = router_dataset(&g)?;
-                    let cols: Vec<usize> = data
-                        .models
-                        .iter()
-                        .map(|m| {
-                            gdata.models.iter().position(|x| x == m).ok_or_else(|| {
-                                Error::bad(format!(
-                                    "--train-trace: {} has no outcomes of {m} (it has {})",
-                                    gpath.display(),
-                                    gdata.models.join(", ")
-                                ))
-                            })
-                        })
-                        .collect::<Result<_>>()?;
+                    let cols = columns_of(&data.models, &gdata.models, |m| {
+                        format!("--train-trace: {} has no outcomes of {m}", gpath.display())
+                    })?;
                     eval::cross_validate_with(&data, folds, seed, |train, test| {
                         let keep: std::collections::HashSet<&str> = train.iter().map(|&i| data.texts[i]).collect();
                         let rows: Vec<usize> = (0..gdata.texts.len())

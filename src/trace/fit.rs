@@ -310,7 +310,8 @@ fn fit_stages(
     label: &str,
 ) -> (Stages, f64, LogNormalParams) {
     let hist = mint_stage_hists(mint, tasks, small_max_b);
-    let mut shares: [Vec<Vec<f64>>; 3] = [vec![], vec![], vec![]];
+    // Assistant characters at turn k of n-turn episodes (turns 5+ merged into the 4th).
+    let mut turns: [Vec<Vec<f64>>; 4] = [vec![vec![]], vec![vec![]; 2], vec![vec![]; 3], vec![vec![]; 4]];
     let mut first_user = vec![];
     let mut obs = vec![];
     for r in &mint.rows {
@@ -318,12 +319,13 @@ fn fit_stages(
             continue;
         }
         let n = r.turns.min(4);
-        if n >= 2 && r.assistant_chars.len() >= n {
+        if r.assistant_chars.len() >= n {
             let mut per: Vec<f64> = r.assistant_chars[..n].to_vec();
             per[n - 1] += r.assistant_chars[n..].iter().sum::<f64>();
-            let tot: f64 = per.iter().sum();
-            if tot > 0.0 {
-                shares[n - 2].push(per.iter().map(|x| x / tot).collect());
+            if per.iter().all(|c| *c > 0.0) {
+                for (k, c) in per.iter().enumerate() {
+                    turns[n - 1][k].push(*c);
+                }
             }
         }
         if let Some(f) = r.user_chars.first() {
@@ -333,6 +335,10 @@ fn fit_stages(
             obs.push(*o / cpt);
         }
     }
+    let single = mean(&turns[0][0]);
+    let turn_ratio: [Vec<f64>; 4] =
+        std::array::from_fn(|n| turns[n].iter().map(|v| round4(mean(v) / single)).collect());
+    let turn_cv: [Vec<f64>; 4] = std::array::from_fn(|n| turns[n].iter().map(|v| round4(lognormal_of(v).cv)).collect());
     let probs = |h: &[u64; 4]| -> [f64; 4] {
         let t: u64 = h.iter().sum();
         let mut p = [0.0; 4];
@@ -341,17 +347,13 @@ fn fit_stages(
         }
         p
     };
-    let share = |v: &Vec<Vec<f64>>, n: usize| -> Vec<f64> {
-        (0..n)
-            .map(|k| round4(mean(&v.iter().map(|s| s[k]).collect::<Vec<_>>())))
-            .collect()
-    };
     notes.push(Note {
-        what: format!("{label}: stage counts by size bucket and outcome; output share per stage; observation tokens"),
+        what: format!("{label}: stage counts by size bucket and outcome; output per stage; observation tokens"),
         source: "agent-episodes/mint_episodes_max5.csv (xingyaoww/mint-bench @ 3f7f12c): columns model, task, success, n_assistant_turns, assistant_turn_chars, user_turn_chars".into(),
         how: format!(
-            "tasks {}; API models (no size in the name) and 0-turn episodes dropped; size from the model name, bucket small <= {small_max_b} B; turns capped at 4 (turns 5+ merged into the 4th); output share = mean per-episode fraction of assistant characters per turn; observations = user turns after the first, characters / {cpt:.3}",
-            tasks.join("+")
+            "tasks {}; API models (no size in the name) and 0-turn episodes dropped; size from the model name, bucket small <= {small_max_b} B; turns capped at 4 (turns 5+ merged into the 4th); per-turn output: each stage writes the single-call answer's mean output times the ratio of MINT's mean assistant characters at turn k of n-turn episodes to the mean of 1-turn episodes ({} episodes with every turn non-empty), lognormal with that turn's cv; observations = user turns after the first, characters / {cpt:.3}",
+            tasks.join("+"),
+            turns.iter().map(|t| t[0].len()).sum::<usize>()
         ),
     });
     let template = {
@@ -366,7 +368,8 @@ fn fit_stages(
             small_failed: probs(&hist[1]),
             large_solved: probs(&hist[2]),
             large_failed: probs(&hist[3]),
-            output_share: [share(&shares[0], 2), share(&shares[1], 3), share(&shares[2], 4)],
+            turn_ratio,
+            turn_cv,
             episodes: [
                 hist[0].iter().sum(),
                 hist[1].iter().sum(),

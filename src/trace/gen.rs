@@ -35,6 +35,9 @@ pub struct StageModel<'a> {
     delay: Sampler,
     /// Multiplies every drawn tool delay (1: as fitted; 0: no tool time), for ablations.
     pub delay_scale: f64,
+    /// A latent problem's length factor: lognormal with the spread of the real problems'
+    /// fitted factors (mean 1), so a workflow's stages share its problem's verbosity.
+    factor: Option<Sampler>,
 }
 
 impl<'a> StageModel<'a> {
@@ -44,6 +47,12 @@ impl<'a> StageModel<'a> {
             obs: lognormal(p.observation_tokens.mean, p.observation_tokens.cv),
             delay: lognormal(p.tool_delay_ms.mean, p.tool_delay_ms.cv),
             delay_scale: 1.0,
+            factor: p.items.as_ref().filter(|i| i.list.len() >= 2).map(|i| {
+                let f: Vec<f64> = i.list.iter().map(|x| x.3).collect();
+                let m = f.iter().sum::<f64>() / f.len() as f64;
+                let sd = (f.iter().map(|x| (x - m).powi(2)).sum::<f64>() / f.len() as f64).sqrt();
+                lognormal(1.0, sd / m)
+            }),
         }
     }
 
@@ -62,19 +71,30 @@ impl<'a> StageModel<'a> {
     }
 
     /// Lay out `n` stages: the first prompt is template + problem; each later prompt carries the
-    /// previous prompt and output as context plus the tool observation; the workflow's total
-    /// output splits over stages by the fitted shares.
-    pub fn layout(&self, n: usize, total_output: f64, problem_tokens: u32, rng: &mut StreamRng) -> Vec<Stage> {
-        let share: Vec<f64> = if n == 1 {
-            vec![1.0]
-        } else {
-            self.p.stages.output_share[n - 2].clone()
-        };
+    /// previous prompt and output as context plus the tool observation. Each stage writes its
+    /// own output: `call` (the mean output of a single-call answer) times MINT's per-turn ratio
+    /// for stage k of an n-turn episode, drawn lognormal with spread `cvs[k]` (None: exactly
+    /// the mean, for an import whose single-call length is known).
+    pub fn layout(
+        &self,
+        n: usize,
+        call: f64,
+        cvs: Option<&[f64]>,
+        problem_tokens: u32,
+        rng: &mut StreamRng,
+    ) -> Vec<Stage> {
+        let n = n.clamp(1, 4);
+        let ratios = &self.p.stages.turn_ratio[n - 1];
         let mut stages = Vec::with_capacity(n);
         let mut prompt = (self.p.template_tokens.round() as u32 + problem_tokens).clamp(1, MAX_PROMPT_TOKENS);
         let mut context = 0u32;
-        for (k, s) in share.iter().enumerate().take(n) {
-            let out = ((total_output * s).round() as u32).max(1);
+        for k in 0..n {
+            let mean = call * ratios.get(k).copied().unwrap_or(1.0);
+            let drawn = match cvs {
+                Some(c) => lognormal(mean, c.get(k).copied().unwrap_or(0.5)).sample(rng),
+                None => mean,
+            };
+            let out = drawn.round().clamp(1.0, MAX_PROMPT_TOKENS as f64) as u32;
             let (obs, delay_ns) = if k + 1 < n {
                 (
                     self.obs.sample_tokens(rng, 1),
@@ -96,20 +116,39 @@ impl<'a> StageModel<'a> {
         stages
     }
 
-    /// Total output tokens of a workflow on a model; for a real item, its length factor scales
-    /// the mean and only the spread the item leaves is drawn.
-    pub fn total_output(
+    /// Draw the stages of one workflow on a model: the mean single-call output (the ZeroEval /
+    /// MapCoder fit by size, outcome and level) times the problem's length factor (a real
+    /// problem's fitted one; for a latent problem one drawn from their spread), spread over
+    /// MINT's per-turn ratios, each stage drawn with the spread a problem's length leaves
+    /// (MINT's per-turn spread when the parameters have no problems).
+    #[allow(clippy::too_many_arguments)]
+    pub fn stages(
         &self,
+        n: usize,
         params_b: f64,
         solved: bool,
         level: &str,
         item: Option<&Item>,
+        problem_tokens: u32,
         rng: &mut StreamRng,
-    ) -> f64 {
+    ) -> Vec<Stage> {
+        let n = n.clamp(1, 4);
         let mean = self.p.mean_output_tokens(params_b, solved, level);
-        match (item, &self.p.items) {
-            (Some(it), Some(items)) => lognormal(mean * it.length_factor, items.residual_cv).sample(rng),
-            _ => lognormal(mean, self.p.output.cv).sample(rng),
+        match (item, &self.p.items, &self.factor) {
+            (Some(it), Some(items), _) => {
+                let cvs = vec![items.residual_cv; n];
+                self.layout(n, mean * it.length_factor, Some(&cvs), problem_tokens, rng)
+            }
+            // A latent problem: a factor of its own, then the same per-stage spread.
+            (None, Some(items), Some(f)) => {
+                let cvs = vec![items.residual_cv; n];
+                let factor = f.sample(rng);
+                self.layout(n, mean * factor, Some(&cvs), problem_tokens, rng)
+            }
+            _ => {
+                let cvs = self.p.stages.turn_cv[n - 1].clone();
+                self.layout(n, mean, Some(&cvs), problem_tokens, rng)
+            }
         }
     }
 }
@@ -302,8 +341,7 @@ impl<'a> TraceGen<'a> {
             .map(|((name, params_b), rng)| {
                 let solved = rng.random::<f64>() < sigmoid(p.ability_of(name, *params_b, &level) - b);
                 let k = sm.stage_count(*params_b, solved, rng);
-                let total = sm.total_output(*params_b, solved, &level, item.as_ref(), rng);
-                let stages = sm.layout(k, total, problem_tokens, rng);
+                let stages = sm.stages(k, *params_b, solved, &level, item.as_ref(), problem_tokens, rng);
                 Plan {
                     model: Some(Arc::from(name.as_str())),
                     stages,

@@ -129,10 +129,11 @@ pub fn import_math_l5(
             .map(|((name, params_b), o)| {
                 let (solved, chars) = o.expect("complete");
                 let k = sm.stage_count(*params_b, solved, &mut rng);
-                let total = (chars / p.chars_per_token).max(1.0);
+                // The real single-call answer's length; stages by MINT's per-turn ratios.
+                let call = (chars / p.chars_per_token).max(1.0);
                 Plan {
                     model: Some(Arc::from(name.as_str())),
-                    stages: sm.layout(k, total, problem_tokens, &mut rng),
+                    stages: sm.layout(k, call, None, problem_tokens, &mut rng),
                     success: Some(solved),
                 }
             })

@@ -57,8 +57,12 @@ pub struct Stages {
     pub small_failed: [f64; 4],
     pub large_solved: [f64; 4],
     pub large_failed: [f64; 4],
-    /// Mean share of the workflow's output in each stage, for 2-, 3- and 4-stage workflows.
-    pub output_share: [Vec<f64>; 3],
+    /// Output of each stage over the output of a single-call answer, for 1-, 2-, 3- and
+    /// 4-stage workflows (MINT: mean assistant characters at turn k of n-turn episodes over
+    /// the mean of 1-turn episodes).
+    pub turn_ratio: [Vec<f64>; 4],
+    /// Lognormal cv of each stage's output (MINT's per-turn spread), same layout.
+    pub turn_cv: [Vec<f64>; 4],
     /// Episodes behind each histogram, same order as above.
     pub episodes: [u64; 4],
 }

@@ -19,6 +19,10 @@ pub struct ModelStats {
     pub output_tokens_mean: f64,
     pub output_tokens_p50: f64,
     pub output_tokens_p99: f64,
+    /// Mean over workflows of their output over the sum of their stages' per-turn ratios
+    /// (`stages.turn_ratio`): the single-call answer length the workflow corresponds to, what
+    /// the data's single-call lengths are compared with.
+    pub single_call_tokens_mean: f64,
     /// Share of workflows with 1, 2, 3, 4+ stages.
     pub stages: [f64; 4],
     pub stages_solved: [f64; 4],
@@ -78,11 +82,15 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
         for (k, m) in t.models.iter().enumerate() {
             let ws: Vec<_> = t.workflows.iter().filter(|w| &w.task == task).collect();
             let mut toks = Vec::new();
+            let mut single = 0.0;
+            let ratios = &params.task(super::params::Task::parse(task)?).stages.turn_ratio;
             let (mut solved, mut hist, mut hs, mut hf) = (0u64, [0u64; 4], [0u64; 4], [0u64; 4]);
             for w in &ws {
                 let p = &w.plans[k];
-                toks.push(p.stages.iter().map(|s| s.output_tokens as f64).sum::<f64>());
+                let total = p.stages.iter().map(|s| s.output_tokens as f64).sum::<f64>();
+                toks.push(total);
                 let n = p.stages.len().clamp(1, 4) - 1;
+                single += total / ratios[n].iter().sum::<f64>().max(1e-9);
                 hist[n] += 1;
                 if p.success == Some(true) {
                     solved += 1;
@@ -163,6 +171,7 @@ pub fn stats(t: &Trace, data: Option<&Path>, params: &FittedParams) -> Result<Ve
                 workflows: n,
                 accuracy: solved as f64 / n.max(1) as f64,
                 output_tokens_mean: mean,
+                single_call_tokens_mean: single / n.max(1) as f64,
                 output_tokens_p50: pct(&mut toks.clone(), 0.5),
                 output_tokens_p99: pct(&mut toks, 0.99),
                 stages: shares(&hist),
@@ -180,21 +189,22 @@ pub fn table(rows: &[ModelStats]) -> String {
     let f = |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
     let h = |a: &[f64; 4]| a.iter().map(|x| format!("{:.2}", x)).collect::<Vec<_>>().join("/");
     let mut s = String::from(
-        "| task | model | workflows | accuracy | data accuracy | output tokens mean | data mean | p50 | p99 | stages 1/2/3/4 | TV to MINT (solved, failed) | data source |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| task | model | workflows | accuracy | data accuracy | output tokens mean | p50 | p99 | single-call equivalent | data single-call mean | stages 1/2/3/4 | TV to MINT (solved, failed) | data source |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let d = r.data.as_ref();
         s += &format!(
-            "| {} | {} | {} | {:.3} | {} | {:.0} | {} | {:.0} | {:.0} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.3} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
             r.task,
             r.model,
             r.workflows,
             r.accuracy,
             f(d.and_then(|d| d.accuracy), 3),
             r.output_tokens_mean,
-            f(d.and_then(|d| d.output_tokens_mean), 0),
             r.output_tokens_p50,
             r.output_tokens_p99,
+            r.single_call_tokens_mean,
+            f(d.and_then(|d| d.output_tokens_mean), 0),
             h(&r.stages),
             d.map(|d| format!("{:.3}, {:.3} ({})", d.tv_solved, d.tv_failed, d.mint_bucket))
                 .unwrap_or_else(|| "-".into()),
