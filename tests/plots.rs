@@ -237,3 +237,49 @@ fn polars_group_by_agrees_with_the_plain_means_and_the_report_compares_at_matche
         .to_string();
     assert!(e.contains("no series `MLFQ`"), "{e}");
 }
+
+/// Overloaded points (`steady.overloaded` in some seed) are drawn but never on a frontier: a
+/// latency that grows with the run's length is not a steady state to trade against.
+#[test]
+fn overloaded_points_are_marked_and_kept_off_the_frontier() {
+    let dir = common::tmpdir("plots-overload");
+    let spec = SweepSpec {
+        scenario: None,
+        sets: vec!["workload.workflows=200".into()],
+        seeds: 1,
+        series: vec![Series {
+            label: "vLLM".into(),
+            sets: vec!["policy.routing.fractions={Qwen2.5-1.5B: 0.0, Qwen2.5-7B: 1.0}".into()],
+            grid: vec![GridAxis {
+                path: "workload.arrivals.rate_per_s".into(),
+                values: vec!["0.2".into(), "30".into()],
+            }],
+        }],
+    };
+    let out = dir.join("sweep");
+    sweep::run(
+        &spec,
+        &out,
+        &RunOptions {
+            jobs: 2,
+            shard: None,
+            resume: false,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let t = SweepTable::read(&out.join("sweep.parquet")).unwrap();
+    let f = &analysis::frontiers(&[t], XMetric::PerToken).unwrap()[0];
+    assert_eq!(f.overloaded, vec![false, true], "{f:?}");
+    assert_eq!(f.on_frontier, vec![true, false]);
+    let files = plot::frontier(
+        &[SweepTable::read(&out.join("sweep.parquet")).unwrap()],
+        XMetric::PerToken,
+        "overload",
+        None,
+        &dir.join("f"),
+    )
+    .unwrap();
+    let svg = std::fs::read_to_string(files.iter().find(|p| p.extension().unwrap() == "svg").unwrap()).unwrap();
+    assert!(svg.contains("1 overloaded"), "the legend says so");
+}

@@ -61,6 +61,8 @@ pub struct PointMean {
     pub mean: BTreeMap<String, f64>,
     /// Sample standard deviations over seeds (0 with one seed).
     pub sd: BTreeMap<String, f64>,
+    /// The table rows (one per seed) averaged here.
+    pub rows: Vec<usize>,
 }
 
 impl PointMean {
@@ -124,6 +126,7 @@ pub fn means(t: &SweepTable, metrics: &[&str]) -> Result<Vec<PointMean>> {
                 seeds: rows.len(),
                 mean,
                 sd,
+                rows,
             }
         })
         .collect())
@@ -155,6 +158,20 @@ pub struct Frontier {
     pub points: Vec<(f64, f64)>,
     pub on_frontier: Vec<bool>,
     pub params: Vec<Vec<(String, String)>>,
+    /// Points where some seed's run was overloaded (`steady.overloaded`): their latency is not
+    /// a steady state, so they are never on the frontier.
+    pub overloaded: Vec<bool>,
+}
+
+/// Whether any of `rows` was marked overloaded in the table's steady-state summary (false
+/// for tables written before that column existed).
+fn any_overloaded(t: &SweepTable, rows: &[usize]) -> bool {
+    match t.text("steady.overloaded") {
+        Some(col) => rows.iter().any(|&r| col[r].as_deref() == Some("true")),
+        None => rows
+            .iter()
+            .any(|&r| t.num("steady.overloaded").is_some_and(|c| c[r] == Some(1.0))),
+    }
 }
 
 /// Frontiers per series label over all tables, x from `x`, y = task accuracy in percent.
@@ -166,22 +183,35 @@ pub fn frontiers(tables: &[SweepTable], x: XMetric) -> Result<Vec<Frontier>> {
             if !(xy.0.is_finite() && xy.1.is_finite()) {
                 continue;
             }
+            let over = any_overloaded(t, &p.rows);
             match out.iter_mut().find(|f| f.label == p.label) {
                 Some(f) => {
                     f.points.push(xy);
                     f.params.push(p.params);
+                    f.overloaded.push(over);
                 }
                 None => out.push(Frontier {
                     label: p.label,
                     points: vec![xy],
                     on_frontier: vec![],
                     params: vec![p.params],
+                    overloaded: vec![over],
                 }),
             }
         }
     }
     for f in &mut out {
-        f.on_frontier = pareto(&f.points);
+        let steady: Vec<(f64, f64)> = f
+            .points
+            .iter()
+            .zip(&f.overloaded)
+            .map(|(p, o)| if *o { (f64::INFINITY, f64::NEG_INFINITY) } else { *p })
+            .collect();
+        f.on_frontier = pareto(&steady)
+            .into_iter()
+            .zip(&f.overloaded)
+            .map(|(on, o)| on && !o)
+            .collect();
     }
     Ok(out)
 }

@@ -160,10 +160,22 @@ impl FrontierFig<'_> {
                     s.points
                         .iter()
                         .zip(&s.on_frontier)
-                        .filter(|(_, f)| !**f)
-                        .map(|(p, _)| Circle::new(*p, 4, faint.filled())),
+                        .zip(&s.overloaded)
+                        .filter(|((_, f), o)| !**f && !**o)
+                        .map(|((p, _), _)| Circle::new(*p, 4, faint.filled())),
                 )
                 .map_err(pe)?;
+            // Overloaded points: a cross, never joined into the frontier.
+            chart
+                .draw_series(
+                    s.points
+                        .iter()
+                        .zip(&s.overloaded)
+                        .filter(|(_, o)| **o)
+                        .map(|(p, _)| Cross::new(*p, 5, c.mix(0.6).stroke_width(2))),
+                )
+                .map_err(pe)?;
+            let n_over = s.overloaded.iter().filter(|o| **o).count();
             let mut front: Vec<(f64, f64)> = s
                 .points
                 .iter()
@@ -175,12 +187,17 @@ impl FrontierFig<'_> {
             chart
                 .draw_series(LineSeries::new(front.iter().copied(), c.stroke_width(3)))
                 .map_err(pe)?
-                .label(format!(
-                    "{} ({} points, {} on frontier)",
-                    s.label,
-                    s.points.len(),
-                    front.len()
-                ))
+                .label(if n_over > 0 {
+                    format!(
+                        "{} ({} points, {} on frontier, {} overloaded: x)",
+                        s.label,
+                        s.points.len(),
+                        front.len(),
+                        n_over
+                    )
+                } else {
+                    format!("{} ({} points, {} on frontier)", s.label, s.points.len(), front.len())
+                })
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
             chart
                 .draw_series(front.iter().map(|p| Circle::new(*p, 6, c.filled())))

@@ -46,7 +46,7 @@ pub struct Lengths {
     pub level_factor: Vec<(String, f64)>,
 }
 
-/// Stage counts (1..=4) by size bucket and outcome, and how output splits over stages.
+/// Stage counts (1..=4) by size bucket and outcome, and what each stage writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stages {
