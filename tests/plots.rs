@@ -11,7 +11,7 @@ fn small_sweep(dir: &Path) -> PathBuf {
     let aging = "cluster.engines[*].scheduling={priority_aging: {starvation_steps: 200, quantum_steps: 20}}";
     let spec = SweepSpec {
         scenario: None,
-        sets: vec!["workload.workflows=120".into()],
+        sets: vec!["workload.workflows=120".into(), "workload.arrivals.rate_per_s=0.5".into()],
         seeds: 2,
         series: vec![
             Series {

@@ -116,8 +116,9 @@ pub struct SteadySummary {
     pub growth: f64,
     /// Span of the window's finishes over the span of its arrivals.
     pub finish_span_ratio: f64,
-    /// Either ratio above 1.5: the cluster does not keep up with this load; its latency
-    /// figures depend on how long the run is and are not a steady state.
+    /// Either ratio above 1.5: the cluster does not keep up with this load, or the run is too
+    /// short to reach a steady state (its window's arrivals span little more than one
+    /// workflow's latency); either way its latency figures depend on how long the run is.
     pub overloaded: bool,
 }
 
