@@ -22,16 +22,15 @@ workflows): the baseline's frontier over its split (overloaded points left out) 
 Single-point series (ablations, least outstanding) are compared with the operating point as
 paired differences. Every figure is the mean over seeds with a Student-t 95 % half-width.
 
-    python3 scripts/paper-table.py runs/paper/math-1.5b-7b-r1.0 [more folders...] > table.md
+    python3 scripts/paper-table.py runs/paper/math-1.5b-7b-r1 [more folders...] > table.md
 """
-import math
 import re
 import sys
 
 import pyarrow.parquet as pq
 
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-       10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+from ci95 import mean_ci
+
 LAT = "steady.e2e_per_output_token_ms.mean"
 ACC = "steady.accuracy"
 FRONTIER_BASELINES = ["vLLM", "MLFQ", "LTR", "Ablation: no router (STJF + aging; fixed split)"]
@@ -44,22 +43,6 @@ POINT_SERIES = [
     ("Ablation: Chimera, oracle lengths", "oracle lengths"),
     ("Ablation: Chimera, noisy-oracle stand-in (AUC 0.68)", "noisy oracle 0.68"),
 ]
-
-
-def t95(df):
-    keys = sorted(k for k in T95 if k <= df)
-    return T95[keys[-1]] if keys else float("nan")
-
-
-def mean_ci(xs):
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    if not xs:
-        return None, None, 0
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None, len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return m, t95(len(xs) - 1) * sd / math.sqrt(len(xs)), len(xs)
 
 
 def fmt(xs, digits=1, suffix=""):

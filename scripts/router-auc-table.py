@@ -5,32 +5,18 @@ One row per (series, nominal AUC): the mean over seeds with a 95 % Student-t hal
 the AUC the confidence model realised in the run, accuracy, workflow E2E p50 and p99, and the
 share of workflows on the larger model. Reads DIR/sweep.parquet with pyarrow only.
 
-    python3 scripts/router-auc-table.py runs/router-auc-r1.0
+    python3 scripts/router-auc-table.py runs/router-auc-r0.5
 """
-import math
 import sys
 
 import pyarrow.parquet as pq
 
-# Two-sided 95 % quantiles of Student's t, by degrees of freedom.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-       10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t95(df):
-    keys = sorted(k for k in T95 if k <= df)
-    return T95[keys[-1]] if keys else float("nan")
+from ci95 import mean_ci as _mean_ci
 
 
 def mean_ci(xs):
-    xs = [x for x in xs if x is not None and not math.isnan(x)]
-    if not xs:
-        return None, None
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return m, t95(len(xs) - 1) * sd / math.sqrt(len(xs))
+    m, h, _ = _mean_ci(xs)
+    return m, h
 
 
 def fmt(m, h, scale=1.0, digits=3):

@@ -7,6 +7,15 @@ use chimera::analysis::{self, plot, XMetric};
 use chimera::sweep::{self, table::SweepTable, GridAxis, RunOptions, Series, SweepSpec};
 use std::path::{Path, PathBuf};
 
+fn run_sweep(spec: &SweepSpec, out: &Path) {
+    let opts = RunOptions {
+        jobs: 2,
+        shard: None,
+        resume: false,
+    };
+    sweep::run(spec, out, &opts, &mut |_, _| {}).unwrap();
+}
+
 fn small_sweep(dir: &Path) -> PathBuf {
     let aging = "cluster.engines[*].scheduling={priority_aging: {starvation_steps: 200, quantum_steps: 20}}";
     let spec = SweepSpec {
@@ -48,17 +57,7 @@ fn small_sweep(dir: &Path) -> PathBuf {
         ],
     };
     let out = dir.join("sweep");
-    sweep::run(
-        &spec,
-        &out,
-        &RunOptions {
-            jobs: 2,
-            shard: None,
-            resume: false,
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
+    run_sweep(&spec, &out);
     out
 }
 
@@ -257,17 +256,7 @@ fn overloaded_points_are_marked_and_kept_off_the_frontier() {
         }],
     };
     let out = dir.join("sweep");
-    sweep::run(
-        &spec,
-        &out,
-        &RunOptions {
-            jobs: 2,
-            shard: None,
-            resume: false,
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
+    run_sweep(&spec, &out);
     let t = SweepTable::read(&out.join("sweep.parquet")).unwrap();
     let f = &analysis::frontiers(&[t], XMetric::PerToken).unwrap()[0];
     assert_eq!(f.overloaded, vec![false, true], "{f:?}");

@@ -371,27 +371,16 @@ pub(super) fn router_cmd(what: RouterCmd) -> Result<i32> {
                 "distinct_texts": texts.iter().collect::<std::collections::HashSet<_>>().len(),
                 "cross_fit_parts": cross_fit,
             });
-            let m = if cross_fit >= 2 {
-                router::train_cross_fit(
-                    &texts,
-                    &labels,
-                    &data.models,
-                    &FeatureConfig::default(),
-                    &TrainConfig::default(),
-                    prov,
-                    cross_fit,
-                    seed,
-                )
-            } else {
-                router::train(
-                    &texts,
-                    &labels,
-                    &data.models,
-                    &FeatureConfig::default(),
-                    &TrainConfig::default(),
-                    prov,
-                )
-            };
+            let m = router::train_cross_fit(
+                &texts,
+                &labels,
+                &data.models,
+                &FeatureConfig::default(),
+                &TrainConfig::default(),
+                prov,
+                cross_fit,
+                seed,
+            );
             let text = serde_json::to_string(&m).map_err(|e| Error::other(e.to_string()))?;
             std::fs::write(&out, text).map_err(|e| Error::io(&out, e))?;
             let r = router::Router::new(m);

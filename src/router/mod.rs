@@ -827,7 +827,7 @@ pub fn train(
 }
 
 /// [`train`] on all texts, plus `k` cross-fitting parts, each trained without one k-th of the
-/// distinct texts (a seeded random partition) and holding those out.
+/// distinct texts (a seeded random partition) and holding those out (`k` < 2: none).
 #[allow(clippy::too_many_arguments)]
 pub fn train_cross_fit(
     texts: &[&str],
@@ -840,6 +840,9 @@ pub fn train_cross_fit(
     seed: u64,
 ) -> RouterModel {
     let mut main = train(texts, labels, models, fcfg, tcfg, provenance);
+    if k < 2 {
+        return main;
+    }
     let data = eval::Dataset {
         texts: texts.to_vec(),
         labels: labels.to_vec(),

@@ -459,26 +459,41 @@ pub fn lcb_ladder_pass(path: &Path) -> Result<Vec<(f64, BTreeMap<String, f64>)>>
         .collect())
 }
 
-/// MapCoder's runs on the APPS problems: (problem id, source = model/workflow, solved, total
-/// completion tokens).
-fn rows_runs(path: &Path) -> Result<Vec<(String, String, bool, f64)>> {
+/// One of MapCoder's runs on an APPS problem.
+struct Run {
+    problem: String,
+    model: String,
+    workflow: String,
+    difficulty: String,
+    solved: bool,
+    /// Completion tokens over all of the run's calls.
+    tokens: f64,
+}
+
+/// MapCoder's runs (`apps/workflow_runs_summary.csv`).
+fn read_runs(path: &Path) -> Result<Vec<Run>> {
     let (h, rows) = read_csv(path)?;
-    let (cm, cw, cp, cs, cc) = (
+    let (cm, cw, cp, cd, cs, cc) = (
         col(&h, "model", path)?,
         col(&h, "workflow", path)?,
         col(&h, "problem_id", path)?,
+        col(&h, "difficulty", path)?,
         col(&h, "is_solved", path)?,
         col(&h, "completion_tokens", path)?,
     );
     Ok(rows
         .iter()
-        .map(|r| {
-            let t: f64 = r[cc]
+        .map(|r| Run {
+            problem: r[cp].clone(),
+            model: r[cm].clone(),
+            workflow: r[cw].clone(),
+            difficulty: r[cd].clone(),
+            solved: r[cs] == "True",
+            tokens: r[cc]
                 .trim_matches(|c| c == '[' || c == ']')
                 .split(',')
                 .filter_map(|x| x.trim().parse::<f64>().ok())
-                .sum();
-            (r[cp].clone(), format!("{}/{}", r[cm], r[cw]), r[cs] == "True", t)
+                .sum(),
         })
         .collect())
 }
@@ -486,27 +501,28 @@ fn rows_runs(path: &Path) -> Result<Vec<(String, String, bool, f64)>> {
 /// Per-problem difficulty and length factor of the APPS problems (see the note in `fit`).
 fn fit_apps_items(
     problems: &[serde_json::Value],
-    runs: &[(String, String, bool, f64)],
+    runs: &[Run],
     level_quantiles: &[(String, Vec<f64>)],
 ) -> Result<(Vec<(String, String, f64, f64)>, f64)> {
     let ids: Vec<(String, String)> = problems
         .iter()
         .filter_map(|v| Some((v["name"].as_str()?.to_string(), v["difficulty"].as_str()?.to_string())))
         .collect();
+    let source = |r: &Run| format!("{}/{}", r.model, r.workflow);
     let sources: Vec<String> = runs
         .iter()
-        .map(|r| r.1.clone())
+        .map(source)
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
     let mut y = vec![vec![None; sources.len()]; ids.len()];
     let mut obs: Vec<Vec<(usize, bool, f64)>> = vec![Vec::new(); ids.len()];
-    for (pid, src, solved, toks) in runs {
-        if let Some(i) = ids.iter().position(|(id, _)| id == pid) {
-            let m = sources.iter().position(|s| s == src).expect("listed");
-            y[i][m] = Some(if *solved { 1.0 } else { 0.0 });
-            if *toks > 0.0 {
-                obs[i].push((m, *solved, *toks));
+    for r in runs {
+        if let Some(i) = ids.iter().position(|(id, _)| *id == r.problem) {
+            let m = sources.iter().position(|s| *s == source(r)).expect("listed");
+            y[i][m] = Some(if r.solved { 1.0 } else { 0.0 });
+            if r.tokens > 0.0 {
+                obs[i].push((m, r.solved, r.tokens));
             }
         }
     }
@@ -813,29 +829,15 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
     // Output lengths: single-call chain-of-thought solutions (reasoning and code, as a ReAct step
     // writes) of ChatGPT and GPT-4-Turbo on the 150 problems, in real tokens.
     let rpath = data.join("apps/workflow_runs_summary.csv");
-    let (h, rows) = read_csv(&rpath)?;
-    let (rw, rd, rs, rc) = (
-        col(&h, "workflow", &rpath)?,
-        col(&h, "difficulty", &rpath)?,
-        col(&h, "is_solved", &rpath)?,
-        col(&h, "completion_tokens", &rpath)?,
-    );
+    let runs = read_runs(&rpath)?;
     let mut by_level: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let (mut solved_t, mut failed_t) = (vec![], vec![]);
-    for r in &rows {
-        if r[rw] != "CoT" {
-            continue;
-        }
-        let t: f64 = r[rc]
-            .trim_matches(|c| c == '[' || c == ']')
-            .split(',')
-            .filter_map(|x| x.trim().parse::<f64>().ok())
-            .sum();
-        by_level.entry(r[rd].clone()).or_default().push(t);
-        if r[rs] == "True" {
-            solved_t.push(t)
+    for r in runs.iter().filter(|r| r.workflow == "CoT") {
+        by_level.entry(r.difficulty.clone()).or_default().push(r.tokens);
+        if r.solved {
+            solved_t.push(r.tokens)
         } else {
-            failed_t.push(t)
+            failed_t.push(r.tokens)
         }
     }
     let all: Vec<f64> = solved_t.iter().chain(&failed_t).copied().collect();
@@ -884,7 +886,7 @@ pub fn fit(data: &Path) -> Result<FittedParams> {
         source: "apps/workflow_runs_summary.csv (MapCoder @ 0027da7): ChatGPT and GPT4-Turbo, workflow CoT, columns difficulty, is_solved, completion_tokens; lengths/alpacaeval_qwen15_lengths.csv: Qwen1.5-{1.8,7,14,72,110}B-Chat output_chars".into(),
         how: "mean completion tokens of the single-call chain-of-thought solutions by outcome, times a level factor (level mean / overall mean), times a size factor = Qwen1.5 mean AlpacaEval output length at that size / at 72B (an assumption: the two API models write like a 72B-class chat model); lognormal cv from the same completions. Note: on these 150 (hard, selected) problems the runs solve 7-13 %, below what the LiveCodeBench-based success model gives at the same levels".into(),
     });
-    let (apps_item_list, apps_residual_cv) = fit_apps_items(&apps150, &rows_runs(&rpath)?, &apps_quantiles)?;
+    let (apps_item_list, apps_residual_cv) = fit_apps_items(&apps150, &runs, &apps_quantiles)?;
     notes.push(Note {
         what: "apps items: each of the 150 real problems' latent difficulty and output length factor".into(),
         source: "apps/workflow_runs_summary.csv (MapCoder @ 0027da7): every model and workflow (ChatGPT, GPT4-Turbo x Direct, CoT, SelfPlanning, Analogical, MapCoder), columns problem_id, is_solved, completion_tokens; apps/selected150.jsonl: name, difficulty (text read at generation time)".into(),

@@ -421,14 +421,18 @@ pub fn generate_part(
 mod tests {
     use super::*;
 
+    /// Latent workflows (no problem text) of `task` for `models`.
+    fn latent(task: Task, models: &[&str], n: u64, seed: u64) -> Trace {
+        let models: Vec<String> = models.iter().map(|m| m.to_string()).collect();
+        generate(FittedParams::embedded(), task, &models, n, seed, None).unwrap()
+    }
+
     #[test]
     fn generation_is_deterministic_and_models_do_not_disturb_each_other() {
-        let p = FittedParams::embedded();
-        let two = vec!["Qwen2.5-1.5B".to_string(), "Qwen2.5-7B".to_string()];
-        let one = vec!["Qwen2.5-7B".to_string()];
-        let a = generate(p, Task::Math, &two, 200, 5, None).unwrap();
-        let b = generate(p, Task::Math, &two, 200, 5, None).unwrap();
-        let c = generate(p, Task::Math, &one, 200, 5, None).unwrap();
+        let two = ["Qwen2.5-1.5B", "Qwen2.5-7B"];
+        let a = latent(Task::Math, &two, 200, 5);
+        let b = latent(Task::Math, &two, 200, 5);
+        let c = latent(Task::Math, &["Qwen2.5-7B"], 200, 5);
         assert_eq!(a.workflows, b.workflows);
         for (wa, wc) in a.workflows.iter().zip(&c.workflows) {
             assert_eq!(
@@ -436,22 +440,13 @@ mod tests {
                 "the 7B plan does not depend on the other models"
             );
         }
-        let d = generate(p, Task::Math, &two, 200, 6, None).unwrap();
+        let d = latent(Task::Math, &two, 200, 6);
         assert_ne!(a.workflows, d.workflows);
     }
 
     #[test]
     fn stages_are_well_formed() {
-        let p = FittedParams::embedded();
-        let t = generate(
-            p,
-            Task::Apps,
-            &["Qwen2.5-1.5B".into(), "Qwen2.5-14B".into()],
-            300,
-            1,
-            None,
-        )
-        .unwrap();
+        let t = latent(Task::Apps, &["Qwen2.5-1.5B", "Qwen2.5-14B"], 300, 1);
         for w in &t.workflows {
             for plan in &w.plans {
                 assert!((1..=4).contains(&plan.stages.len()));
@@ -474,16 +469,7 @@ mod tests {
 
     #[test]
     fn bigger_models_solve_more_and_a_problem_hard_for_the_big_model_is_hard_for_the_small() {
-        let p = FittedParams::embedded();
-        let t = generate(
-            p,
-            Task::Math,
-            &["Qwen2.5-1.5B".into(), "Qwen2.5-7B".into()],
-            4000,
-            2,
-            None,
-        )
-        .unwrap();
+        let t = latent(Task::Math, &["Qwen2.5-1.5B", "Qwen2.5-7B"], 4000, 2);
         let solved = |k: usize| t.workflows.iter().filter(|w| w.plans[k].success == Some(true)).count() as f64;
         assert!(solved(1) > solved(0) * 1.3, "{} vs {}", solved(1), solved(0));
         // Correlation through the latent difficulty: P(small solves | big fails) < P(small solves).
