@@ -35,17 +35,19 @@ fn fidelity_on_the_shared_vllm_measurements_meets_the_bar() {
         .unwrap();
     let r = json_of(&out);
     let s = &r["summary"];
-    // Every stage vLLM served within its rate counts (codegen 5 and 10, roleplay 6, general 8
-    // and 20 req/s); reasoning and the saturated per-request run are listed, not counted.
-    assert_eq!(s["stages_compared"], 5, "{s}");
-    assert_eq!(s["stages_overloaded_measured"], 2, "{s}");
+    // Every stage vLLM served within its rate counts: for Llama-2-7B (TP1) and Mixtral-8x7B
+    // (TP2) on H100s codegen 5 and 10, roleplay 6, general 8 and 20 req/s; Qwen3-30B-A3B's
+    // trace on two RTX PRO 6000s (DP2 + EP). The two reasoning stages and the saturated
+    // Llama-3.1-8B trace are listed, not counted.
+    assert_eq!(s["stages_compared"], 11, "{s}");
+    assert_eq!(s["stages_overloaded_measured"], 3, "{s}");
     let f = |k: &str| s[k].as_f64().unwrap();
     assert!(f("median_abs_err_e2e_p50") <= 0.10, "{s}");
     assert!(f("max_abs_err_e2e_p50") <= 0.25, "{s}");
     assert!(f("max_abs_err_ttft_p50") <= 0.30, "{s}");
     assert_eq!(s["served_but_predicted_overloaded"], 0, "{s}");
     assert_eq!(r["skipped"].as_array().unwrap().len(), 0, "{}", r["skipped"]);
-    // Both layouts were read: 4 inference-perf experiments and the per-request trace.
+    // Both layouts were read: 8 inference-perf experiments and 2 per-request traces.
     let layouts: Vec<&str> = r["experiments"]
         .as_array()
         .unwrap()
@@ -54,12 +56,12 @@ fn fidelity_on_the_shared_vllm_measurements_meets_the_bar() {
         .collect();
     assert_eq!(
         layouts.iter().filter(|l| **l == "inference-perf").count(),
-        4,
+        8,
         "{layouts:?}"
     );
     assert_eq!(
         layouts.iter().filter(|l| **l == "per-request").count(),
-        1,
+        2,
         "{layouts:?}"
     );
     // Shared system prompts hit the prefix cache.
@@ -80,7 +82,7 @@ fn fidelity_on_the_shared_vllm_measurements_meets_the_bar() {
         .iter()
         .map(|p| PathBuf::from(p.as_str().unwrap()))
         .collect();
-    assert_eq!(scenarios.len(), 5);
+    assert_eq!(scenarios.len(), 10);
     let v = bin().arg("validate").args(&scenarios).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     for f in ["fidelity.json", "fidelity.md", "fidelity.png", "fidelity.svg"] {

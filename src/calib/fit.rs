@@ -428,6 +428,8 @@ pub fn fit(profiles: &[Profile], opts: &FitOptions) -> Result<Calibration> {
             median_rel_err: q.median_rel_err,
             p90_rel_err: q.p90_rel_err,
             points: q.points,
+            leave_one_model_out: None,
+            leave_one_gpu_out: None,
         }),
     })
 }

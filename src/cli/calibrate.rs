@@ -114,9 +114,9 @@ pub enum CalibrateCmd {
         /// Folders holding measured experiments (both `chimera fidelity` layouts).
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
-        /// The GPU whose experiments are fitted.
+        /// Fit only the experiments on this GPU (default: every GPU, one coefficient set).
         #[arg(long)]
-        gpu: String,
+        gpu: Option<String>,
         /// Calibration file to write.
         #[arg(long)]
         out: PathBuf,
@@ -126,7 +126,8 @@ pub enum CalibrateCmd {
         /// Nelder-Mead iterations per start.
         #[arg(long, default_value_t = 150)]
         iterations: usize,
-        /// Also write the fit report (JSON: stages, leave-one-out).
+        /// Also write the fit report (JSON: in-sample stages, leave-one-model-out and
+        /// leave-one-GPU-out stages with their median and max errors).
         #[arg(long)]
         report: Option<PathBuf>,
         /// Folder for the recreated scenarios (default: next to --out).
@@ -198,7 +199,7 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
             let sdir = scenarios.unwrap_or_else(|| out.with_extension("scenarios"));
             let (cal, rep) = crate::fidelity::fit::fit_serving(
                 &dirs,
-                &gpu,
+                gpu.as_deref(),
                 crate::hw::Coefficients::default(),
                 stage_seconds,
                 iterations,
@@ -206,10 +207,14 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
             )?;
             let mut cal = cal;
             if let Some(e) = engine {
-                cal.provenance
-                    .details
-                    .insert("engines".into(), format!("{e} (given with --engine)"));
-                cal.engine = Some(format!("vLLM serving (fitted to {e})"));
+                // Experiments whose files do not record the engine were run on `e`.
+                let engines = cal.provenance.details.get("engines").cloned().unwrap_or_default();
+                let engines = engines.replace(
+                    crate::fidelity::UNRECORDED_ENGINE,
+                    &format!("{e} (given with --engine)"),
+                );
+                cal.provenance.details.insert("engines".into(), engines.clone());
+                cal.engine = Some(format!("vLLM serving (fitted to {engines})"));
             }
             save_calibration(&cal, &out)?;
             println!(
@@ -219,9 +224,18 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
                 rep.coefficients
             );
             super::fidelity::print_stages(&rep.stages);
-            for l in &rep.leave_one_out {
-                println!("\nleave out {} (fitted on the others):", l.held_out);
-                super::fidelity::print_stages(&l.stages);
+            println!("in sample: {}", rep.in_sample.line());
+            for (by, held, pooled) in [
+                ("model", &rep.leave_one_model_out, &rep.leave_one_model_out_summary),
+                ("GPU", &rep.leave_one_gpu_out, &rep.leave_one_gpu_out_summary),
+            ] {
+                for l in held {
+                    println!("\nleave out {by} {} (fitted on the others):", l.held_out);
+                    super::fidelity::print_stages(&l.stages);
+                }
+                if let Some(s) = pooled {
+                    println!("leave one {by} out, all held-out stages: {}", s.line());
+                }
             }
             if let Some(p) = report {
                 let j = serde_json::to_string_pretty(&rep).map_err(|e| Error::other(e.to_string()))?;
@@ -600,6 +614,8 @@ fn server(a: &ServerArgs, out: &Path) -> Result<i32> {
             median_rel_err: err.median_rel_err,
             p90_rel_err: err.p90_rel_err,
             points: err.points,
+            leave_one_model_out: None,
+            leave_one_gpu_out: None,
         }),
     };
     save_calibration(&cal, out)?;

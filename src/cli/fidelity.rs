@@ -68,6 +68,13 @@ pub fn print_stages(stages: &[StageReport]) {
             if s.simulated.overloaded { "yes" } else { "no" },
         );
     }
+    let over: Vec<&StageReport> = stages.iter().filter(|s| s.measured.overloaded).collect();
+    if !over.is_empty() {
+        println!("overloaded in the measurement (compared on failures past the client's timeout, served throughput and TPOT):");
+        for s in over {
+            println!("  {}", crate::fidelity::overload_line(s));
+        }
+    }
 }
 
 fn plot(r: &Report, prefix: &Path) -> Result<Vec<PathBuf>> {

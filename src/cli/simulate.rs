@@ -161,6 +161,13 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path, meas
     if s.engines.iter().any(|e| e.step_time_source == "calibration (derived)") {
         println!("  step times: a calibration derived from another GPU's measurements and the datasheets (not measured on this GPU; see manifest.json)");
     }
+    let mut said: Vec<&str> = Vec::new();
+    for e in &s.engines {
+        if !said.contains(&e.step_time_expected_error.as_str()) {
+            said.push(&e.step_time_expected_error);
+            println!("  step-time error to expect ({}): {}", e.name, e.step_time_expected_error);
+        }
+    }
     println!(
         "  results: {}/{{requests,workflows,engines}}.parquet, summary.json, manifest.json",
         out.display()

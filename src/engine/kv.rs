@@ -390,6 +390,8 @@ pub struct KvSizing<'a> {
     pub model: &'a ModelSpec,
     pub gpu: &'a GpuSpec,
     pub tensor_parallel: u32,
+    /// Expert-parallel ranks sharing a MoE model's routed experts (1: none).
+    pub expert_parallel: u32,
     pub gpu_memory_utilization: f64,
     pub max_num_batched_tokens: u32,
     pub max_model_len: u32,
@@ -406,7 +408,10 @@ pub struct KvSizing<'a> {
 pub fn plan_kv(s: &KvSizing) -> Result<KvPlan> {
     let tp = s.tensor_parallel.max(1) as f64;
     let mem = s.gpu.memory_bytes();
-    let weights = s.model.weight_bytes() as f64 / tp;
+    // Under expert parallelism each rank holds all the other weights (over its tensor-parallel
+    // group) and 1/ep of the routed experts whole.
+    let experts = (s.model.layers * s.model.experts * s.model.expert_bytes()) as f64;
+    let weights = (s.model.weight_bytes() as f64 - experts) / tp + experts / (tp * s.expert_parallel.max(1) as f64);
     let budget = s.max_num_batched_tokens as f64;
     let act = budget * (s.model.vocab as f64 * 4.0 + 2.0 * s.model.intermediate as f64 * 2.0 / tp);
     let non_torch = s.non_torch_gib * GIB;
@@ -479,6 +484,7 @@ mod tests {
             model: m,
             gpu: g,
             tensor_parallel: tp,
+            expert_parallel: 1,
             gpu_memory_utilization: 0.9,
             max_num_batched_tokens: 2048,
             max_model_len: len,

@@ -1,27 +1,31 @@
-//! `calibrate fit-serving`: fit the step model's coefficients so that simulated request
-//! latencies match real vLLM measurements, with a leave-one-experiment-out check.
+//! `calibrate fit-serving`: fit one set of step-model coefficients so that simulated request
+//! latencies match real vLLM measurements, over every model, GPU and parallel layout measured,
+//! with leave-one-model-out and leave-one-GPU-out checks.
 //!
 //! The simulator itself is the model being fitted: each candidate set of coefficients is
 //! priced by simulating every recreated experiment (load stages shortened to a few minutes,
 //! long enough for steady state) and comparing TTFT and E2E percentiles with the measured
-//! ones. Fitted, in a transformed space that keeps them physical: the weight-streaming and
-//! KV-read bandwidth efficiencies (`mbu`, `mbu_attention`), the prefill FLOP efficiency
-//! (`mfu`), the fixed cost of a step (`step_overhead_us`: scheduling, sampling, the graph
-//! launch), the cost per request in a batch (`per_request_us`) and the per-layer cost of steps
-//! not captured as CUDA graphs (`per_layer_us`) and the server's front-end latency
-//! (`frontend_us`: HTTP, tokenisation, hand-off to the engine core). The rest keep their
-//! defaults.
+//! ones (and, for the per-request traces, time per output token). The step model is physical (`hw::steptime`): every engine's step time comes from its
+//! model's architecture, its GPU's datasheet and these coefficients, and no model, GPU or
+//! tensor-parallel size gets coefficients of its own. Fitted, in a transformed space that
+//! keeps them physical: the memory-streaming efficiency (`mbu`, one for weights and KV reads:
+//! `mbu_attention` is set equal), the matrix-product FLOP efficiency (`mfu`), how much compute and memory
+//! time overlap (`overlap`), the fixed cost of a step (`step_overhead_us`), per request in a
+//! batch (`per_request_us`), per layer on the GPU (`layer_us`) and per layer launched outside a
+//! CUDA graph (`per_layer_us`), the latency of one tensor- or expert-parallel collective
+//! (`allreduce_us`) and the API server's front-end latency (`frontend_us`). The rest keep
+//! their defaults.
 
-use super::{simulate, write_scenario, Experiment, StageReport};
+use super::{simulate, summarize, write_scenario, Experiment, StageReport, Summary};
 use crate::calib::fit::nelder_mead;
 use crate::error::{Error, Result};
-use crate::hw::calibration::{Calibration, FitQuality, Provenance, ProvenanceKind, CALIBRATION_FORMAT};
+use crate::hw::calibration::{Calibration, FitQuality, HeldOutError, Provenance, ProvenanceKind, CALIBRATION_FORMAT};
 use crate::hw::Coefficients;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-pub const FITTED: [&str; 7] = [
+pub const FITTED: [&str; 11] = [
     "mbu",
     "mbu_attention",
     "mfu",
@@ -29,7 +33,15 @@ pub const FITTED: [&str; 7] = [
     "per_request_us",
     "per_layer_us",
     "frontend_us",
+    "layer_us",
+    "allreduce_us",
+    "overlap",
+    "expert_us",
 ];
+
+/// What `calibration.gpu` says for a fit over several GPUs: it applies to any GPU, on that
+/// GPU's datasheet figures.
+pub const ANY_GPU: &str = "any";
 
 fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
@@ -40,13 +52,16 @@ fn sigmoid(x: f64) -> f64 {
 
 fn to_x(c: &Coefficients) -> Vec<f64> {
     vec![
-        logit(c.mbu.clamp(0.05, 0.99)),
-        logit(c.mbu_attention.clamp(0.05, 0.99)),
+        logit(((c.mbu - 0.05) / 0.95).clamp(0.01, 0.99)),
         logit(((c.mfu - 0.05) / 0.75).clamp(0.01, 0.99)),
         c.step_overhead_us.max(1.0).ln(),
         c.per_request_us.max(0.1).ln(),
         c.per_layer_us.max(0.1).ln(),
         c.frontend_us.max(1.0).ln(),
+        c.layer_us.max(0.1).ln(),
+        c.allreduce_us.max(0.1).ln(),
+        logit(c.overlap.clamp(0.01, 0.99)),
+        c.expert_us.max(0.1).ln(),
     ]
 }
 
@@ -55,14 +70,20 @@ fn from_x(base: &Coefficients, x: &[f64]) -> Coefficients {
     let frac = |v: f64| 0.05 + 0.95 * sigmoid(v);
     let us = |v: f64| v.clamp(-5.0, 13.8).exp();
     Coefficients {
+        // One streaming efficiency for weights and KV: both are long reads from the same
+        // memory, and a model without much KV traffic cannot tell the two apart.
         mbu: frac(x[0]),
-        mbu_attention: frac(x[1]),
+        mbu_attention: frac(x[0]),
         // Dense BF16 matrix products reach about 0.7-0.8 of the datasheet peak at best.
-        mfu: 0.05 + 0.75 * sigmoid(x[2]),
-        step_overhead_us: us(x[3]),
-        per_request_us: us(x[4]),
-        per_layer_us: us(x[5]),
-        frontend_us: us(x[6]),
+        mfu: 0.05 + 0.75 * sigmoid(x[1]),
+        step_overhead_us: us(x[2]),
+        per_request_us: us(x[3]),
+        per_layer_us: us(x[4]),
+        frontend_us: us(x[5]),
+        layer_us: us(x[6]),
+        allreduce_us: us(x[7]),
+        overlap: sigmoid(x[8]).max(1e-3),
+        expert_us: us(x[9]),
         ..*base
     }
 }
@@ -81,12 +102,21 @@ fn loss(cases: &[&Case], c: Coefficients, stage_s: f64) -> f64 {
             return 1e6;
         };
         for (m, s) in case.exp.stages.iter().zip(&sim) {
-            if m.overloaded || s.requests == 0 {
+            if s.requests == 0 {
                 continue;
             }
             let l = |a: f64, b: f64| (a.max(1e-6) / b.max(1e-6)).ln().powi(2);
-            sum += l(s.e2e.p50, m.e2e.p50) + 0.5 * l(s.ttft.p50, m.ttft.p50) + 0.25 * l(s.e2e.p90, m.e2e.p90);
-            n += 1.0;
+            let tpot = m.tpot.as_ref().map_or(0.0, |t| l(s.tpot.p50, t.p50));
+            if !m.overloaded {
+                sum += l(s.e2e.p50, m.e2e.p50) + 0.5 * l(s.ttft.p50, m.ttft.p50) + 0.25 * l(s.e2e.p90, m.e2e.p90) + tpot;
+                n += 1.0;
+            } else if case.exp.trace.is_some() {
+                // An exact trace replay that queues: its arrivals are replayed as they came, so
+                // its time per output token and E2E still measure the engine (a steady-rate
+                // stage past its capacity does not: it is never fitted).
+                sum += tpot + 0.5 * l(s.e2e.p50, m.e2e.p50);
+                n += 1.0;
+            }
         }
     }
     if n == 0.0 {
@@ -110,12 +140,19 @@ fn fit_on(cases: &[&Case], base: &Coefficients, stage_s: f64, iters: usize) -> (
             per_request_us: 10.0,
             per_layer_us: 10.0,
             frontend_us: 5000.0,
+            layer_us: 10.0,
+            allreduce_us: 10.0,
+            overlap: 0.7,
+            expert_us: 5.0,
             ..*base
         }),
     ];
     let mut best: Option<(Vec<f64>, f64)> = None;
     for x0 in starts {
         let (x, v) = nelder_mead(&f, &x0, 0.5, iters);
+        // A restart from the first result escapes a collapsed simplex.
+        let (x2, v2) = nelder_mead(&f, &x, 0.2, iters / 2 + 1);
+        let (x, v) = if v2 < v { (x2, v2) } else { (x, v) };
         if best.as_ref().is_none_or(|b| v < b.1) {
             best = Some((x, v));
         }
@@ -124,54 +161,129 @@ fn fit_on(cases: &[&Case], base: &Coefficients, stage_s: f64, iters: usize) -> (
     (from_x(base, &x), v)
 }
 
-/// The result of one fit, with its own check.
+/// The result of one fit, with its own checks.
 #[derive(Debug, Serialize)]
 pub struct FitReport {
+    /// The GPU fitted, or `any` for a fit over every GPU measured.
     pub gpu: String,
     pub experiments: Vec<String>,
+    pub models: Vec<String>,
+    pub gpus: Vec<String>,
     pub coefficients: Coefficients,
     pub loss: f64,
-    /// Every stage with the fitted coefficients (full-length stages).
+    /// Every stage with the fitted coefficients (full-length stages): in-sample.
     pub stages: Vec<StageReport>,
-    /// Each experiment predicted by coefficients fitted on the others.
-    pub leave_one_out: Vec<LooResult>,
+    pub in_sample: Summary,
+    /// Each model's experiments predicted by coefficients fitted on the other models'.
+    pub leave_one_model_out: Vec<HeldOut>,
+    /// Each GPU's experiments predicted by coefficients fitted on the other GPUs'.
+    pub leave_one_gpu_out: Vec<HeldOut>,
+    /// The held-out stages of every leave-one-model-out fit together (absent with one model).
+    pub leave_one_model_out_summary: Option<Summary>,
+    /// The same for leave-one-GPU-out (absent with one GPU).
+    pub leave_one_gpu_out_summary: Option<Summary>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct LooResult {
+pub struct HeldOut {
     pub held_out: String,
     pub coefficients: Coefficients,
     pub stages: Vec<StageReport>,
+    pub summary: Summary,
 }
 
-/// Fit `gpu`'s coefficients to every experiment under `roots` measured on it. Scenarios are
-/// written under `scenario_dir`; `stage_s` caps each load stage while fitting.
+fn full_stages(c: &Coefficients, case: &Case) -> Result<Vec<StageReport>> {
+    let sim = simulate(&case.exp, &case.scenario, Some(*c), None)?;
+    Ok(case
+        .exp
+        .stages
+        .iter()
+        .zip(&sim)
+        .map(|(m, s)| StageReport::new(&case.exp, m, s))
+        .collect())
+}
+
+/// Fit on every case but those `key` maps to `held`, then predict the held ones. Each held
+/// group runs on its own thread (the fits are deterministic, so threads change nothing).
+fn hold_out(
+    cases: &[Case],
+    key: &(dyn Fn(&Experiment) -> String + Sync),
+    base: &Coefficients,
+    stage_s: f64,
+    iters: usize,
+) -> Result<Vec<HeldOut>> {
+    let groups: BTreeSet<String> = cases.iter().map(|c| key(&c.exp)).collect();
+    if groups.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let groups: Vec<String> = groups.into_iter().collect();
+    let results: Vec<Result<HeldOut>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                sc.spawn(move || -> Result<HeldOut> {
+                    let rest: Vec<&Case> = cases.iter().filter(|c| key(&c.exp) != *g).collect();
+                    let held: Vec<&Case> = cases.iter().filter(|c| key(&c.exp) == *g).collect();
+                    let (c, _) = fit_on(&rest, base, stage_s, iters);
+                    let mut stages = Vec::new();
+                    for h in held {
+                        stages.extend(full_stages(&c, h)?);
+                    }
+                    Ok(HeldOut {
+                        held_out: g.clone(),
+                        coefficients: c,
+                        summary: summarize(&stages),
+                        stages,
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::other("a held-out fit panicked"))))
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+fn held_error(s: &Summary) -> HeldOutError {
+    HeldOutError {
+        median_abs_err_e2e_p50: s.median_abs_err_e2e_p50,
+        max_abs_err_e2e_p50: s.max_abs_err_e2e_p50,
+        stages: s.stages_compared as u64,
+    }
+}
+
+/// Fit one coefficient set to every experiment under `roots` (those measured on `gpu` if
+/// given, else all of them). Scenarios are written under `scenario_dir`; `stage_s` caps each
+/// load stage while fitting.
 pub fn fit_serving(
     roots: &[PathBuf],
-    gpu: &str,
+    gpu: Option<&str>,
     base: Coefficients,
     stage_s: f64,
     iters: usize,
     scenario_dir: &Path,
 ) -> Result<(Calibration, FitReport)> {
     let cat = crate::hw::Catalog::builtin();
-    let gpu = cat.gpu(gpu)?.name.clone();
+    let gpu = gpu.map(|g| cat.gpu(g).map(|x| x.name.clone())).transpose()?;
     let (exps, skipped) = super::discover(roots, None)?;
     let mut cases = Vec::new();
-    for e in exps.into_iter().filter(|e| e.gpu == gpu) {
-        if e.stages.iter().all(|s| s.overloaded) {
+    for e in exps.into_iter().filter(|e| gpu.as_ref().is_none_or(|g| e.gpu == *g)) {
+        if e.trace.is_none() && e.stages.iter().all(|s| s.overloaded) {
             continue;
         }
         let scenario = write_scenario(&e, "null", scenario_dir)?;
         cases.push(Case { exp: e, scenario });
     }
+    let on = gpu.clone().unwrap_or_else(|| "any GPU".into());
     if cases.is_empty() {
         let why: Vec<String> = skipped
             .iter()
             .map(|s| format!("{}: {}", s.dir.display(), s.reason))
             .collect();
         return Err(Error::bad(format!(
-            "no measured experiment on {gpu} served within its rate under the given folders{}",
+            "no measured experiment on {on} served within its rate under the given folders{}",
             if why.is_empty() {
                 String::new()
             } else {
@@ -181,37 +293,19 @@ pub fn fit_serving(
     }
     let all: Vec<&Case> = cases.iter().collect();
     let (coeffs, l) = fit_on(&all, &base, stage_s, iters);
-    let full = |c: &Coefficients, case: &Case| -> Result<Vec<StageReport>> {
-        let sim = simulate(&case.exp, &case.scenario, Some(*c), None)?;
-        Ok(case
-            .exp
-            .stages
-            .iter()
-            .zip(&sim)
-            .map(|(m, s)| StageReport::new(&case.exp, m, s))
-            .collect())
-    };
     let mut stages = Vec::new();
     for c in &cases {
-        stages.extend(full(&coeffs, c)?);
+        stages.extend(full_stages(&coeffs, c)?);
     }
-    let mut loo = Vec::new();
-    if cases.len() > 1 {
-        for (i, held) in cases.iter().enumerate() {
-            let rest: Vec<&Case> = cases
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, c)| c)
-                .collect();
-            let (c, _) = fit_on(&rest, &base, stage_s, iters);
-            loo.push(LooResult {
-                held_out: held.exp.name.clone(),
-                coefficients: c,
-                stages: full(&c, held)?,
-            });
+    let lomo = hold_out(&cases, &|e: &Experiment| e.model.clone(), &base, stage_s, iters)?;
+    let logo = hold_out(&cases, &|e: &Experiment| e.gpu.clone(), &base, stage_s, iters)?;
+    let pooled = |h: &[HeldOut]| -> Option<Summary> {
+        if h.is_empty() {
+            return None;
         }
-    }
+        let all: Vec<StageReport> = h.iter().flat_map(|x| x.stages.iter().cloned()).collect();
+        Some(summarize(&all))
+    };
     let errs: Vec<f64> = stages
         .iter()
         .filter(|s| !s.measured.overloaded)
@@ -219,20 +313,52 @@ pub fn fit_serving(
         .collect();
     let q = crate::calib::fit::ErrStats::of(&errs);
     let names: Vec<String> = cases.iter().map(|c| c.exp.name.clone()).collect();
+    let distinct = |f: &dyn Fn(&Case) -> String| -> Vec<String> {
+        let set: BTreeSet<String> = cases.iter().map(f).collect();
+        set.into_iter().collect()
+    };
+    let models = distinct(&|c| c.exp.model.clone());
+    let gpus = distinct(&|c| c.exp.gpu.clone());
     let mut details = BTreeMap::new();
     details.insert("experiments".into(), names.join(", "));
-    let distinct = |f: &dyn Fn(&Case) -> String| -> String {
-        let set: std::collections::BTreeSet<String> = cases.iter().map(f).collect();
-        set.into_iter().collect::<Vec<_>>().join(", ")
-    };
-    details.insert("engines".into(), distinct(&|c| c.exp.engine.clone()));
-    details.insert("models".into(), distinct(&|c| c.exp.model.clone()));
+    details.insert("engines".into(), distinct(&|c| c.exp.engine.clone()).join(", "));
+    details.insert("models".into(), models.join(", "));
+    details.insert("gpus".into(), gpus.join(", "));
+    details.insert(
+        "layouts".into(),
+        distinct(&|c| {
+            let e = &c.exp;
+            let mut s = format!("TP{}", e.tensor_parallel);
+            if e.data_parallel > 1 {
+                s += &format!(" DP{}", e.data_parallel);
+            }
+            if e.expert_parallel {
+                s += " EP";
+            }
+            s
+        })
+        .join(", "),
+    );
     details.insert(
         "method".into(),
         format!(
-            "Nelder-Mead on the simulator: minimise mean squared log error of E2E p50 (weight 1), TTFT p50 (0.5) and E2E p90 (0.25) over the stages vLLM served within its rate, load stages capped at {stage_s} s; CUDA-graph decode and prefix caching on, as in vLLM's defaults"
+            "Nelder-Mead on the simulator: minimise mean squared log error of E2E p50 (weight 1), TTFT p50 (0.5) and E2E p90 (0.25) over the stages vLLM served within its rate, load stages capped at {stage_s} s; one coefficient set for every model, GPU and parallel layout (efficiencies are fractions of each GPU's datasheet figures); CUDA-graph decode and prefix caching on, as in vLLM's defaults"
         ),
     );
+    let pct = |s: &Option<Summary>| {
+        s.as_ref().map_or("n/a (one group)".to_string(), |s| {
+            format!(
+                "E2E p50 error median {:.1} %, max {:.1} % over {} stages",
+                100.0 * s.median_abs_err_e2e_p50,
+                100.0 * s.max_abs_err_e2e_p50,
+                s.stages_compared
+            )
+        })
+    };
+    let lomo_s = pooled(&lomo);
+    let logo_s = pooled(&logo);
+    details.insert("leave_one_model_out".into(), pct(&lomo_s));
+    details.insert("leave_one_gpu_out".into(), pct(&logo_s));
     details.insert(
         "fitted_by".into(),
         format!("chimera {} calibrate fit-serving", env!("CARGO_PKG_VERSION")),
@@ -240,7 +366,7 @@ pub fn fit_serving(
     let dirs: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
     let cal = Calibration {
         format: CALIBRATION_FORMAT.into(),
-        gpu: gpu.clone(),
+        gpu: gpu.clone().unwrap_or_else(|| ANY_GPU.into()),
         model: None,
         tensor_parallel: None,
         engine: Some(format!("vLLM serving (fitted to {})", details["engines"])),
@@ -259,17 +385,25 @@ pub fn fit_serving(
             median_rel_err: q.median_rel_err,
             p90_rel_err: q.p90_rel_err,
             points: q.points,
+            leave_one_model_out: lomo_s.as_ref().map(held_error),
+            leave_one_gpu_out: logo_s.as_ref().map(held_error),
         }),
     };
     Ok((
         cal,
         FitReport {
-            gpu,
+            gpu: gpu.unwrap_or_else(|| ANY_GPU.into()),
             experiments: names,
+            models,
+            gpus,
             coefficients: coeffs,
             loss: l,
+            in_sample: summarize(&stages),
             stages,
-            leave_one_out: loo,
+            leave_one_model_out: lomo,
+            leave_one_gpu_out: logo,
+            leave_one_model_out_summary: lomo_s.clone(),
+            leave_one_gpu_out_summary: logo_s.clone(),
         },
     ))
 }

@@ -17,13 +17,19 @@
 pub mod fit;
 
 use crate::error::{Error, Result};
-use crate::hw::{Catalog, Coefficients, StepTimeModel};
+use crate::hw::{Catalog, Coefficients};
 use crate::sim::{RequestTiming, Simulation};
 use crate::time::Nanos;
 use crate::workload::serving::{LoadSpec, LoadStage, RequestShape, ServingSpec};
 use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+
+/// How long inference-perf waits for a request (its aiohttp client's default total timeout).
+pub const INFERENCE_PERF_TIMEOUT_S: f64 = 300.0;
+
+/// The engine of an experiment whose files do not record it.
+pub const UNRECORDED_ENGINE: &str = "vLLM (version not recorded)";
 
 /// Latency distribution figures, seconds.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Default)]
@@ -69,8 +75,13 @@ pub struct MeasuredStage {
     pub duration_s: Option<f64>,
     pub requests: u64,
     pub failures: u64,
+    /// Answered requests per second of the stage (rate stages).
+    pub served_per_s: Option<f64>,
     pub ttft: Dist,
     pub e2e: Dist,
+    /// Time per output token after the first, (last - first token) / (output - 1), where the
+    /// measurement has per-request token times (the per-request layout).
+    pub tpot: Option<Dist>,
     /// The server did not keep up: requests failed, or queueing dominated (TTFT p50 > 2 s).
     pub overloaded: bool,
 }
@@ -86,6 +97,14 @@ pub struct Experiment {
     /// Where the GPU name came from (a field, or the folder name).
     pub gpu_from: String,
     pub tensor_parallel: u32,
+    /// vLLM's `data_parallel_size`: engines (ranks) serving the experiment together.
+    pub data_parallel: u32,
+    /// The ranks split a MoE model's experts (`enable_expert_parallel`).
+    pub expert_parallel: bool,
+    /// Requests came through vLLM's HTTP API server (false: the engine driven in-process).
+    pub api_server: bool,
+    /// The load generator gives up on a request after this long (it then counts as failed).
+    pub client_timeout_s: Option<f64>,
     pub max_num_batched_tokens: u32,
     pub max_num_seqs: u32,
     pub max_model_len: Option<u32>,
@@ -288,8 +307,11 @@ fn read_inference_perf(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
             duration_s: Some(st.duration_s),
             requests: m["successes"]["count"].as_u64().unwrap_or(0),
             failures,
+            served_per_s: (st.duration_s > 0.0)
+                .then(|| m["successes"]["count"].as_u64().unwrap_or(0) as f64 / st.duration_s),
             ttft,
             e2e,
+            tpot: None,
             overloaded: failures > 0 || ttft.p50 > 2.0,
         });
     }
@@ -330,6 +352,11 @@ fn read_inference_perf(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
         gpu,
         gpu_from,
         tensor_parallel: u32_field(&exp, "tensor_parallelism").unwrap_or(1),
+        data_parallel: 1,
+        expert_parallel: false,
+        api_server: true,
+        // inference-perf's aiohttp client session: aiohttp's default total timeout, 300 s.
+        client_timeout_s: Some(INFERENCE_PERF_TIMEOUT_S),
         max_num_batched_tokens: u32_field(&exp, "max_num_batched_tokens").unwrap_or(2048),
         max_num_seqs: u32_field(&exp, "max_num_seqs").unwrap_or(256),
         max_model_len: u32_field(&exp, "max_model_len"),
@@ -337,7 +364,7 @@ fn read_inference_perf(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
             .get("vllm_version")
             .and_then(Value::as_str)
             .map(|v| format!("vLLM {v}"))
-            .unwrap_or_else(|| "vLLM (version not recorded)".into()),
+            .unwrap_or_else(|| UNRECORDED_ENGINE.into()),
         workload: ServingSpec {
             requests: RequestShape::SharedPrefix {
                 groups,
@@ -401,7 +428,12 @@ fn read_per_request(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
     let t0 = rows[0].0;
     let mut ttft: Vec<f64> = rows.iter().map(|r| r.3).collect();
     let mut e2e: Vec<f64> = rows.iter().map(|r| r.4).collect();
-    let (ttft, e2e) = (Dist::of(&mut ttft), Dist::of(&mut e2e));
+    let mut tpot: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.2 > 1)
+        .map(|r| (r.4 - r.3) / (r.2 - 1) as f64)
+        .collect();
+    let (ttft, e2e, tpot) = (Dist::of(&mut ttft), Dist::of(&mut e2e), Dist::of(&mut tpot));
     Ok(Experiment {
         name: name_of(d),
         dir: d.to_path_buf(),
@@ -410,13 +442,17 @@ fn read_per_request(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
         gpu,
         gpu_from,
         tensor_parallel: u32_field(kw, "tensor_parallel_size").unwrap_or(1),
+        data_parallel: u32_field(kw, "data_parallel_size").unwrap_or(1).max(1),
+        expert_parallel: kw["enable_expert_parallel"].as_bool() == Some(true),
+        api_server: false,
+        client_timeout_s: None,
         max_num_batched_tokens: u32_field(kw, "max_num_batched_tokens").unwrap_or(2048),
         max_num_seqs: u32_field(kw, "max_num_seqs").unwrap_or(256),
         max_model_len: u32_field(kw, "max_model_len"),
         engine: meta["vllm_version"]
             .as_str()
             .map(|v| format!("vLLM {v}"))
-            .unwrap_or_else(|| "vLLM (version not recorded)".into()),
+            .unwrap_or_else(|| UNRECORDED_ENGINE.into()),
         workload: ServingSpec {
             requests: RequestShape::Trace {
                 path: format!("{}.requests.csv", name_of(d)),
@@ -430,11 +466,30 @@ fn read_per_request(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
             duration_s: None,
             requests: rows.len() as u64,
             failures: 0,
+            served_per_s: None,
             ttft,
             e2e,
+            tpot: Some(tpot),
             overloaded: ttft.p50 > 2.0,
         }],
-        notes: vec!["the exact per-request trace: same arrivals (queued times), prompt and output lengths".into()],
+        notes: {
+            let mut n = vec![
+                "the exact per-request trace: same arrivals (queued times), prompt and output lengths".to_string(),
+                "vLLM driven in-process (AsyncLLM, no HTTP server): times run from the engine core's queue, so no front-end time is simulated".to_string(),
+            ];
+            let dp = u32_field(kw, "data_parallel_size").unwrap_or(1);
+            if dp > 1 {
+                n.push(format!(
+                    "data_parallel_size {dp}{}: {dp} engines, requests spread round robin",
+                    if kw["enable_expert_parallel"].as_bool() == Some(true) {
+                        " with expert parallelism (each rank holds 1/{dp} of the experts; ranks step together)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            n
+        },
     })
 }
 
@@ -481,7 +536,7 @@ pub fn scenario_yaml(e: &Experiment, calibration: &str) -> (String, Option<(Stri
          # GPU from {gpu_from}.\n{notes}\
          name: fidelity-{name}\n\
          seed: 1\n\
-         cluster:\n  engines:\n    - model: {model}\n      gpu: {gpu}\n      tensor_parallel: {tp}\n\
+         cluster:\n  engines:\n    - model: {model}\n      gpu: {gpu}\n      tensor_parallel: {tp}\n{dp}\
          \x20     max_num_batched_tokens: {budget}\n      max_num_seqs: {seqs}\n{max_len}\
          \x20     enable_prefix_caching: true\n      calibration: {calibration}\n\
          workload:\n  kind: serving\n  requests: {requests}\n  arrivals: {arrivals}\n\
@@ -495,6 +550,19 @@ pub fn scenario_yaml(e: &Experiment, calibration: &str) -> (String, Option<(Stri
         model = e.model,
         gpu = e.gpu,
         tp = e.tensor_parallel,
+        dp = {
+            let mut x = String::new();
+            if e.data_parallel > 1 {
+                x += &format!("      replicas: {}\n", e.data_parallel);
+                if e.expert_parallel {
+                    x += &format!("      expert_parallel: {}\n", e.data_parallel);
+                }
+            }
+            if !e.api_server {
+                x += "      api_server: false\n";
+            }
+            x
+        },
         budget = e.max_num_batched_tokens,
         seqs = e.max_num_seqs,
     );
@@ -514,9 +582,15 @@ pub fn scenario_yaml(e: &Experiment, calibration: &str) -> (String, Option<(Stri
 /// One load stage as simulated.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimStage {
+    /// Requests answered (within the client's timeout, where it has one).
     pub requests: u64,
+    /// Requests past the client's timeout (the load generator gave up on them).
+    pub failed: u64,
+    /// Answered requests per second of the stage.
+    pub served_per_s: Option<f64>,
     pub ttft: Dist,
     pub e2e: Dist,
+    pub tpot: Dist,
     /// The queue grows over the stage: TTFT p50 of the stage's last fifth of arrivals is above
     /// 1 s and 3x that of its first fifth.
     pub overloaded: bool,
@@ -553,11 +627,8 @@ pub fn simulate(
         }
     }
     if let Some(c) = coeffs {
-        let cat = Catalog::builtin();
         for en in &mut r.engines {
-            let (m, g) = (cat.model(&en.model)?, cat.gpu(&en.gpu)?);
-            let cap = en.steptime.max_capture();
-            en.steptime = StepTimeModel::new(m, g, en.tensor_parallel, c).with_cuda_graphs(cap);
+            en.set_coefficients(c)?;
         }
     }
     let bounds = match &r.scenario.workload {
@@ -581,15 +652,32 @@ pub fn simulate(
                 .filter(|t| t.arrival_ns >= lo && t.arrival_ns < hi)
                 .collect();
             v.sort_by_key(|t| t.arrival_ns);
-            stage_of(&v, hit)
+            let span = m.duration_s.or_else(|| {
+                // A trace: from the first arrival to the last one.
+                let (a, b) = (v.first()?.arrival_ns, v.last()?.arrival_ns);
+                Some((b - a) as f64 * 1e-9).filter(|d| *d > 0.0)
+            });
+            stage_of(&v, hit, e.client_timeout_s, span)
         })
         .collect())
 }
 
-fn stage_of(v: &[&RequestTiming], hit: f64) -> SimStage {
+/// One simulated stage; with a client timeout, requests whose E2E exceeds it count as failed
+/// (the load generator gave up on them) and the latencies are those of the rest, as the load
+/// generator reports them.
+fn stage_of(all: &[&RequestTiming], hit: f64, timeout_s: Option<f64>, span_s: Option<f64>) -> SimStage {
     let s = |x: Nanos| x as f64 * 1e-9;
+    let limit = timeout_s.map_or(Nanos::MAX, |t| (t * 1e9) as Nanos);
+    let v: Vec<&RequestTiming> = all.iter().copied().filter(|t| t.e2e_ns <= limit).collect();
+    let failed = (all.len() - v.len()) as u64;
+    let v = &v[..];
     let mut ttft: Vec<f64> = v.iter().map(|t| s(t.ttft_ns)).collect();
     let mut e2e: Vec<f64> = v.iter().map(|t| s(t.e2e_ns)).collect();
+    let mut tpot: Vec<f64> = v
+        .iter()
+        .filter(|t| t.output_tokens > 1)
+        .map(|t| s(t.e2e_ns - t.ttft_ns) / (t.output_tokens - 1) as f64)
+        .collect();
     let fifth = (v.len() / 5).max(1).min(v.len());
     let p50 = |xs: &[&RequestTiming]| {
         let mut t: Vec<f64> = xs.iter().map(|t| s(t.ttft_ns)).collect();
@@ -603,8 +691,11 @@ fn stage_of(v: &[&RequestTiming], hit: f64) -> SimStage {
     };
     SimStage {
         requests: v.len() as u64,
+        failed,
+        served_per_s: span_s.map(|d| v.len() as f64 / d),
         ttft: Dist::of(&mut ttft),
         e2e: Dist::of(&mut e2e),
+        tpot: Dist::of(&mut tpot),
         overloaded,
         prefix_hit_rate: hit,
     }
@@ -621,6 +712,8 @@ pub struct StageReport {
     /// Relative errors (simulated / measured - 1) of TTFT and E2E mean, p50, p90, p99.
     pub ttft_err: Dist,
     pub e2e_err: Dist,
+    /// Where the measurement has per-request token times.
+    pub tpot_err: Option<Dist>,
 }
 
 fn rel(s: &Dist, m: &Dist) -> Dist {
@@ -643,8 +736,33 @@ impl StageReport {
             simulated: s.clone(),
             ttft_err: rel(&s.ttft, &m.ttft),
             e2e_err: rel(&s.e2e, &m.e2e),
+            tpot_err: m.tpot.as_ref().map(|t| rel(&s.tpot, t)),
         }
     }
+}
+
+/// How an overloaded stage compares: the share of requests that failed (past the client's
+/// timeout), answered requests per second and, with per-request times, TPOT p50.
+pub fn overload_line(s: &StageReport) -> String {
+    let share = |failed: u64, ok: u64| 100.0 * failed as f64 / (failed + ok).max(1) as f64;
+    let served = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}/s"));
+    let mut line = format!(
+        "{} stage {}: failed {:.0} % measured, {:.0} % simulated; served {} measured, {} simulated",
+        s.experiment,
+        s.stage,
+        share(s.measured.failures, s.measured.requests),
+        share(s.simulated.failed, s.simulated.requests),
+        served(s.measured.served_per_s),
+        served(s.simulated.served_per_s),
+    );
+    if let Some(t) = &s.measured.tpot {
+        line += &format!(
+            "; TPOT p50 {:.1} ms measured, {:.1} ms simulated",
+            1e3 * t.p50,
+            1e3 * s.simulated.tpot.p50
+        );
+    }
+    line
 }
 
 /// The bar's figures over the stages vLLM served without overload.
@@ -746,6 +864,13 @@ pub fn markdown(r: &Report) -> String {
     }
     for k in &r.skipped {
         t += &format!("| {} | skipped: {} |||||||||||\n", k.dir.display(), k.reason);
+    }
+    let over: Vec<&StageReport> = r.stages.iter().filter(|s| s.measured.overloaded).collect();
+    if !over.is_empty() {
+        t += "\nOverloaded in the measurement, compared on what the load generator saw (failures past its timeout, served throughput) and, where per-request times exist, TPOT:\n\n";
+        for s in over {
+            t += &format!("- {}\n", overload_line(s));
+        }
     }
     t += &format!("\n{}\n", r.summary.line());
     t

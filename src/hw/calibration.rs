@@ -46,6 +46,17 @@ pub struct Coefficients {
     /// tokenisation, the API server to engine hand-off) plus the stream's way back, which a
     /// client sees in TTFT and E2E but no GPU step contains, microseconds. Serving fits only.
     pub frontend_us: f64,
+    /// Fixed GPU time of one decoder layer's kernels in every step, CUDA graph or not (each
+    /// kernel's ramp and tail, which a graph does not remove), microseconds. Serving fits only.
+    pub layer_us: f64,
+    /// How much of the shorter of a kernel group's compute and memory times hides under the
+    /// longer: 1 is the ideal roofline (`max`), 0 runs them one after the other (sum). Real
+    /// kernels near the ridge point sit between. Serving fits only.
+    pub overlap: f64,
+    /// Fixed GPU time per routed expert a MoE layer runs in a step (each expert's matrix
+    /// products fill and drain their pipelines however few tokens it gets), microseconds.
+    /// Serving fits only.
+    pub expert_us: f64,
 }
 
 impl Default for Coefficients {
@@ -64,6 +75,9 @@ impl Default for Coefficients {
             elementwise_fixed_us: 2.0,
             attention_fixed_us: 4.0,
             frontend_us: 0.0,
+            layer_us: 0.0,
+            overlap: 1.0,
+            expert_us: 0.0,
         }
     }
 }
@@ -84,9 +98,12 @@ impl Coefficients {
         "elementwise_fixed_us",
         "attention_fixed_us",
         "frontend_us",
+        "layer_us",
+        "overlap",
+        "expert_us",
     ];
     /// Coefficients a calibration may leave out (serving fits only; 0 otherwise).
-    pub const OPTIONAL: &'static [&'static str] = &["frontend_us"];
+    pub const OPTIONAL: &'static [&'static str] = &["frontend_us", "layer_us", "overlap", "expert_us"];
 
     /// A coefficient by name.
     pub fn get(&self, name: &str) -> Option<f64> {
@@ -100,6 +117,7 @@ impl Coefficients {
             ("mfu_attention", self.mfu_attention),
             ("mbu_attention", self.mbu_attention),
             ("mbu_elementwise", self.mbu_elementwise),
+            ("overlap", self.overlap),
         ];
         for (name, v) in fracs {
             if !(v > 0.0 && v <= 1.0) {
@@ -118,6 +136,8 @@ impl Coefficients {
             ("elementwise_fixed_us", self.elementwise_fixed_us),
             ("attention_fixed_us", self.attention_fixed_us),
             ("frontend_us", self.frontend_us),
+            ("layer_us", self.layer_us),
+            ("expert_us", self.expert_us),
         ];
         for (name, v) in times {
             if !(v >= 0.0 && v < 1e9) {
@@ -160,6 +180,46 @@ pub struct FitQuality {
     pub median_rel_err: f64,
     pub p90_rel_err: f64,
     pub points: u64,
+    /// Serving fits: the median and largest absolute E2E p50 error on stages of models the
+    /// fit did not see (each model held out in turn): what to expect on an unmeasured model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_one_model_out: Option<HeldOutError>,
+    /// The same with each GPU held out in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leave_one_gpu_out: Option<HeldOutError>,
+}
+
+/// Cross-validated error of a serving fit.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldOutError {
+    pub median_abs_err_e2e_p50: f64,
+    pub max_abs_err_e2e_p50: f64,
+    pub stages: u64,
+}
+
+impl FitQuality {
+    /// What to expect of this calibration's E2E p50 on a configuration it was not fitted to,
+    /// in words (None: no cross-validation recorded).
+    pub fn expected_error(&self) -> Option<String> {
+        let part = |name: &str, h: &Option<HeldOutError>| {
+            h.map(|h| {
+                format!(
+                    "{name} {:.0} % median, {:.0} % max",
+                    100.0 * h.median_abs_err_e2e_p50,
+                    100.0 * h.max_abs_err_e2e_p50
+                )
+            })
+        };
+        let parts: Vec<String> = [
+            part("unseen model", &self.leave_one_model_out),
+            part("unseen GPU", &self.leave_one_gpu_out),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| format!("E2E p50 error: {} (cross-validated)", parts.join("; ")))
+    }
 }
 
 /// The peak figures a calibration's efficiencies are fractions of.
@@ -351,17 +411,25 @@ impl Calibration {
         Ok((Calibration::load(&p)?, p.display().to_string()))
     }
 
+    /// A fit over several GPUs (`gpu: any`): its efficiencies are fractions of whichever GPU's
+    /// datasheet figures the engine runs on.
+    pub fn for_any_gpu(&self) -> bool {
+        self.gpu == crate::fidelity::fit::ANY_GPU
+    }
+
     /// Check that this calibration applies to an engine of `model` on `gpu` at degree `tp`.
     pub fn check_applies(&self, origin: &str, gpu: &str, model: &str, tp: u32) -> Result<()> {
         let cat = crate::hw::Catalog::builtin();
-        let my_gpu = cat
-            .gpu(&self.gpu)
-            .map_err(|e| e.context(format!("calibration {origin}: gpu")))?;
-        if my_gpu.name != gpu {
-            return Err(Error::bad(format!(
-                "calibration {} is for GPU {}, but the engine runs on {gpu}",
-                origin, my_gpu.name
-            )));
+        if !self.for_any_gpu() {
+            let my_gpu = cat
+                .gpu(&self.gpu)
+                .map_err(|e| e.context(format!("calibration {origin}: gpu")))?;
+            if my_gpu.name != gpu {
+                return Err(Error::bad(format!(
+                    "calibration {} is for GPU {}, but the engine runs on {gpu}",
+                    origin, my_gpu.name
+                )));
+            }
         }
         if let Some(m) = &self.model {
             let mine = cat

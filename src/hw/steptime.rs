@@ -60,6 +60,7 @@ pub struct StepTimeModel {
     pub coeffs: Coefficients,
     lin_flops_per_token: f64,
     head_flops_per_row: f64,
+    /// Weights every step reads on one GPU (all but the routed experts).
     weight_bytes: f64,
     attn_flop_factor: f64,
     kv_bytes_per_token: f64,
@@ -75,6 +76,23 @@ pub struct StepTimeModel {
     tp: f64,
     /// Largest batch replayed from a captured CUDA graph (0: eager engine, no graphs).
     max_capture: u32,
+    moe: Option<Moe>,
+}
+
+/// The routed experts of a mixture-of-experts model as one GPU of the engine holds them.
+#[derive(Debug, Clone, Copy)]
+struct Moe {
+    /// Routed experts in the model, and per token.
+    experts: f64,
+    per_token: f64,
+    /// Experts whose weights this GPU holds (all of them, sharded, under tensor parallelism;
+    /// `experts / ep` whole ones under expert parallelism).
+    local: f64,
+    /// Bytes of one expert of one layer on this GPU.
+    expert_bytes: f64,
+    /// Expert-parallel ranks (1: none). Ranks step together; each step's MoE layers see the
+    /// tokens of every rank (assumed as many as this engine's).
+    ep: f64,
 }
 
 /// vLLM's default CUDA-graph capture sizes (CompilationConfig, v0.11 and later): 1, 2, 4, then
@@ -104,9 +122,9 @@ impl StepTimeModel {
         let peak = gpu.peak_flops();
         let bw = gpu.bandwidth_bytes_per_s();
         StepTimeModel {
-            lin_flops_per_token: 2.0 * model.non_embedding_matmul_params() as f64 / t,
+            lin_flops_per_token: 2.0 * model.active_matmul_params() as f64 / t,
             head_flops_per_row: 2.0 * (model.vocab * model.hidden) as f64 / t,
-            weight_bytes: model.weight_bytes_read_per_step() as f64 / t,
+            weight_bytes: model.dense_weight_bytes_read_per_step() as f64 / t,
             attn_flop_factor: 4.0 * (model.layers * model.heads * model.head_dim) as f64 / t,
             kv_bytes_per_token: model.kv_bytes_per_token() as f64 / t,
             elementwise_bytes_per_token: model.layers as f64 * crate::calib::elementwise_bytes_per_token(model, tp),
@@ -121,7 +139,27 @@ impl StepTimeModel {
             tp: t,
             coeffs,
             max_capture: 0,
+            moe: model.is_moe().then(|| Moe {
+                experts: model.experts as f64,
+                per_token: (model.experts_per_token.min(model.experts)) as f64,
+                local: model.experts as f64,
+                expert_bytes: model.expert_bytes() as f64 / t,
+                ep: 1.0,
+            }),
         }
+    }
+
+    /// Run the routed experts of a MoE model expert-parallel over `ep` ranks (vLLM's
+    /// `enable_expert_parallel` with `data_parallel_size` ep): each rank holds `experts / ep`
+    /// whole experts, and every MoE layer sends each token to its experts' ranks and back
+    /// (two all-to-alls). No effect on a dense model or with `ep` 1.
+    pub fn with_expert_parallel(mut self, ep: u32) -> Self {
+        if let Some(m) = &mut self.moe {
+            let ep = ep.max(1) as f64;
+            m.ep = ep;
+            m.local = m.experts / ep;
+        }
+        self
     }
 
     /// Run decode-only steps of up to `max_capture` requests as CUDA graphs (vLLM's default
@@ -135,11 +173,15 @@ impl StepTimeModel {
         self.max_capture
     }
 
-    /// Seconds for a step of this shape, split into its terms (for profiling and tests).
+    /// Seconds for a step of this shape, split into its terms (for profiling and tests):
+    /// matrix products (compute or weight reads), attention (compute or KV reads) and
+    /// element-wise kernels, tensor- and expert-parallel communication, fixed costs.
     ///
     /// A decode-only step that fits a captured CUDA graph computes the padded batch and pays no
     /// per-layer launch cost; any other step (eager, or a mixed prefill step run piecewise)
-    /// pays `per_layer_us` per layer.
+    /// pays `per_layer_us` per layer. Every step pays `layer_us` per layer on the GPU (the
+    /// fixed cost of the layer's kernels, graph or not). A MoE step reads the weights of the
+    /// experts its tokens touch.
     pub fn terms(&self, s: &StepShape) -> [f64; 4] {
         let graph = if s.decode_only {
             capture_size(s.requests as u32, self.max_capture)
@@ -148,25 +190,52 @@ impl StepTimeModel {
         };
         let lin_tokens = graph.map_or(s.tokens, |g| g as u64);
         let lin_flops = self.lin_flops_per_token * lin_tokens as f64 + self.head_flops_per_row * s.sampled as f64;
-        let t_lin = (lin_flops / self.flops_lin).max(self.weight_bytes / self.bw_lin);
+        let mut weight_bytes = self.weight_bytes;
+        let mut comm = 0.0;
+        let mut experts_run = 0.0;
+        if let Some(m) = &self.moe {
+            let routed = s.tokens as f64 * m.ep;
+            let touched = if routed > 0.0 {
+                m.local * (1.0 - (1.0 - m.per_token / m.experts).powf(routed))
+            } else {
+                0.0
+            };
+            weight_bytes += self.layers * touched * m.expert_bytes;
+            experts_run = self.layers * touched;
+            if m.ep > 1.0 {
+                // Dispatch and combine: each token's hidden state to and from its experts'
+                // ranks, (ep - 1) / ep of them remote.
+                let bytes = s.tokens as f64 * m.per_token * self.comm_bytes_per_token * (m.ep - 1.0) / m.ep;
+                comm += 2.0 * self.layers * (self.coeffs.allreduce_us * 1e-6 + bytes / self.link_bw);
+            }
+        }
+        let t_lin = self.roof(lin_flops / self.flops_lin, weight_bytes / self.bw_lin);
         let attn_flops = self.attn_flop_factor * (s.prefill_attn_work + s.decode_context as f64);
         let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens) as f64;
-        let t_attn = (attn_flops / self.flops_attn).max(kv_bytes / self.bw_attn)
+        let t_attn = self.roof(attn_flops / self.flops_attn, kv_bytes / self.bw_attn)
             + self.elementwise_bytes_per_token * s.tokens as f64 / self.bw_elementwise;
-        let t_comm = if self.tp > 1.0 {
+        if self.tp > 1.0 {
             let ring = 2.0 * (self.tp - 1.0) / self.tp * self.comm_bytes_per_token * s.tokens as f64 / self.link_bw;
-            2.0 * self.layers * (self.coeffs.allreduce_us * 1e-6 + ring)
-        } else {
-            0.0
-        };
+            comm += 2.0 * self.layers * (self.coeffs.allreduce_us * 1e-6 + ring);
+        }
         let per_layer = if graph.is_some() {
-            0.0
+            self.coeffs.layer_us
         } else {
-            self.layers * self.coeffs.per_layer_us
+            self.coeffs.layer_us + self.coeffs.per_layer_us
         };
-        let t_fixed =
-            1e-6 * (self.coeffs.step_overhead_us + per_layer + s.requests as f64 * self.coeffs.per_request_us);
-        [t_lin, t_attn, t_comm, t_fixed]
+        let t_fixed = 1e-6
+            * (self.coeffs.step_overhead_us
+                + self.layers * per_layer
+                + s.requests as f64 * self.coeffs.per_request_us
+                + experts_run * self.coeffs.expert_us);
+        [t_lin, t_attn, comm, t_fixed]
+    }
+
+    /// Compute and memory time of one kernel group: the longer, plus what of the shorter does
+    /// not overlap it (`overlap` 1: the ideal roofline).
+    #[inline]
+    fn roof(&self, compute: f64, memory: f64) -> f64 {
+        compute.max(memory) + (1.0 - self.coeffs.overlap) * compute.min(memory)
     }
 
     /// Step time in integer nanoseconds (at least 1).
@@ -262,6 +331,32 @@ mod tests {
         let mut m = decode(8, 500);
         m.add(0, 300, true);
         assert_eq!(eager.terms(&m), graphs.terms(&m));
+    }
+
+    #[test]
+    fn a_moe_step_reads_the_experts_its_tokens_touch() {
+        // Mixtral-8x7B at TP2 on H100s: one decode touches 2 of 8 experts per layer, a batch
+        // of 64 all of them; the step then reads nearly every weight, unlike a dense model
+        // of the same active size.
+        let m = model("Mixtral-8x7B", "H100-SXM", 2);
+        let (one, many) = (m.terms(&decode(1, 500)), m.terms(&decode(64, 500)));
+        let cat = Catalog::builtin();
+        let spec = cat.model("Mixtral-8x7B").unwrap();
+        let bw = 0.75 * 3350e9;
+        let all = spec.weight_bytes_read_per_step() as f64 / 2.0 / bw;
+        assert!((many[0] - all).abs() / all < 0.01, "{many:?} vs {all}");
+        let two = (spec.dense_weight_bytes_read_per_step() as f64 + 32.0 * 2.0 * spec.expert_bytes() as f64) / 2.0 / bw;
+        assert!((one[0] - two).abs() / two < 0.01, "{one:?} vs {two}");
+        assert!(one[0] < 0.35 * many[0]);
+        // Expert parallelism over two ranks: half the experts on each, an all-to-all per layer.
+        let q = model("Qwen3-30B-A3B", "RTX-PRO-6000", 1);
+        let qe = model("Qwen3-30B-A3B", "RTX-PRO-6000", 1).with_expert_parallel(2);
+        let big = decode(128, 500);
+        assert!(qe.terms(&big)[0] < 0.6 * q.terms(&big)[0], "{:?} {:?}", qe.terms(&big), q.terms(&big));
+        assert!(qe.terms(&big)[2] > 0.0 && q.terms(&big)[2] == 0.0);
+        // A dense model ignores expert parallelism.
+        let d = model("Llama-2-7B", "H100-SXM", 1);
+        assert_eq!(d.terms(&big), model("Llama-2-7B", "H100-SXM", 1).with_expert_parallel(4).terms(&big));
     }
 
     #[test]

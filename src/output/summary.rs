@@ -307,6 +307,9 @@ pub struct EngineSummary {
     pub kv_capacity_tokens: u64,
     pub decode_tokens_per_s_nominal: f64,
     pub step_time_source: String,
+    /// What error to expect of the step times (the calibration's cross-validated error where
+    /// it records one).
+    pub step_time_expected_error: String,
     /// Prompt tokens looked up in the prefix cache and found (vLLM's prefix_cache_queries and
     /// prefix_cache_hits), and their ratio.
     /// (None where the driver cannot see them: a replay reads the server's counters into

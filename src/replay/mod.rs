@@ -972,6 +972,7 @@ pub fn build_tables(r: &Resolved, endpoints: &[Endpoint], out: &Path, policy: St
                 kv_capacity_tokens: 0,
                 decode_tokens_per_s_nominal: 0.0,
                 step_time_source: format!("measured ({} at {})", ep.kind.as_str(), ep.base.url),
+                step_time_expected_error: "none: measured".into(),
                 prefix_cache_queries: None,
                 prefix_cache_hits: None,
                 prefix_cache_hit_rate: None,

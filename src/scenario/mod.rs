@@ -220,6 +220,16 @@ pub struct EngineSpec {
     /// vLLM's `--block-size`: tokens per KV block (default 16; vLLM's CPU backend needs 32 or more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
+    /// vLLM's `data_parallel_size` with `enable_expert_parallel`, for a mixture-of-experts
+    /// model: this engine is one of `expert_parallel` data-parallel ranks that split the
+    /// routed experts between them and step together (give `replicas` as many ranks).
+    #[serde(default = "one_u32")]
+    pub expert_parallel: u32,
+    /// Requests reach the engine through vLLM's OpenAI-compatible API server, whose front-end
+    /// time (HTTP, tokenisation, hand-off, the stream back) clients see; false for an engine
+    /// driven in-process (vLLM's `AsyncLLM`), timed from its engine core's queue.
+    #[serde(default = "yes")]
+    pub api_server: bool,
 }
 
 fn yes() -> bool {
@@ -490,6 +500,11 @@ pub struct ResolvedEngine {
     pub model: String,
     pub gpu: String,
     pub tensor_parallel: u32,
+    pub expert_parallel: u32,
+    /// Requests pass vLLM's API server (its front-end time counts).
+    pub api_server: bool,
+    /// Front-end time added before a request reaches the engine (0 without an API server).
+    pub frontend_ns: crate::time::Nanos,
     pub limits: EngineLimits,
     pub kv: KvPlan,
     pub steptime: StepTimeModel,
@@ -497,6 +512,25 @@ pub struct ResolvedEngine {
     pub step_time_source: StepTimeSource,
     pub model_provenance: String,
     pub gpu_provenance: String,
+}
+
+impl ResolvedEngine {
+    /// Price this engine's steps with other coefficients (fits): the step model rebuilt on the
+    /// same model, GPU, parallelism and CUDA-graph setting, the front end from `c`.
+    pub fn set_coefficients(&mut self, c: Coefficients) -> Result<()> {
+        let cat = Catalog::builtin();
+        let (m, g) = (cat.model(&self.model)?, cat.gpu(&self.gpu)?);
+        let cap = self.steptime.max_capture();
+        self.steptime = StepTimeModel::new(m, g, self.tensor_parallel, c)
+            .with_cuda_graphs(cap)
+            .with_expert_parallel(self.expert_parallel);
+        self.frontend_ns = if self.api_server {
+            (c.frontend_us * 1e3).round() as crate::time::Nanos
+        } else {
+            0
+        };
+        Ok(())
+    }
 }
 
 /// Where an engine's step-time coefficients came from (`manifest.json` keeps it whole; the
@@ -531,6 +565,24 @@ impl StepTimeSource {
                 StepTimeSource::RooflineDefault { .. } => "roofline-default".into(),
                 StepTimeSource::Calibration { .. } => "calibration".into(),
             },
+        }
+    }
+
+    /// What error to expect of the step times, in words, from the calibration's own checks.
+    pub fn expected_error(&self) -> String {
+        match self {
+            StepTimeSource::RooflineDefault { .. } => "unknown: no measurement behind these step times".into(),
+            StepTimeSource::Calibration { fit: Some(f), .. } => f.expected_error().unwrap_or_else(|| {
+                format!(
+                    "in sample only: median {:.1} %, p90 {:.1} % over {} points (no cross-validation recorded)",
+                    100.0 * f.median_rel_err,
+                    100.0 * f.p90_rel_err,
+                    f.points
+                )
+            }),
+            StepTimeSource::Calibration { fit: None, .. } => {
+                "unknown: the calibration records no fit of its own (derived or datasheet)".into()
+            }
         }
     }
 
@@ -809,6 +861,18 @@ impl Scenario {
                     e.tensor_parallel
                 )));
             }
+            if ![1, 2, 4, 8, 16].contains(&e.expert_parallel) {
+                return Err(Error::bad(format!(
+                    "{p}.expert_parallel: expected 1, 2, 4, 8 or 16, got {}",
+                    e.expert_parallel
+                )));
+            }
+            if e.expert_parallel > 1 && !model.is_moe() {
+                return Err(Error::bad(format!(
+                    "{p}.expert_parallel: {} is a dense model (no experts to split); expected 1",
+                    model.name
+                )));
+            }
             if model.heads % e.tensor_parallel as u64 != 0 {
                 return Err(Error::bad(format!(
                     "{p}.tensor_parallel: {} attention heads of {} do not split over {} GPUs",
@@ -860,6 +924,7 @@ impl Scenario {
                 model,
                 gpu,
                 tensor_parallel: e.tensor_parallel,
+                expert_parallel: e.expert_parallel,
                 gpu_memory_utilization: e.gpu_memory_utilization,
                 max_num_batched_tokens: budget,
                 max_model_len: max_len,
@@ -921,7 +986,8 @@ impl Scenario {
                     0
                 } else {
                     crate::hw::steptime::default_max_capture(seqs)
-                });
+                })
+                .with_expert_parallel(e.expert_parallel);
             let base_name = e
                 .name
                 .clone()
@@ -940,6 +1006,13 @@ impl Scenario {
                     model: model.name.clone(),
                     gpu: gpu.name.clone(),
                     tensor_parallel: e.tensor_parallel,
+                    expert_parallel: e.expert_parallel,
+                    api_server: e.api_server,
+                    frontend_ns: if e.api_server {
+                        (coeffs.frontend_us * 1e3).round() as crate::time::Nanos
+                    } else {
+                        0
+                    },
                     limits: EngineLimits {
                         max_num_batched_tokens: budget,
                         max_num_seqs: seqs,

@@ -171,6 +171,20 @@ pub const FIELDS: &[(&str, &str, &str, &str, &str)] = &[
         "No CUDA graphs: every step pays per-layer launch costs.",
     ),
     (
+        "cluster.engines[].expert_parallel",
+        "1 | 2 | 4 | 8 | 16",
+        "1",
+        "ranks",
+        "MoE models: data-parallel ranks splitting the experts (vLLM data_parallel_size with enable_expert_parallel); one engine per rank.",
+    ),
+    (
+        "cluster.engines[].api_server",
+        "boolean",
+        "true",
+        "",
+        "Requests come through vLLM's API server (front-end time counts); false: in-process engine.",
+    ),
+    (
         "cluster.engines[].block_size",
         "integer",
         "16",

@@ -500,7 +500,7 @@ impl<'a> Simulation<'a> {
                 } => {
                     let delay = if first { self.decision_delay_ns } else { 0 };
                     // The server's front end (HTTP, tokenisation, hand-off to the engine core).
-                    let frontend = (self.r.engines[engine as usize].steptime.coeffs.frontend_us * 1e3).round() as Nanos;
+                    let frontend = self.r.engines[engine as usize].frontend_ns;
                     self.push(at.saturating_add(delay).saturating_add(frontend), Ev::Dispatch(request));
                 }
                 Action::Wake { at, wake } => self.push(at, Ev::Wake(wake)),
@@ -828,6 +828,7 @@ impl<'a> Simulation<'a> {
                     self.rt.core().engines()[e.id as usize].decode_tokens_per_s,
                 ),
                 step_time_source: re.step_time_source.label(),
+                step_time_expected_error: re.step_time_source.expected_error(),
                 prefix_cache_queries: Some(e.prefix_queries),
                 prefix_cache_hits: Some(e.prefix_hits),
                 prefix_cache_hit_rate: Some(crate::output::summary::round6(
