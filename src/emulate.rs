@@ -319,7 +319,7 @@ async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
 /// The HTTP app of an emulated engine.
 pub fn app(e: &ResolvedEngine) -> Router {
     let usable = e.kv.num_gpu_blocks.saturating_sub(1);
-    let engine = Engine::new(0, e.limits.clone(), e.steptime.clone(), usable);
+    let engine = Engine::new(0, e.limits.clone(), Arc::new(e.steptime.clone()), usable);
     let sh = Arc::new(Shared {
         inner: Mutex::new(Inner {
             engine,

@@ -191,7 +191,46 @@ fn the_h100_calibrations_are_what_refitting_the_committed_profiles_gives() {
     )
     .unwrap();
     let src = serde_json::to_value(&r.engines[0].step_time_source).unwrap();
-    assert!(src["path"].as_str().unwrap().contains("h100-vllm-serving"));
+    assert!(src["path"].as_str().unwrap().contains("h100-sxm-vllm-serving"));
+}
+
+#[test]
+fn the_serving_calibrations_are_one_global_fit_refined_per_gpu() {
+    let dir = common::repo().join("calibration");
+    let global = Calibration::load(&dir.join("vllm-serving.yaml")).unwrap();
+    assert!(global.for_any_gpu());
+    assert_eq!(global.provenance.kind, ProvenanceKind::Measured);
+    let f = global.fit.as_ref().unwrap();
+    let (lomo, logo) = (f.leave_one_model_out.unwrap(), f.leave_one_gpu_out.unwrap());
+    assert!(lomo.stages >= 10 && logo.stages >= 10, "{f:?}");
+    // The bar, from the fit's own report: an unseen model within 10 % at the median.
+    assert!(lomo.median_abs_err_e2e_p50 <= 0.10, "{lomo:?}");
+    // Each refined file is the global fit but for its GPU's efficiency factors.
+    for (file, gpu, kind) in [
+        ("h100-sxm-vllm-serving.yaml", "H100-SXM", ProvenanceKind::Measured),
+        ("rtx-pro-6000-vllm-serving.yaml", "RTX-PRO-6000", ProvenanceKind::Measured),
+        ("rtx-a6000-vllm-serving.yaml", "RTX-A6000", ProvenanceKind::Derived),
+    ] {
+        let c = Calibration::load(&dir.join(file)).unwrap();
+        assert_eq!((c.gpu.as_str(), &c.provenance.kind), (gpu, &kind), "{file}");
+        let mut a = c.coefficients;
+        let b = global.coefficients;
+        assert_eq!(a.mbu, a.mbu_attention, "{file}");
+        (a.mfu, a.mfu_moe, a.mbu, a.mbu_attention) = (b.mfu, b.mfu_moe, b.mbu, b.mbu_attention);
+        assert_eq!(a, b, "{file} differs from the global fit beyond its efficiency factors");
+        assert!(c.model.is_none() && c.tensor_parallel.is_none(), "{file}");
+    }
+    // Every run says what error to expect of its step times: an unmeasured GPU the
+    // cross-validated figures of the global fit.
+    let r = chimera::scenario::load_str(
+        chimera::scenario::DEFAULT_SCENARIO,
+        &["cluster.engines[*].gpu=L40S".to_string()],
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    let e = r.engines[0].step_time_source.expected_error();
+    assert!(e.contains("unseen model") && e.contains("unseen GPU"), "{e}");
+    assert!(r.engines[0].step_time_source.is_derived());
 }
 
 #[test]

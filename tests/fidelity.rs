@@ -36,11 +36,12 @@ fn fidelity_on_the_shared_vllm_measurements_meets_the_bar() {
     let r = json_of(&out);
     let s = &r["summary"];
     // Every stage vLLM served within its rate counts: for Llama-2-7B (TP1) and Mixtral-8x7B
-    // (TP2) on H100s codegen 5 and 10, roleplay 6, general 8 and 20 req/s; Qwen3-30B-A3B's
-    // trace on two RTX PRO 6000s (DP2 + EP). The two reasoning stages and the saturated
-    // Llama-3.1-8B trace are listed, not counted.
-    assert_eq!(s["stages_compared"], 11, "{s}");
-    assert_eq!(s["stages_overloaded_measured"], 3, "{s}");
+    // (TP2) on H100s codegen 5 and 10, roleplay 6, general 8 and 20 req/s. The two reasoning
+    // stages and the two RTX PRO 6000 traces (Llama-3.1-8B; Qwen3-30B-A3B at DP2 + EP), whose
+    // queues grow as their 300 requests arrive, are listed and compared on failures, served
+    // throughput and TPOT, not counted.
+    assert_eq!(s["stages_compared"], 10, "{s}");
+    assert_eq!(s["stages_overloaded_measured"], 4, "{s}");
     let f = |k: &str| s[k].as_f64().unwrap();
     assert!(f("median_abs_err_e2e_p50") <= 0.10, "{s}");
     assert!(f("max_abs_err_e2e_p50") <= 0.25, "{s}");
@@ -151,40 +152,67 @@ fn experiments_that_cannot_be_recreated_are_listed_with_the_reason() {
 }
 
 #[test]
-fn fit_serving_writes_a_measured_calibration_with_a_leave_one_out_check() {
+fn fit_serving_fits_one_set_over_every_gpu_and_cross_validates_by_model_and_gpu() {
     let dir = tmpdir("fit-serving");
-    let cal = dir.join("h100.yaml");
+    let cal = dir.join("global.yaml");
     let rep = dir.join("report.json");
-    // A short fit (few iterations, 20 s stages): this checks the command, not the fit quality.
+    // A short fit (few iterations, 10 s stages): this checks the command, not the fit quality.
     let out = bin()
         .args(["calibrate", "fit-serving"])
         .arg(measured())
-        .args([
-            "--gpu",
-            "H100",
-            "--iterations",
-            "4",
-            "--stage-seconds",
-            "20",
-            "--engine",
-            "vLLM v0.15.1",
-        ])
+        .args(["--iterations", "2", "--stage-seconds", "10", "--engine", "vLLM v0.15.1"])
         .arg("--out")
         .arg(&cal)
+        .arg("--gpu-out")
+        .arg(&dir)
         .arg("--report")
         .arg(&rep)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let c = chimera::hw::Calibration::load(&cal).unwrap();
-    assert_eq!(c.gpu, "H100-SXM");
-    assert_eq!(c.fitted.len(), 7);
+    assert_eq!(c.gpu, "any");
+    assert!(c.for_any_gpu());
+    assert_eq!(c.fitted.len(), 11);
     assert_eq!(c.provenance.kind, chimera::hw::calibration::ProvenanceKind::Measured);
-    assert!(c.provenance.details["engines"].contains("v0.15.1"));
+    // The H100 runs record no engine version: --engine fills it in; the traces record theirs.
+    let engines = &c.provenance.details["engines"];
+    assert!(engines.contains("v0.15.1") && engines.contains("vLLM 0.19.0"), "{engines}");
+    assert_eq!(c.provenance.details["gpus"], "H100-SXM, RTX-PRO-6000");
+    // One coefficient set: the fit records what to expect on a model and a GPU it never saw.
+    let f = c.fit.as_ref().unwrap();
+    assert!(f.leave_one_model_out.is_some() && f.leave_one_gpu_out.is_some());
+    // Each measured GPU gets its own file: the same coefficients but its efficiency factors.
+    for g in ["h100-sxm", "rtx-pro-6000"] {
+        let r = chimera::hw::Calibration::load(&dir.join(format!("{g}-vllm-serving.yaml"))).unwrap();
+        assert!(!r.for_any_gpu());
+        let (a, b) = (r.coefficients, c.coefficients);
+        assert_eq!(
+            (a.step_overhead_us, a.per_request_us, a.layer_us, a.allreduce_us, a.frontend_us, a.overlap),
+            (b.step_overhead_us, b.per_request_us, b.layer_us, b.allreduce_us, b.frontend_us, b.overlap)
+        );
+        assert_eq!(a.mbu, a.mbu_attention);
+        assert!(r.provenance.details["refined"].contains("efficiency factors"));
+    }
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
-    // Three experiments on the H100 have stages served within their rate; each is held out once.
-    assert_eq!(r["experiments"].as_array().unwrap().len(), 3);
-    assert_eq!(r["leave_one_out"].as_array().unwrap().len(), 3);
+    // 6 H100 experiments with stages served within their rate and the 2 RTX PRO 6000 traces;
+    // four models and two GPUs, each held out once.
+    assert_eq!(r["experiments"].as_array().unwrap().len(), 8);
+    let held = |k: &str| -> Vec<String> {
+        r[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["held_out"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        held("leave_one_model_out"),
+        ["Llama-2-7B", "Llama-3.1-8B", "Mixtral-8x7B", "Qwen3-30B-A3B"]
+    );
+    assert_eq!(held("leave_one_gpu_out"), ["H100-SXM", "RTX-PRO-6000"]);
+    for k in ["leave_one_model_out_summary", "leave_one_gpu_out_summary", "in_sample"] {
+        assert!(r[k]["median_abs_err_e2e_p50"].as_f64().is_some(), "{k}: {}", r[k]);
+    }
     // A GPU with no measurements is refused, naming it.
     let e = bin()
         .args(["calibrate", "fit-serving"])
@@ -216,14 +244,22 @@ fn tpot_p50(scenario: &Path, concurrency: u32) -> f64 {
 
 #[test]
 fn shipped_a6000_calibration_predicts_public_vllm_tpot_with_closed_loop_clients() {
-    // Public vLLM v0.23.0 measurement, RTX A6000, Qwen2.5-7B-Instruct (calibration/README.md):
-    // TPOT p50 21.9 ms at concurrency 1, 27.5 ms at 64. The calibration's mbu was fitted at
-    // concurrency 8 only.
+    // Public vLLM v0.23.0 measurement, RTX A6000, Qwen2.5-7B-Instruct (calibration/README.md),
+    // recreated with the source's workload (one short shared prompt, 52 tokens out): TPOT p50
+    // within 10 % up to concurrency 128 and within 15 % at 256 and 512, where vLLM's 256
+    // sequences fill and the step turns compute-bound.
     let s = repo().join("scenarios/fidelity/a6000-qwen7b-closed-loop.yaml");
-    for (c, measured) in [(1, 21.9), (64, 27.5)] {
+    for (c, measured, tol) in [
+        (1, 21.9, 0.10),
+        (8, 22.3, 0.10),
+        (64, 27.5, 0.10),
+        (128, 36.0, 0.10),
+        (256, 53.1, 0.15),
+        (512, 56.4, 0.15),
+    ] {
         let t = tpot_p50(&s, c);
         assert!(
-            (t / measured - 1.0).abs() <= 0.10,
+            (t / measured - 1.0).abs() <= tol,
             "concurrency {c}: simulated {t} ms vs measured {measured} ms"
         );
     }

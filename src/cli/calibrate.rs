@@ -136,6 +136,10 @@ pub enum CalibrateCmd {
         /// The engine and version measured, when the files do not record it.
         #[arg(long)]
         engine: Option<String>,
+        /// Also write each measured GPU's calibration (the global fit with that GPU's
+        /// efficiency factors refined) into this folder, as `<gpu>-vllm-serving.yaml`.
+        #[arg(long)]
+        gpu_out: Option<PathBuf>,
     },
     /// A calibration's predictions against measured operator points.
     Check {
@@ -189,6 +193,7 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
             report,
             scenarios,
             engine,
+            gpu_out,
         } => {
             if !(stage_seconds >= 10.0 && stage_seconds.is_finite()) {
                 return Err(Error::bad("--stage-seconds: expected at least 10"));
@@ -217,6 +222,18 @@ pub fn run(cmd: CalibrateCmd) -> Result<i32> {
                 cal.engine = Some(format!("vLLM serving (fitted to {engines})"));
             }
             save_calibration(&cal, &out)?;
+            if let Some(dir) = gpu_out {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                let name = out
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_else(|| out.display().to_string());
+                for (g, c) in &rep.gpu_coefficients {
+                    let p = dir.join(format!("{}-vllm-serving.yaml", g.to_ascii_lowercase()));
+                    save_calibration(&crate::fidelity::fit::gpu_calibration(&cal, &name, g, *c), &p)?;
+                    eprintln!("wrote {}", p.display());
+                }
+            }
             println!(
                 "fitted on {} ({}): {:?}",
                 rep.gpu,

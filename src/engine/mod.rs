@@ -8,7 +8,8 @@
 
 pub mod kv;
 
-use crate::hw::{StepShape, StepTimeModel};
+use crate::hw::steptime::StepModel;
+use crate::hw::StepShape;
 use crate::time::Nanos;
 use kv::{block_hash, blocks_for, mix, KvPool, Seg};
 use serde::{Deserialize, Serialize};
@@ -175,7 +176,7 @@ enum Waiting {
 pub struct Engine {
     pub id: u32,
     pub limits: EngineLimits,
-    pub steptime: StepTimeModel,
+    pub steptime: std::sync::Arc<dyn StepModel>,
     kv: KvPool,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
@@ -193,7 +194,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(id: u32, limits: EngineLimits, steptime: StepTimeModel, usable_kv_blocks: u32) -> Self {
+    pub fn new(id: u32, limits: EngineLimits, steptime: std::sync::Arc<dyn StepModel>, usable_kv_blocks: u32) -> Self {
         let waiting = match limits.policy {
             EnginePolicy::Fcfs | EnginePolicy::PriorityAging { .. } | EnginePolicy::Mlfq { .. } => {
                 Waiting::Fcfs(VecDeque::new())
@@ -626,10 +627,24 @@ impl Engine {
             return None;
         }
         let mut shape = StepShape::default();
+        let bs = self.limits.block_size;
         for &(slot, n) in &self.scheduled {
             let s = &self.slots[slot as usize];
             let samples = s.computed + n >= s.tokens();
             shape.add(s.computed as u64, n as u64, samples);
+            // Leading blocks this request shares with others (a common prefix, reference count
+            // above one): the batch reads each such block once from memory, so each holder's
+            // share of the rest comes from the L2 cache. Only whole computed blocks count.
+            let whole = (s.computed / bs) as usize;
+            let mut shared = 0.0;
+            for &b in s.blocks.iter().take(whole) {
+                let refs = self.kv.refs_of(b);
+                if refs <= 1 {
+                    break;
+                }
+                shared += bs as f64 * (1.0 - 1.0 / refs as f64);
+            }
+            shape.kv_shared_tokens += shared.round() as u64;
             if n == 1 && samples {
                 self.step.decode_tokens += 1;
             } else {

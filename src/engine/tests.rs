@@ -1,7 +1,7 @@
 //! Engine behaviour, case by case, against the v1 algorithm in engine.md.
 
 use super::*;
-use crate::hw::{Catalog, Coefficients};
+use crate::hw::{Catalog, Coefficients, StepTimeModel};
 use proptest::prelude::*;
 
 fn engine(budget: u32, max_seqs: u32, blocks: u32, policy: EnginePolicy) -> Engine {
@@ -20,7 +20,7 @@ fn engine(budget: u32, max_seqs: u32, blocks: u32, policy: EnginePolicy) -> Engi
         prefix_caching: false,
         block_size: 16,
     };
-    Engine::new(0, limits, st, blocks)
+    Engine::new(0, limits, std::sync::Arc::new(st), blocks)
 }
 
 fn req(id: u64, prompt: u32, out: u32, prio: i64) -> NewRequest {

@@ -10,7 +10,8 @@
 //! tensor-parallel size gets coefficients of its own. Fitted, in a transformed space that
 //! keeps them physical: the memory-streaming efficiency (`mbu`, one for weights and KV reads:
 //! `mbu_attention` is set equal), the matrix-product FLOP efficiency (`mfu`), how much compute and memory
-//! time overlap (`overlap`), the fixed cost of a step (`step_overhead_us`), per request in a
+//! time overlap (`overlap`), the routed experts' FLOP efficiency (`mfu_moe`) and fixed cost
+//! per expert run (`expert_us`), the fixed cost of a step (`step_overhead_us`), per request in a
 //! batch (`per_request_us`), per layer on the GPU (`layer_us`) and per layer launched outside a
 //! CUDA graph (`per_layer_us`), the latency of one tensor- or expert-parallel collective
 //! (`allreduce_us`) and the API server's front-end latency (`frontend_us`). The rest keep
@@ -25,7 +26,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-pub const FITTED: [&str; 11] = [
+pub const FITTED: [&str; 12] = [
     "mbu",
     "mbu_attention",
     "mfu",
@@ -37,6 +38,7 @@ pub const FITTED: [&str; 11] = [
     "allreduce_us",
     "overlap",
     "expert_us",
+    "mfu_moe",
 ];
 
 /// What `calibration.gpu` says for a fit over several GPUs: it applies to any GPU, on that
@@ -62,6 +64,7 @@ fn to_x(c: &Coefficients) -> Vec<f64> {
         c.allreduce_us.max(0.1).ln(),
         logit(c.overlap.clamp(0.01, 0.99)),
         c.expert_us.max(0.1).ln(),
+        logit(((c.mfu_moe - 0.05) / 0.75).clamp(0.01, 0.99)),
     ]
 }
 
@@ -84,6 +87,7 @@ fn from_x(base: &Coefficients, x: &[f64]) -> Coefficients {
         allreduce_us: us(x[7]),
         overlap: sigmoid(x[8]).max(1e-3),
         expert_us: us(x[9]),
+        mfu_moe: 0.05 + 0.75 * sigmoid(x[10]),
         ..*base
     }
 }
@@ -94,40 +98,110 @@ struct Case {
     scenario: PathBuf,
 }
 
-fn loss(cases: &[&Case], c: Coefficients, stage_s: f64) -> f64 {
-    let mut sum = 0.0;
-    let mut n = 0.0;
-    for case in cases {
-        let Ok(sim) = simulate(&case.exp, &case.scenario, Some(c), Some(stage_s)) else {
-            return 1e6;
-        };
-        for (m, s) in case.exp.stages.iter().zip(&sim) {
-            if s.requests == 0 {
-                continue;
-            }
-            let l = |a: f64, b: f64| (a.max(1e-6) / b.max(1e-6)).ln().powi(2);
-            let tpot = m.tpot.as_ref().map_or(0.0, |t| l(s.tpot.p50, t.p50));
-            if !m.overloaded {
-                sum += l(s.e2e.p50, m.e2e.p50) + 0.5 * l(s.ttft.p50, m.ttft.p50) + 0.25 * l(s.e2e.p90, m.e2e.p90) + tpot;
-                n += 1.0;
-            } else if case.exp.trace.is_some() {
-                // An exact trace replay that queues: its arrivals are replayed as they came, so
-                // its time per output token and E2E still measure the engine (a steady-rate
-                // stage past its capacity does not: it is never fitted).
-                sum += tpot + 0.5 * l(s.e2e.p50, m.e2e.p50);
-                n += 1.0;
-            }
-        }
-    }
-    if n == 0.0 {
-        1e6
-    } else {
-        sum / n
+/// The coefficients for engines on `gpu`: the global set with that GPU's efficiency factors
+/// (`mfu` and `mfu_moe`, `mbu` and with it `mbu_attention`) scaled by its refinement, if it
+/// has one.
+fn on_gpu(global: &Coefficients, refine: Option<&(f64, f64)>) -> Coefficients {
+    let Some((f, b)) = refine else {
+        return *global;
+    };
+    let mbu = (global.mbu * b).clamp(0.05, 0.99);
+    Coefficients {
+        mfu: (global.mfu * f).clamp(0.05, 0.9),
+        mfu_moe: (global.mfu_moe * f).clamp(0.05, 0.9),
+        mbu,
+        mbu_attention: mbu,
+        ..*global
     }
 }
 
-fn fit_on(cases: &[&Case], base: &Coefficients, stage_s: f64, iters: usize) -> (Coefficients, f64) {
-    let f = |x: &[f64]| loss(cases, from_x(base, x), stage_s);
+/// How strongly a GPU's efficiency factors are held to the global ones (a penalty on their
+/// squared log ratio): a GPU moves away only as far as its own measurements ask.
+const REFINE_PRIOR: f64 = 0.1;
+
+fn loss(cases: &[&Case], global: Coefficients, refine: &BTreeMap<String, (f64, f64)>, stage_s: f64) -> f64 {
+    // The experiments simulate independently: one thread each (deterministic either way).
+    let per_case: Vec<Option<(f64, f64)>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|case| {
+                let c = on_gpu(&global, refine.get(&case.exp.gpu));
+                sc.spawn(move || case_loss(case, c, stage_s))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().ok().flatten()).collect()
+    });
+    let (mut sum, mut n) = (0.0, 0.0);
+    for r in per_case {
+        let Some((s, k)) = r else {
+            return 1e6;
+        };
+        sum += s;
+        n += k;
+    }
+    let prior: f64 = refine.values().map(|(f, b)| f.ln().powi(2) + b.ln().powi(2)).sum();
+    if n == 0.0 {
+        1e6
+    } else {
+        sum / n + REFINE_PRIOR * prior
+    }
+}
+
+/// One experiment's summed loss and how many stages it counted (None: it did not run).
+fn case_loss(case: &Case, c: Coefficients, stage_s: f64) -> Option<(f64, f64)> {
+    let sim = simulate(&case.exp, &case.scenario, Some(c), Some(stage_s)).ok()?;
+    let (mut sum, mut n) = (0.0, 0.0);
+    for (m, s) in case.exp.stages.iter().zip(&sim) {
+        if s.requests == 0 {
+            continue;
+        }
+        let l = |a: f64, b: f64| (a.max(1e-6) / b.max(1e-6)).ln().powi(2);
+        let tpot = m.tpot.as_ref().map_or(0.0, |t| l(s.tpot.p50, t.p50));
+        if !m.overloaded {
+            sum += l(s.e2e.p50, m.e2e.p50) + 0.5 * l(s.ttft.p50, m.ttft.p50) + 0.25 * l(s.e2e.p90, m.e2e.p90) + tpot;
+            n += 1.0;
+        } else if case.exp.trace.is_some() {
+            // An exact trace replay that queues: its arrivals are replayed as they came, so
+            // its time per output token and E2E still measure the engine (a steady-rate
+            // stage past its capacity does not: it is never fitted).
+            sum += tpot + 0.5 * l(s.e2e.p50, m.e2e.p50);
+            n += 1.0;
+        }
+    }
+    Some((sum, n))
+}
+
+/// A fit: the global coefficients, and each measured GPU's refined efficiency factors (as
+/// ratios to the global `mfu` and `mbu`).
+struct Fitted {
+    global: Coefficients,
+    refine: BTreeMap<String, (f64, f64)>,
+    loss: f64,
+}
+
+fn fit_on(cases: &[&Case], base: &Coefficients, stage_s: f64, iters: usize) -> Fitted {
+    let gpus: Vec<String> = cases
+        .iter()
+        .map(|c| c.exp.gpu.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let n = to_x(base).len();
+    let split = |x: &[f64]| -> (Coefficients, BTreeMap<String, (f64, f64)>) {
+        let refine = gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let r = |v: f64| v.clamp(-1.5, 1.5).exp();
+                (g.clone(), (r(x[n + 2 * i]), r(x[n + 2 * i + 1])))
+            })
+            .collect();
+        (from_x(base, &x[..n]), refine)
+    };
+    let f = |x: &[f64]| {
+        let (g, r) = split(x);
+        loss(cases, g, &r, stage_s)
+    };
     // Two starts (the base, and a graph-era guess of high bandwidth efficiency and a
     // millisecond of step overhead); the better one wins. Deterministic.
     let starts = [
@@ -148,7 +222,8 @@ fn fit_on(cases: &[&Case], base: &Coefficients, stage_s: f64, iters: usize) -> (
         }),
     ];
     let mut best: Option<(Vec<f64>, f64)> = None;
-    for x0 in starts {
+    for mut x0 in starts {
+        x0.extend(std::iter::repeat_n(0.0, 2 * gpus.len()));
         let (x, v) = nelder_mead(&f, &x0, 0.5, iters);
         // A restart from the first result escapes a collapsed simplex.
         let (x2, v2) = nelder_mead(&f, &x, 0.2, iters / 2 + 1);
@@ -158,7 +233,8 @@ fn fit_on(cases: &[&Case], base: &Coefficients, stage_s: f64, iters: usize) -> (
         }
     }
     let (x, v) = best.expect("two starts");
-    (from_x(base, &x), v)
+    let (global, refine) = split(&x);
+    Fitted { global, refine, loss: v }
 }
 
 /// The result of one fit, with its own checks.
@@ -169,7 +245,10 @@ pub struct FitReport {
     pub experiments: Vec<String>,
     pub models: Vec<String>,
     pub gpus: Vec<String>,
+    /// The global coefficients: what a GPU without measurements of its own gets.
     pub coefficients: Coefficients,
+    /// Each measured GPU's coefficients: the global ones with its efficiency factors refined.
+    pub gpu_coefficients: BTreeMap<String, Coefficients>,
     pub loss: f64,
     /// Every stage with the fitted coefficients (full-length stages): in-sample.
     pub stages: Vec<StageReport>,
@@ -187,6 +266,8 @@ pub struct FitReport {
 #[derive(Debug, Serialize)]
 pub struct HeldOut {
     pub held_out: String,
+    /// The held-out experiments' coefficients: their GPU's refined ones where the other
+    /// experiments measured that GPU, else the global ones.
     pub coefficients: Coefficients,
     pub stages: Vec<StageReport>,
     pub summary: Summary,
@@ -224,14 +305,16 @@ fn hold_out(
                 sc.spawn(move || -> Result<HeldOut> {
                     let rest: Vec<&Case> = cases.iter().filter(|c| key(&c.exp) != *g).collect();
                     let held: Vec<&Case> = cases.iter().filter(|c| key(&c.exp) == *g).collect();
-                    let (c, _) = fit_on(&rest, base, stage_s, iters);
+                    let fit = fit_on(&rest, base, stage_s, iters);
                     let mut stages = Vec::new();
+                    let mut used = fit.global;
                     for h in held {
-                        stages.extend(full_stages(&c, h)?);
+                        used = on_gpu(&fit.global, fit.refine.get(&h.exp.gpu));
+                        stages.extend(full_stages(&used, h)?);
                     }
                     Ok(HeldOut {
                         held_out: g.clone(),
-                        coefficients: c,
+                        coefficients: used,
                         summary: summarize(&stages),
                         stages,
                     })
@@ -252,6 +335,22 @@ fn held_error(s: &Summary) -> HeldOutError {
         max_abs_err_e2e_p50: s.max_abs_err_e2e_p50,
         stages: s.stages_compared as u64,
     }
+}
+
+/// The calibration for one measured GPU: the global fit `global` with that GPU's refined
+/// efficiency factors `c` (a model or a tensor-parallel size never gets its own).
+pub fn gpu_calibration(global: &Calibration, global_path: &str, gpu: &str, c: Coefficients) -> Calibration {
+    let mut cal = global.clone();
+    cal.gpu = gpu.to_string();
+    cal.coefficients = c;
+    cal.provenance.details.insert(
+        "refined".into(),
+        format!(
+            "the global fit {global_path} (gpu: any) with {gpu}'s efficiency factors (mfu {:.4} -> {:.4}, mfu_moe by the same ratio, mbu and mbu_attention {:.4} -> {:.4}) refined on its own measurements, jointly with the global fit",
+            global.coefficients.mfu, c.mfu, global.coefficients.mbu, c.mbu
+        ),
+    );
+    cal
 }
 
 /// Fit one coefficient set to every experiment under `roots` (those measured on `gpu` if
@@ -292,10 +391,16 @@ pub fn fit_serving(
         )));
     }
     let all: Vec<&Case> = cases.iter().collect();
-    let (coeffs, l) = fit_on(&all, &base, stage_s, iters);
+    let fit = fit_on(&all, &base, stage_s, iters);
+    let (coeffs, l) = (fit.global, fit.loss);
+    let gpu_coefficients: BTreeMap<String, Coefficients> = fit
+        .refine
+        .iter()
+        .map(|(g, r)| (g.clone(), on_gpu(&fit.global, Some(r))))
+        .collect();
     let mut stages = Vec::new();
     for c in &cases {
-        stages.extend(full_stages(&coeffs, c)?);
+        stages.extend(full_stages(&gpu_coefficients[&c.exp.gpu], c)?);
     }
     let lomo = hold_out(&cases, &|e: &Experiment| e.model.clone(), &base, stage_s, iters)?;
     let logo = hold_out(&cases, &|e: &Experiment| e.gpu.clone(), &base, stage_s, iters)?;
@@ -342,7 +447,7 @@ pub fn fit_serving(
     details.insert(
         "method".into(),
         format!(
-            "Nelder-Mead on the simulator: minimise mean squared log error of E2E p50 (weight 1), TTFT p50 (0.5) and E2E p90 (0.25) over the stages vLLM served within its rate, load stages capped at {stage_s} s; one coefficient set for every model, GPU and parallel layout (efficiencies are fractions of each GPU's datasheet figures); CUDA-graph decode and prefix caching on, as in vLLM's defaults"
+            "Nelder-Mead on the simulator: minimise mean squared log error of E2E p50 (weight 1), TTFT p50 (0.5) and E2E p90 (0.25) over the stages vLLM served within its rate, load stages capped at {stage_s} s; one coefficient set for every model, GPU and parallel layout (efficiencies are fractions of each GPU's datasheet figures), each measured GPU's mfu and mbu refined jointly as ratios to the global ones under a penalty of {REFINE_PRIOR} x their squared log; CUDA-graph decode and prefix caching on, as in vLLM's defaults"
         ),
     );
     let pct = |s: &Option<Summary>| {
@@ -397,6 +502,7 @@ pub fn fit_serving(
             models,
             gpus,
             coefficients: coeffs,
+            gpu_coefficients,
             loss: l,
             in_sample: summarize(&stages),
             stages,

@@ -82,7 +82,8 @@ pub struct MeasuredStage {
     /// Time per output token after the first, (last - first token) / (output - 1), where the
     /// measurement has per-request token times (the per-request layout).
     pub tpot: Option<Dist>,
-    /// The server did not keep up: requests failed, or queueing dominated (TTFT p50 > 2 s).
+    /// The server did not keep up: requests failed, or queueing dominated (TTFT p50 > 2 s), or
+    /// (a per-request trace) the queue grew over the run as a simulated stage's rule has it.
     pub overloaded: bool,
 }
 
@@ -433,6 +434,15 @@ fn read_per_request(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
         .filter(|r| r.2 > 1)
         .map(|r| (r.4 - r.3) / (r.2 - 1) as f64)
         .collect();
+    // The queue grows over the trace by the same rule as a simulated stage: TTFT p50 of the
+    // last fifth of arrivals above 1 s and three times that of the first fifth.
+    let fifth = (rows.len() / 5).max(1);
+    let p50 = |rs: &[(f64, u32, u32, f64, f64)]| {
+        let mut t: Vec<f64> = rs.iter().map(|r| r.3).collect();
+        Dist::of(&mut t).p50
+    };
+    let (first, last) = (p50(&rows[..fifth]), p50(&rows[rows.len() - fifth..]));
+    let queue_grows = last > 1.0 && last > 3.0 * first;
     let (ttft, e2e, tpot) = (Dist::of(&mut ttft), Dist::of(&mut e2e), Dist::of(&mut tpot));
     Ok(Experiment {
         name: name_of(d),
@@ -470,7 +480,7 @@ fn read_per_request(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
             ttft,
             e2e,
             tpot: Some(tpot),
-            overloaded: ttft.p50 > 2.0,
+            overloaded: ttft.p50 > 2.0 || queue_grows,
         }],
         notes: {
             let mut n = vec![

@@ -57,6 +57,9 @@ pub struct Coefficients {
     /// products fill and drain their pipelines however few tokens it gets), microseconds.
     /// Serving fits only.
     pub expert_us: f64,
+    /// FLOP utilisation of a MoE model's routed-expert matrix products (grouped kernels over
+    /// few tokens per expert reach less of the peak than dense ones). Serving fits only.
+    pub mfu_moe: f64,
 }
 
 impl Default for Coefficients {
@@ -78,6 +81,7 @@ impl Default for Coefficients {
             layer_us: 0.0,
             overlap: 1.0,
             expert_us: 0.0,
+            mfu_moe: 0.5,
         }
     }
 }
@@ -101,9 +105,10 @@ impl Coefficients {
         "layer_us",
         "overlap",
         "expert_us",
+        "mfu_moe",
     ];
     /// Coefficients a calibration may leave out (serving fits only; 0 otherwise).
-    pub const OPTIONAL: &'static [&'static str] = &["frontend_us", "layer_us", "overlap", "expert_us"];
+    pub const OPTIONAL: &'static [&'static str] = &["frontend_us", "layer_us", "overlap", "expert_us", "mfu_moe"];
 
     /// A coefficient by name.
     pub fn get(&self, name: &str) -> Option<f64> {
@@ -118,6 +123,7 @@ impl Coefficients {
             ("mbu_attention", self.mbu_attention),
             ("mbu_elementwise", self.mbu_elementwise),
             ("overlap", self.overlap),
+            ("mfu_moe", self.mfu_moe),
         ];
         for (name, v) in fracs {
             if !(v > 0.0 && v <= 1.0) {
@@ -262,9 +268,14 @@ pub const CALIBRATION_FORMAT: &str = "chimera-calibration/v1";
 /// Calibrations shipped inside the binary, usable as `calibration: builtin:<name>` (so that the
 /// embedded default scenario can use one wherever it runs).
 pub const BUILTIN: &[(&str, &str)] = &[
+    ("vllm-serving", include_str!("../../calibration/vllm-serving.yaml")),
     (
-        "h100-vllm-serving",
-        include_str!("../../calibration/h100-vllm-serving.yaml"),
+        "h100-sxm-vllm-serving",
+        include_str!("../../calibration/h100-sxm-vllm-serving.yaml"),
+    ),
+    (
+        "rtx-pro-6000-vllm-serving",
+        include_str!("../../calibration/rtx-pro-6000-vllm-serving.yaml"),
     ),
     (
         "rtx-a6000-vllm-serving",
@@ -367,22 +378,30 @@ impl Calibration {
         Ok(())
     }
 
-    /// The built-in calibration `calibration: auto` picks for `gpu` (catalogue name), if any:
-    /// the vLLM serving fits where there is serving data, else the operator-profile fit (A40).
-    /// Other GPUs get [`Calibration::AUTO_FALLBACK`] carried over by datasheet.
-    /// (`h100-cudarc-kernels` is not a candidate: its attention is not fitted.)
+    /// The built-in calibration `calibration: auto` picks for `gpu` (catalogue name) when the
+    /// GPU has serving measurements of its own that refine the global fit's efficiencies.
+    /// Every other GPU gets [`Calibration::AUTO_FALLBACK`], the one global serving fit, on its
+    /// own datasheet figures (marked derived where that GPU was not among those measured).
     pub fn auto_for(gpu: &str) -> Option<&'static str> {
         match gpu {
             "RTX-A6000" => Some("rtx-a6000-vllm-serving"),
-            "A40" => Some("a40-vidur"),
-            "H100-SXM" => Some("h100-vllm-serving"),
+            "H100-SXM" => Some("h100-sxm-vllm-serving"),
+            "RTX-PRO-6000" => Some("rtx-pro-6000-vllm-serving"),
             _ => None,
         }
     }
 
-    /// The serving fit whose efficiencies and fixed costs `auto` carries to a GPU that has no
-    /// calibration of its own (marked derived).
-    pub const AUTO_FALLBACK: &'static str = "h100-vllm-serving";
+    /// The global serving fit (`gpu: any`): one coefficient set for every GPU.
+    pub const AUTO_FALLBACK: &'static str = "vllm-serving";
+
+    /// The GPUs a fit over several GPUs was measured on (its provenance's `gpus`).
+    pub fn measured_gpus(&self) -> Vec<String> {
+        self.provenance
+            .details
+            .get("gpus")
+            .map(|g| g.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+            .unwrap_or_default()
+    }
 
     /// A scenario's `calibration:` value: `builtin:<name>` or a path relative to `base_dir`.
     /// Returns the calibration and where it came from.

@@ -9,4 +9,4 @@ pub mod steptime;
 
 pub use calibration::{Calibration, Coefficients};
 pub use catalog::{Catalog, GpuSpec, ModelSpec};
-pub use steptime::{StepShape, StepTimeModel};
+pub use steptime::{StepModel, StepShape, StepTimeModel};

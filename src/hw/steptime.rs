@@ -26,6 +26,9 @@ pub struct StepShape {
     pub decode_context: u64,
     /// KV tokens read: context before this step, over all requests in the batch.
     pub kv_read_tokens: u64,
+    /// Of those, tokens in KV blocks the batch shares (a common prefix held by several of its
+    /// requests) beyond the first read of each: served from the GPU's L2 cache, not memory.
+    pub kv_shared_tokens: u64,
     /// Every request in the batch decodes one token (no prefill chunk): the step can replay
     /// a captured CUDA graph.
     pub decode_only: bool,
@@ -54,10 +57,36 @@ impl StepShape {
     }
 }
 
+/// What an engine needs of a step-time model: how long a step of a given batch shape takes.
+/// The engine knows nothing else of timing, so another model (a learned one, a measured table)
+/// plugs in by implementing this. [`StepTimeModel`] is the physical one the scenario builds.
+pub trait StepModel: std::fmt::Debug + Send + Sync {
+    /// Step time in integer nanoseconds (at least 1).
+    fn step_ns(&self, s: &StepShape) -> Nanos;
+
+    /// Decode throughput in tokens per second at a nominal batch (`batch` decodes, each over
+    /// `context` tokens): the engine's capacity figure handed to routing policies.
+    fn decode_tokens_per_s(&self, batch: u64, context: u64) -> f64 {
+        let mut s = StepShape::default();
+        for _ in 0..batch {
+            s.add(context, 1, true);
+        }
+        batch as f64 / (self.step_ns(&s) as f64 * 1e-9)
+    }
+}
+
+impl StepModel for StepTimeModel {
+    #[inline]
+    fn step_ns(&self, s: &StepShape) -> Nanos {
+        StepTimeModel::step_ns(self, s)
+    }
+}
+
 /// A step-time model for one (model, GPU, tensor-parallel degree, coefficients).
 #[derive(Debug, Clone)]
 pub struct StepTimeModel {
     pub coeffs: Coefficients,
+    /// Matrix-product FLOPs per token outside the routed experts (all of them in a dense model).
     lin_flops_per_token: f64,
     head_flops_per_row: f64,
     /// Weights every step reads on one GPU (all but the routed experts).
@@ -90,6 +119,10 @@ struct Moe {
     local: f64,
     /// Bytes of one expert of one layer on this GPU.
     expert_bytes: f64,
+    /// Routed-expert FLOPs per token on this GPU (all layers, `per_token` experts each).
+    flops_per_token: f64,
+    /// Their achieved rate (`mfu_moe` of peak).
+    flops_rate: f64,
     /// Expert-parallel ranks (1: none). Ranks step together; each step's MoE layers see the
     /// tokens of every rank (assumed as many as this engine's).
     ep: f64,
@@ -122,7 +155,7 @@ impl StepTimeModel {
         let peak = gpu.peak_flops();
         let bw = gpu.bandwidth_bytes_per_s();
         StepTimeModel {
-            lin_flops_per_token: 2.0 * model.active_matmul_params() as f64 / t,
+            lin_flops_per_token: 2.0 * (model.layers * model.layer_dense_matmul_params()) as f64 / t,
             head_flops_per_row: 2.0 * (model.vocab * model.hidden) as f64 / t,
             weight_bytes: model.dense_weight_bytes_read_per_step() as f64 / t,
             attn_flop_factor: 4.0 * (model.layers * model.heads * model.head_dim) as f64 / t,
@@ -144,6 +177,10 @@ impl StepTimeModel {
                 per_token: (model.experts_per_token.min(model.experts)) as f64,
                 local: model.experts as f64,
                 expert_bytes: model.expert_bytes() as f64 / t,
+                flops_per_token: 2.0
+                    * (model.layers * model.experts_per_token.min(model.experts) * model.expert_params()) as f64
+                    / t,
+                flops_rate: coeffs.mfu_moe * peak,
                 ep: 1.0,
             }),
         }
@@ -190,6 +227,7 @@ impl StepTimeModel {
         };
         let lin_tokens = graph.map_or(s.tokens, |g| g as u64);
         let lin_flops = self.lin_flops_per_token * lin_tokens as f64 + self.head_flops_per_row * s.sampled as f64;
+        let mut compute = lin_flops / self.flops_lin;
         let mut weight_bytes = self.weight_bytes;
         let mut comm = 0.0;
         let mut experts_run = 0.0;
@@ -202,6 +240,7 @@ impl StepTimeModel {
             };
             weight_bytes += self.layers * touched * m.expert_bytes;
             experts_run = self.layers * touched;
+            compute += m.flops_per_token * lin_tokens as f64 / m.flops_rate;
             if m.ep > 1.0 {
                 // Dispatch and combine: each token's hidden state to and from its experts'
                 // ranks, (ep - 1) / ep of them remote.
@@ -209,9 +248,9 @@ impl StepTimeModel {
                 comm += 2.0 * self.layers * (self.coeffs.allreduce_us * 1e-6 + bytes / self.link_bw);
             }
         }
-        let t_lin = self.roof(lin_flops / self.flops_lin, weight_bytes / self.bw_lin);
+        let t_lin = self.roof(compute, weight_bytes / self.bw_lin);
         let attn_flops = self.attn_flop_factor * (s.prefill_attn_work + s.decode_context as f64);
-        let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens) as f64;
+        let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens).saturating_sub(s.kv_shared_tokens) as f64;
         let t_attn = self.roof(attn_flops / self.flops_attn, kv_bytes / self.bw_attn)
             + self.elementwise_bytes_per_token * s.tokens as f64 / self.bw_elementwise;
         if self.tp > 1.0 {
@@ -245,15 +284,6 @@ impl StepTimeModel {
         ((t * 1e9).round() as Nanos).max(1)
     }
 
-    /// Decode throughput in tokens per second at a nominal batch (`batch` decodes, each over
-    /// `context` tokens): the engine's capacity figure handed to routing policies.
-    pub fn decode_tokens_per_s(&self, batch: u64, context: u64) -> f64 {
-        let mut s = StepShape::default();
-        for _ in 0..batch {
-            s.add(context, 1, true);
-        }
-        batch as f64 / (self.step_ns(&s) as f64 * 1e-9)
-    }
 }
 
 #[cfg(test)]

@@ -941,17 +941,24 @@ impl Scenario {
                 other => other.map(String::from),
             };
             let (coeffs, source) = match &spec {
-                // `auto` on a GPU without a calibration of its own: the serving fit's
-                // efficiencies (fractions of peak) and fixed costs on this GPU's datasheet.
+                // `auto` on a GPU the global serving fit was not measured on: its efficiencies
+                // (fractions of peak) and fixed costs on this GPU's datasheet; the fit's
+                // leave-one-GPU-out error is what to expect.
                 Some(c) if auto && Calibration::auto_for(&gpu.name).is_none() => {
                     let (cal, origin) =
                         Calibration::resolve(c, base_dir).map_err(|x| x.context(format!("{p}.calibration")))?;
+                    let measured_here = cal.measured_gpus().contains(&gpu.name) || cal.gpu == gpu.name;
+                    let provenance = if measured_here {
+                        serde_json::to_value(&cal.provenance).expect("provenance serialises")
+                    } else {
+                        serde_json::json!({"kind": "derived", "source": format!("calibration: auto: the global vLLM serving fit ({}), measured on {}, on {}'s datasheet figures; not measured on {}", origin, cal.measured_gpus().join(", "), gpu.name, gpu.name), "from": cal.provenance})
+                    };
                     (
                         cal.coefficients,
                         StepTimeSource::Calibration {
                             path: origin,
-                            provenance: serde_json::json!({"kind": "derived", "source": format!("calibration: auto: no calibration ships for {}; the {} fit's efficiencies and fixed costs carried over on {}'s datasheet figures; not measured on {}", gpu.name, cal.gpu, gpu.name, gpu.name), "from": cal.provenance}),
-                            fit: None,
+                            provenance,
+                            fit: cal.fit,
                         },
                     )
                 }

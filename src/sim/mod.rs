@@ -850,7 +850,7 @@ fn fresh_engine(r: &Resolved, i: usize) -> Engine {
     Engine::new(
         i as u32,
         e.limits.clone(),
-        e.steptime.clone(),
+        std::sync::Arc::new(e.steptime.clone()),
         e.kv.num_gpu_blocks.saturating_sub(1),
     )
 }
