@@ -13,7 +13,7 @@ set -euo pipefail
 cargo build --release --quiet
 DATA=${CHIMERA_DATA:-../shared/data}
 ./target/release/chimera calibrate fit-serving "$DATA/vllm-measured" \
-  --engine "vLLM v0.15.1 (inference-sim/training design notes)" \
+  --engine "vLLM v0.15.1 (inference-sim/training design notes)" --stage-seconds 60 --iterations 150 \
   --out calibration/vllm-serving.yaml --gpu-out calibration --report docs/fit-serving.json \
   --scenarios out/fit-serving-scenarios
 cargo build --release --quiet   # the new files are embedded as builtin:<name>

@@ -173,7 +173,7 @@ fn fit_serving_fits_one_set_over_every_gpu_and_cross_validates_by_model_and_gpu(
     let c = chimera::hw::Calibration::load(&cal).unwrap();
     assert_eq!(c.gpu, "any");
     assert!(c.for_any_gpu());
-    assert_eq!(c.fitted.len(), 11);
+    assert_eq!(c.fitted.len(), 12);
     assert_eq!(c.provenance.kind, chimera::hw::calibration::ProvenanceKind::Measured);
     // The H100 runs record no engine version: --engine fills it in; the traces record theirs.
     let engines = &c.provenance.details["engines"];

@@ -635,7 +635,8 @@ impl Engine {
             // Leading blocks this request shares with others (a common prefix, reference count
             // above one): the batch reads each such block once from memory, so each holder's
             // share of the rest comes from the L2 cache. Only whole computed blocks count.
-            let whole = (s.computed / bs) as usize;
+            // Only blocks registered in the prefix cache can be held by another request.
+            let whole = (s.computed / bs).min(s.registered) as usize;
             let mut shared = 0.0;
             for &b in s.blocks.iter().take(whole) {
                 let refs = self.kv.refs_of(b);
@@ -644,7 +645,9 @@ impl Engine {
                 }
                 shared += bs as f64 * (1.0 - 1.0 / refs as f64);
             }
-            shape.kv_shared_tokens += shared.round() as u64;
+            if shared > 0.0 {
+                shape.kv_shared_tokens += shared.round() as u64;
+            }
             if n == 1 && samples {
                 self.step.decode_tokens += 1;
             } else {

@@ -564,7 +564,11 @@ pub fn scenario_yaml(e: &Experiment, calibration: &str) -> (String, Option<(Stri
             let mut x = String::new();
             if e.data_parallel > 1 {
                 x += &format!("      replicas: {}\n", e.data_parallel);
-                if e.expert_parallel {
+                // vLLM runs a MoE model's expert layers across every data-parallel rank
+                // (whole experts split with enable_expert_parallel, every expert sharded
+                // without: the same bytes per GPU), so its ranks share the experts either way.
+                let moe = Catalog::builtin().model(&e.model).is_ok_and(|m| m.is_moe());
+                if e.expert_parallel || moe {
                     x += &format!("      expert_parallel: {}\n", e.data_parallel);
                 }
             }

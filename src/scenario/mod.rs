@@ -220,9 +220,12 @@ pub struct EngineSpec {
     /// vLLM's `--block-size`: tokens per KV block (default 16; vLLM's CPU backend needs 32 or more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
-    /// vLLM's `data_parallel_size` with `enable_expert_parallel`, for a mixture-of-experts
-    /// model: this engine is one of `expert_parallel` data-parallel ranks that split the
-    /// routed experts between them and step together (give `replicas` as many ranks).
+    /// vLLM's `data_parallel_size` for a mixture-of-experts model: this engine is one of
+    /// `expert_parallel` data-parallel ranks whose MoE layers span every rank and step
+    /// together (give `replicas` as many ranks). vLLM splits the routed experts whole across
+    /// the ranks with `enable_expert_parallel` and shards every expert across them without
+    /// (`FusedMoEParallelConfig`: tensor parallelism flattened across data parallelism): the
+    /// same bytes per GPU, modelled alike.
     #[serde(default = "one_u32")]
     pub expert_parallel: u32,
     /// Requests reach the engine through vLLM's OpenAI-compatible API server, whose front-end
