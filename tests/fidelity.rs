@@ -306,3 +306,38 @@ fn workflow_stages_reuse_their_context_from_the_prefix_cache() {
     };
     assert!(ttft(&d1) < ttft(&d2), "{} vs {}", ttft(&d1), ttft(&d2));
 }
+
+#[test]
+fn a_moe_model_served_with_expert_parallelism_splits_its_experts_over_the_ranks() {
+    let s = repo().join("scenarios/moe-dp-ep.yaml");
+    let run = |ep: u32| -> serde_json::Value {
+        let out = bin()
+            .args(["run", "-q", "--json"])
+            .arg(&s)
+            .args([
+                "--set",
+                &format!("cluster.engines[0].expert_parallel={ep}"),
+                "--set",
+                "workload.arrivals.stages[0].duration_s=60",
+                "--out",
+            ])
+            .arg(tmpdir(&format!("moe-ep{ep}")))
+            .output()
+            .unwrap();
+        json_of(&out)
+    };
+    let (ep, replicas) = (run(2), run(1));
+    let tpot = |v: &serde_json::Value| v["requests"]["tpot_ms"]["p50"].as_f64().unwrap();
+    let kv = |v: &serde_json::Value| v["engines"][0]["kv_capacity_tokens"].as_u64().unwrap();
+    // Each rank reads half the experts' weights (less than the all-to-all costs over PCIe) and
+    // holds half of them, leaving more memory for the KV cache.
+    assert!(tpot(&ep) < 0.9 * tpot(&replicas), "{} vs {}", tpot(&ep), tpot(&replicas));
+    assert!(kv(&ep) > kv(&replicas), "{} vs {}", kv(&ep), kv(&replicas));
+    // The summary says where the step times came from and what error to expect of them.
+    let e = &ep["engines"][0];
+    assert_eq!(e["step_time_source"], "calibration (measured)");
+    assert!(
+        e["step_time_expected_error"].as_str().unwrap().contains("unseen model"),
+        "{e}"
+    );
+}
