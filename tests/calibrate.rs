@@ -217,6 +217,11 @@ fn the_serving_calibrations_are_one_global_fit_refined_per_gpu() {
         let b = global.coefficients;
         assert_eq!(a.mbu, a.mbu_attention, "{file}");
         (a.mfu, a.mfu_moe, a.mbu, a.mbu_attention) = (b.mfu, b.mfu_moe, b.mbu, b.mbu_attention);
+        if gpu == "RTX-A6000" {
+            // Refined on closed-loop TPOT alone (no serving runs of its own in the joint fit):
+            // its kernels' compute/memory overlap too, a property of the GPU.
+            a.overlap = b.overlap;
+        }
         assert_eq!(a, b, "{file} differs from the global fit beyond its efficiency factors");
         assert!(c.model.is_none() && c.tensor_parallel.is_none(), "{file}");
     }

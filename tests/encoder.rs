@@ -97,6 +97,7 @@ fn text_trace(path: &std::path::Path, n: u64, offset: u64) {
             output_tokens: 20,
             tool_delay_ns: 0,
             prefix: None,
+            prompt_id: None,
         }],
         success: Some(solved),
     };

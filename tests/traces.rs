@@ -17,6 +17,7 @@ fn small_trace() -> trace::Trace {
                 output_tokens: 20,
                 tool_delay_ns: if k + 1 < n { 5_000_000 } else { 0 },
                 prefix: None,
+                prompt_id: None,
             })
             .collect(),
         success: Some(solved),

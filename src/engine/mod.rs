@@ -627,27 +627,10 @@ impl Engine {
             return None;
         }
         let mut shape = StepShape::default();
-        let bs = self.limits.block_size;
         for &(slot, n) in &self.scheduled {
             let s = &self.slots[slot as usize];
             let samples = s.computed + n >= s.tokens();
             shape.add(s.computed as u64, n as u64, samples);
-            // Leading blocks this request shares with others (a common prefix, reference count
-            // above one): the batch reads each such block once from memory, so each holder's
-            // share of the rest comes from the L2 cache. Only whole computed blocks count.
-            // Only blocks registered in the prefix cache can be held by another request.
-            let whole = (s.computed / bs).min(s.registered) as usize;
-            let mut shared = 0.0;
-            for &b in s.blocks.iter().take(whole) {
-                let refs = self.kv.refs_of(b);
-                if refs <= 1 {
-                    break;
-                }
-                shared += bs as f64 * (1.0 - 1.0 / refs as f64);
-            }
-            if shared > 0.0 {
-                shape.kv_shared_tokens += shared.round() as u64;
-            }
             if n == 1 && samples {
                 self.step.decode_tokens += 1;
             } else {

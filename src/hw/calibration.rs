@@ -49,9 +49,10 @@ pub struct Coefficients {
     /// Fixed GPU time of one decoder layer's kernels in every step, CUDA graph or not (each
     /// kernel's ramp and tail, which a graph does not remove), microseconds. Serving fits only.
     pub layer_us: f64,
-    /// How much of the shorter of a kernel group's compute and memory times hides under the
-    /// longer: 1 is the ideal roofline (`max`), 0 runs them one after the other (sum). Real
-    /// kernels near the ridge point sit between. Serving fits only.
+    /// How well a kernel group's compute and memory times overlap: they combine as
+    /// `(c^p + m^p)^(1/p)` with `p = 1 / (1 - overlap)`, so 1 is the ideal roofline (`max`)
+    /// and 0 runs them one after the other (sum). Real kernels lose most near the ridge point
+    /// and little far from it. Serving fits only.
     pub overlap: f64,
     /// Fixed GPU time per routed expert a MoE layer runs in a step (each expert's matrix
     /// products fill and drain their pipelines however few tokens it gets), microseconds.

@@ -26,9 +26,6 @@ pub struct StepShape {
     pub decode_context: u64,
     /// KV tokens read: context before this step, over all requests in the batch.
     pub kv_read_tokens: u64,
-    /// Of those, tokens in KV blocks the batch shares (a common prefix held by several of its
-    /// requests) beyond the first read of each: served from the GPU's L2 cache, not memory.
-    pub kv_shared_tokens: u64,
     /// Every request in the batch decodes one token (no prefill chunk): the step can replay
     /// a captured CUDA graph.
     pub decode_only: bool,
@@ -250,7 +247,7 @@ impl StepTimeModel {
         }
         let t_lin = self.roof(compute, weight_bytes / self.bw_lin);
         let attn_flops = self.attn_flop_factor * (s.prefill_attn_work + s.decode_context as f64);
-        let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens).saturating_sub(s.kv_shared_tokens) as f64;
+        let kv_bytes = self.kv_bytes_per_token * (s.kv_read_tokens + s.tokens) as f64;
         let t_attn = self.roof(attn_flops / self.flops_attn, kv_bytes / self.bw_attn)
             + self.elementwise_bytes_per_token * s.tokens as f64 / self.bw_elementwise;
         if self.tp > 1.0 {
@@ -270,11 +267,18 @@ impl StepTimeModel {
         [t_lin, t_attn, comm, t_fixed]
     }
 
-    /// Compute and memory time of one kernel group: the longer, plus what of the shorter does
-    /// not overlap it (`overlap` 1: the ideal roofline).
+    /// Compute and memory time of one kernel group on a smooth roofline: `(c^p + m^p)^(1/p)`
+    /// with `p = 1 / (1 - overlap)`. Far from the ridge point it is the longer of the two (the
+    /// other hides under it); at the ridge neither hides fully. `overlap` 1 is the ideal
+    /// roofline (`max`), 0 runs them one after the other (sum).
     #[inline]
     fn roof(&self, compute: f64, memory: f64) -> f64 {
-        compute.max(memory) + (1.0 - self.coeffs.overlap) * compute.min(memory)
+        let (hi, lo) = if compute >= memory { (compute, memory) } else { (memory, compute) };
+        if self.coeffs.overlap >= 1.0 || lo <= 0.0 {
+            return hi;
+        }
+        let p = 1.0 / (1.0 - self.coeffs.overlap).max(1e-6);
+        hi * (1.0 + (lo / hi).powf(p)).powf(1.0 / p)
     }
 
     /// Step time in integer nanoseconds (at least 1).

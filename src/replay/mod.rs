@@ -141,7 +141,11 @@ pub fn stage_prompt(seed: u64, wf: u64, stage: u32, st: &crate::workload::Stage,
         ));
     }
     let own = st.prompt_tokens.saturating_sub(ids.len() as u32);
-    ids.extend(prompt_ids(seed, wf, stage, own, vocab));
+    match st.prompt_id.filter(|_| st.context_tokens == 0) {
+        // A prompt that repeats whole: the same ids for every request of its id.
+        Some(id) => ids.extend(token_ids(&format!("replay.prompt/{seed}/{id}"), own, vocab)),
+        None => ids.extend(prompt_ids(seed, wf, stage, own, vocab)),
+    }
     ids
 }
 
@@ -1054,6 +1058,7 @@ mod tests {
             output_tokens: 4,
             tool_delay_ns: 0,
             prefix,
+            prompt_id: None,
         };
         let p0 = stage_prompt(3, 9, 0, &st(10, 0, None), &[], 32_000);
         assert_eq!(p0, prompt_ids(3, 9, 0, 10, 32_000));

@@ -140,16 +140,25 @@ pub fn stage_content(wf: u64, stage: u32, st: &Stage, prev: Option<&[Seg]>, has_
         }
         _ => 0,
     };
+    // A prompt that repeats whole (a load generator's fixed prompt set): the rest of it is the
+    // same for every request of its id, and all of it may be sent again.
+    let repeated = st.prompt_id.filter(|_| st.context_tokens == 0);
     if shared < st.prompt_tokens {
         segs.push(Seg {
-            id: own,
+            id: repeated.map_or(own, |id| mix(0x5052_4F4D_5054, id)),
             end: st.prompt_tokens,
         });
     }
     PromptContent {
         segs: segs.into(),
         output_id: own,
-        reusable: if has_next { u32::MAX } else { group_prefix },
+        reusable: if has_next {
+            u32::MAX
+        } else if repeated.is_some() {
+            st.prompt_tokens
+        } else {
+            group_prefix
+        },
     }
 }
 
@@ -636,7 +645,7 @@ impl<'a> Simulation<'a> {
         // its own is unique content, which the engine assumes without a description.
         let has_next = (p.stage as usize) + 1 < stages;
         let content = (self.engines[e as usize].kv().caching()
-            && (has_next || st.prefix.is_some() || (p.stage > 0 && st.context_tokens > 0)))
+            && (has_next || st.prefix.is_some() || st.prompt_id.is_some() || (p.stage > 0 && st.context_tokens > 0)))
             .then(|| stage_content(p.workflow, p.stage, &st, wf.ext.seq.as_deref(), has_next));
         let req = NewRequest {
             id: request,

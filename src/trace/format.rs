@@ -414,6 +414,7 @@ fn build(path: &Path, rows: Vec<Row>, provenance: serde_json::Value) -> Result<T
                     output_tokens: r.output as u32,
                     tool_delay_ns: (r.delay_ms * 1e6).round() as i64,
                     prefix: None,
+                    prompt_id: None,
                 });
             }
             if rs.len() != n {

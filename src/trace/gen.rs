@@ -109,6 +109,7 @@ impl<'a> StageModel<'a> {
                 output_tokens: out,
                 tool_delay_ns: delay_ns,
                 prefix: None,
+                prompt_id: None,
             });
             context = (prompt + out).min(MAX_PROMPT_TOKENS - obs.min(MAX_PROMPT_TOKENS - 1));
             prompt = context + obs;

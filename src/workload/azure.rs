@@ -226,6 +226,7 @@ impl WorkloadSource for AzureWorkload {
                 output_tokens: o,
                 tool_delay_ns: 0,
                 prefix: None,
+                prompt_id: None,
             }],
         )))
     }

@@ -50,6 +50,10 @@ pub struct Stage {
     /// system prompt): `(group id, tokens)`. Later stages share their context with the
     /// stage before instead (see the simulator).
     pub prefix: Option<(u64, u32)>,
+    /// The rest of a first stage's prompt repeats too: every request with this id sends the
+    /// same prompt (a load generator cycling a fixed set of prompts, as inference-perf does),
+    /// so a later one finds it in the prefix cache. None: the prompt is its own.
+    pub prompt_id: Option<u64>,
 }
 
 /// What a workflow does on one candidate model (or on any, when `model` is None).

@@ -4,8 +4,10 @@
 //! What each request is:
 //! - `shared_prefix` (inference-perf's shape): `groups` system prompts of `system_prompt_len`
 //!   tokens, each with `prompts_per_group` questions of `question_len` tokens; every request
-//!   asks for exactly `output_len` tokens. The prompts are shuffled once by the seed and sent
-//!   in turn, cycling, so requests of a group share their system prompt (prefix caching).
+//!   asks for exactly `output_len` tokens. The prompts are made once, shuffled by the seed
+//!   and sent in turn, cycling, as inference-perf does: requests of a group share their system
+//!   prompt, and each whole prompt is sent again every `groups * prompts_per_group` requests
+//!   (both found in the prefix cache).
 //! - `fixed`: every request has `prompt_len` and `output_len` tokens, nothing shared.
 //! - `trace`: one request per row of a CSV or JSON-lines file: `prompt_tokens`,
 //!   `output_tokens`, optional `arrival_s` (seconds from the start), `prefix_group` and
@@ -278,8 +280,9 @@ pub fn read_trace(path: &Path) -> Result<Vec<TraceRow>> {
 
 /// The request source.
 pub struct ServingWorkload {
-    /// (prompt, output, prefix) of each distinct request, in sending order (cycled).
-    shapes: Vec<(u32, u32, Option<(u64, u32)>)>,
+    /// (prompt, output, prefix, prompt id) of each distinct request, in sending order
+    /// (cycled).
+    shapes: Vec<(u32, u32, Option<(u64, u32)>, Option<u64>)>,
     /// Arrival time of each request (open loop), or None (closed loop).
     arrivals: Option<Vec<Nanos>>,
     closed: Option<(u32, u64)>,
@@ -291,7 +294,7 @@ impl ServingWorkload {
     pub fn new(spec: &ServingSpec, seed: u64, base_dir: &Path) -> Result<Self> {
         spec.validate("workload")?;
         let mut trace_arrivals = None;
-        let shapes: Vec<(u32, u32, Option<(u64, u32)>)> = match &spec.requests {
+        let shapes: Vec<(u32, u32, Option<(u64, u32)>, Option<u64>)> = match &spec.requests {
             RequestShape::SharedPrefix {
                 groups,
                 prompts_per_group,
@@ -301,16 +304,20 @@ impl ServingWorkload {
             } => {
                 let mut v = Vec::with_capacity((*groups * *prompts_per_group) as usize);
                 for g in 0..*groups {
-                    for _ in 0..*prompts_per_group {
+                    for u in 0..*prompts_per_group {
                         let prefix = (*system_prompt_len > 0).then_some((g as u64, *system_prompt_len));
-                        v.push((system_prompt_len + question_len, *output_len, prefix));
+                        // inference-perf generates each (group, user) prompt once and cycles
+                        // them: a prompt is sent again, whole, every `groups * prompts_per_group`
+                        // requests.
+                        let id = g as u64 * *prompts_per_group as u64 + u as u64;
+                        v.push((system_prompt_len + question_len, *output_len, prefix, Some(id)));
                     }
                 }
                 let mut rng: StreamRng = stream(seed, "workload.shuffle");
                 v.shuffle(&mut rng);
                 v
             }
-            RequestShape::Fixed { prompt_len, output_len } => vec![(*prompt_len, *output_len, None)],
+            RequestShape::Fixed { prompt_len, output_len } => vec![(*prompt_len, *output_len, None, None)],
             RequestShape::Trace { path } => {
                 let rows = read_trace(&base_dir.join(path))?;
                 if matches!(spec.arrivals, LoadSpec::Trace) {
@@ -339,7 +346,7 @@ impl ServingWorkload {
                         let prefix = r
                             .prefix_group
                             .map(|g| (g, r.prefix_tokens.unwrap_or(0).min(r.prompt_tokens)));
-                        (r.prompt_tokens, r.output_tokens, prefix)
+                        (r.prompt_tokens, r.output_tokens, prefix, None)
                     })
                     .collect()
             }
@@ -387,13 +394,14 @@ impl ServingWorkload {
     }
 
     fn stage(&self, i: u64) -> Stage {
-        let (p, o, prefix) = self.shapes[(i % self.shapes.len() as u64) as usize];
+        let (p, o, prefix, prompt_id) = self.shapes[(i % self.shapes.len() as u64) as usize];
         Stage {
             prompt_tokens: p,
             context_tokens: 0,
             output_tokens: o,
             tool_delay_ns: 0,
             prefix,
+            prompt_id,
         }
     }
 }
@@ -480,11 +488,24 @@ mod tests {
         assert!(v.len() > 400 && v.len() < 600, "{}", v.len());
         let st: Vec<Stage> = v.iter().map(|w| w.plans[0].stages[0]).collect();
         assert!(st.iter().all(|s| s.prompt_tokens == 150 && s.output_tokens == 7));
+        let first: Vec<Option<u64>> = st[..6].iter().map(|s| s.prompt_id).collect();
         for round in st.chunks(6).filter(|c| c.len() == 6) {
             let mut groups: Vec<u64> = round.iter().map(|s| s.prefix.unwrap().0).collect();
             groups.sort();
             assert_eq!(groups, vec![0, 0, 1, 1, 2, 2]);
+            // Each whole prompt comes back once a round, in the same order (inference-perf's
+            // `data_index % len(prompts)`), and belongs to its group.
+            let ids: Vec<Option<u64>> = round.iter().map(|s| s.prompt_id).collect();
+            assert_eq!(ids, first);
+            assert!(round.iter().all(|s| s.prompt_id.unwrap() / 2 == s.prefix.unwrap().0));
         }
+        let mut ids: Vec<u64> = first.iter().map(|i| i.unwrap()).collect();
+        ids.sort();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4, 5]);
+        // A fixed shape repeats nothing.
+        let f = spec("requests: {kind: fixed, prompt_len: 10, output_len: 5}\narrivals: {process: poisson, stages: [{rate: 5, duration_s: 2}]}");
+        let v = all(&mut ServingWorkload::new(&f, 1, Path::new(".")).unwrap());
+        assert!(v.iter().all(|w| w.plans[0].stages[0].prompt_id.is_none()));
     }
 
     #[test]

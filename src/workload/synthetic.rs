@@ -158,6 +158,7 @@ fn build_stages(draws: &[Draw], output_scale: f64, cap: u32) -> Vec<Stage> {
                 output_tokens: out,
                 tool_delay_ns: d.delay,
                 prefix: None,
+                prompt_id: None,
             }
         })
         .collect()
