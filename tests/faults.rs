@@ -76,8 +76,9 @@ fn a_slowed_engine_takes_factor_times_as_long_per_token() {
         base.summary.requests.tpot_ms.p50.unwrap(),
         slow.summary.requests.tpot_ms.p50.unwrap(),
     );
-    // Three times as long per step; batches grow when steps are slower, so somewhat more.
-    assert!((2.8..4.5).contains(&(b / a)), "TPOT p50 {a} ms -> {b} ms");
+    // Three times as long per step; batches grow when steps are slower, so more (each step
+    // then carries more tokens, and the A6000's steps turn compute-bound sooner).
+    assert!((2.8..6.0).contains(&(b / a)), "TPOT p50 {a} ms -> {b} ms");
     // Back to normal after the window: a short slowdown costs less than a long one.
     let short = one("faults:\n  - {engine: small, kind: slow, factor: 3.0, at_s: 0, for_s: 1}\n");
     assert!(short.summary.requests.tpot_ms.p50.unwrap() < 0.5 * (a + b));
