@@ -2,8 +2,8 @@
 //! a replay's endpoints) and its workload source. The simulator and the replay both build
 //! here; there is no second construction of a policy or a source.
 
-use crate::hw::StepModel;
 use crate::error::Result;
+use crate::hw::StepModel;
 use crate::policy::baselines::{Fcfs, FixedFraction, LeastOutstanding, RoundRobin, WorkflowOrder};
 use crate::policy::chimera::{
     ChimeraRouter, NoisyOracle, OracleConfidence, OracleLength, PriorConfidence, QrfLength, SemanticConfidence, Sjf,

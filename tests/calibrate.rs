@@ -208,7 +208,11 @@ fn the_serving_calibrations_are_one_global_fit_refined_per_gpu() {
     // Each refined file is the global fit but for its GPU's efficiency factors.
     for (file, gpu, kind) in [
         ("h100-sxm-vllm-serving.yaml", "H100-SXM", ProvenanceKind::Measured),
-        ("rtx-pro-6000-vllm-serving.yaml", "RTX-PRO-6000", ProvenanceKind::Measured),
+        (
+            "rtx-pro-6000-vllm-serving.yaml",
+            "RTX-PRO-6000",
+            ProvenanceKind::Measured,
+        ),
         ("rtx-a6000-vllm-serving.yaml", "RTX-A6000", ProvenanceKind::Derived),
     ] {
         let c = Calibration::load(&dir.join(file)).unwrap();

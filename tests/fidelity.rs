@@ -177,7 +177,10 @@ fn fit_serving_fits_one_set_over_every_gpu_and_cross_validates_by_model_and_gpu(
     assert_eq!(c.provenance.kind, chimera::hw::calibration::ProvenanceKind::Measured);
     // The H100 runs record no engine version: --engine fills it in; the traces record theirs.
     let engines = &c.provenance.details["engines"];
-    assert!(engines.contains("v0.15.1") && engines.contains("vLLM 0.19.0"), "{engines}");
+    assert!(
+        engines.contains("v0.15.1") && engines.contains("vLLM 0.19.0"),
+        "{engines}"
+    );
     assert_eq!(c.provenance.details["gpus"], "H100-SXM, RTX-PRO-6000");
     // One coefficient set: the fit records what to expect on a model and a GPU it never saw.
     let f = c.fit.as_ref().unwrap();
@@ -188,8 +191,22 @@ fn fit_serving_fits_one_set_over_every_gpu_and_cross_validates_by_model_and_gpu(
         assert!(!r.for_any_gpu());
         let (a, b) = (r.coefficients, c.coefficients);
         assert_eq!(
-            (a.step_overhead_us, a.per_request_us, a.layer_us, a.allreduce_us, a.frontend_us, a.overlap),
-            (b.step_overhead_us, b.per_request_us, b.layer_us, b.allreduce_us, b.frontend_us, b.overlap)
+            (
+                a.step_overhead_us,
+                a.per_request_us,
+                a.layer_us,
+                a.allreduce_us,
+                a.frontend_us,
+                a.overlap
+            ),
+            (
+                b.step_overhead_us,
+                b.per_request_us,
+                b.layer_us,
+                b.allreduce_us,
+                b.frontend_us,
+                b.overlap
+            )
         );
         assert_eq!(a.mbu, a.mbu_attention);
         assert!(r.provenance.details["refined"].contains("efficiency factors"));
@@ -331,7 +348,12 @@ fn a_moe_model_served_with_expert_parallelism_splits_its_experts_over_the_ranks(
     let kv = |v: &serde_json::Value| v["engines"][0]["kv_capacity_tokens"].as_u64().unwrap();
     // Each rank reads half the experts' weights (less than the all-to-all costs over PCIe) and
     // holds half of them, leaving more memory for the KV cache.
-    assert!(tpot(&ep) < 0.9 * tpot(&replicas), "{} vs {}", tpot(&ep), tpot(&replicas));
+    assert!(
+        tpot(&ep) < 0.9 * tpot(&replicas),
+        "{} vs {}",
+        tpot(&ep),
+        tpot(&replicas)
+    );
     assert!(kv(&ep) > kv(&replicas), "{} vs {}", kv(&ep), kv(&replicas));
     // The summary says where the step times came from and what error to expect of them.
     let e = &ep["engines"][0];

@@ -165,7 +165,10 @@ pub fn print_summary(s: &Summary, sim_end_ns: i64, wall_s: f64, out: &Path, meas
     for e in &s.engines {
         if !said.contains(&e.step_time_expected_error.as_str()) {
             said.push(&e.step_time_expected_error);
-            println!("  step-time error to expect ({}): {}", e.name, e.step_time_expected_error);
+            println!(
+                "  step-time error to expect ({}): {}",
+                e.name, e.step_time_expected_error
+            );
         }
     }
     println!(

@@ -234,7 +234,11 @@ fn fit_on(cases: &[&Case], base: &Coefficients, stage_s: f64, iters: usize) -> F
     }
     let (x, v) = best.expect("two starts");
     let (global, refine) = split(&x);
-    Fitted { global, refine, loss: v }
+    Fitted {
+        global,
+        refine,
+        loss: v,
+    }
 }
 
 /// The result of one fit, with its own checks.
@@ -323,7 +327,10 @@ fn hold_out(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::other("a held-out fit panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::other("a held-out fit panicked")))
+            })
             .collect()
     });
     results.into_iter().collect()

@@ -400,7 +400,12 @@ impl Calibration {
         self.provenance
             .details
             .get("gpus")
-            .map(|g| g.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect())
+            .map(|g| {
+                g.split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -233,9 +233,9 @@ impl Catalog {
                     s = s.strip_suffix(suf).unwrap_or(s);
                 }
                 if let Some((head, tail)) = s.rsplit_once('-') {
-                    let version = tail.strip_prefix('v').is_some_and(|v| {
-                        !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.')
-                    });
+                    let version = tail
+                        .strip_prefix('v')
+                        .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'));
                     let date = tail.len() == 4 && tail.chars().all(|c| c.is_ascii_digit());
                     if version || date {
                         s = head;
@@ -307,7 +307,10 @@ mod tests {
             let m = cat.model(name).unwrap();
             let emb = m.vocab * m.hidden * if m.tied_embeddings { 1 } else { 2 };
             let p = (m.active_matmul_params() + emb) as f64 / 1e9;
-            assert!((p - billions).abs() <= tol, "{name}: {p:.2} B active, expected {billions}");
+            assert!(
+                (p - billions).abs() <= tol,
+                "{name}: {p:.2} B active, expected {billions}"
+            );
         }
         let q = cat.model("Qwen3-30B-A3B").unwrap();
         // One token touches exactly its 8 experts; 16 tokens about 81 of 128; 2048 all of them.
@@ -317,7 +320,10 @@ mod tests {
         assert!((q.experts_touched(2048.0) - 128.0).abs() < 1e-6);
         let dense = cat.model("Llama-2-7B").unwrap();
         assert_eq!(dense.experts_touched(100.0), 0.0);
-        assert_eq!(dense.dense_weight_bytes_read_per_step(), dense.weight_bytes_read_per_step());
+        assert_eq!(
+            dense.dense_weight_bytes_read_per_step(),
+            dense.weight_bytes_read_per_step()
+        );
         assert_eq!(dense.active_matmul_params(), dense.non_embedding_matmul_params());
     }
 

@@ -273,7 +273,11 @@ impl StepTimeModel {
     /// roofline (`max`), 0 runs them one after the other (sum).
     #[inline]
     fn roof(&self, compute: f64, memory: f64) -> f64 {
-        let (hi, lo) = if compute >= memory { (compute, memory) } else { (memory, compute) };
+        let (hi, lo) = if compute >= memory {
+            (compute, memory)
+        } else {
+            (memory, compute)
+        };
         if self.coeffs.overlap >= 1.0 || lo <= 0.0 {
             return hi;
         }
@@ -287,7 +291,6 @@ impl StepTimeModel {
         let t: f64 = self.terms(s).iter().sum();
         ((t * 1e9).round() as Nanos).max(1)
     }
-
 }
 
 #[cfg(test)]
@@ -386,11 +389,19 @@ mod tests {
         let q = model("Qwen3-30B-A3B", "RTX-PRO-6000", 1);
         let qe = model("Qwen3-30B-A3B", "RTX-PRO-6000", 1).with_expert_parallel(2);
         let big = decode(128, 500);
-        assert!(qe.terms(&big)[0] < 0.6 * q.terms(&big)[0], "{:?} {:?}", qe.terms(&big), q.terms(&big));
+        assert!(
+            qe.terms(&big)[0] < 0.6 * q.terms(&big)[0],
+            "{:?} {:?}",
+            qe.terms(&big),
+            q.terms(&big)
+        );
         assert!(qe.terms(&big)[2] > 0.0 && q.terms(&big)[2] == 0.0);
         // A dense model ignores expert parallelism.
         let d = model("Llama-2-7B", "H100-SXM", 1);
-        assert_eq!(d.terms(&big), model("Llama-2-7B", "H100-SXM", 1).with_expert_parallel(4).terms(&big));
+        assert_eq!(
+            d.terms(&big),
+            model("Llama-2-7B", "H100-SXM", 1).with_expert_parallel(4).terms(&big)
+        );
     }
 
     #[test]

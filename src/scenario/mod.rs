@@ -991,8 +991,8 @@ impl Scenario {
                     )
                 }
             };
-            let steptime =
-                StepTimeModel::new(model, gpu, e.tensor_parallel, coeffs).with_cuda_graphs(if e.enforce_eager {
+            let steptime = StepTimeModel::new(model, gpu, e.tensor_parallel, coeffs)
+                .with_cuda_graphs(if e.enforce_eager {
                     0
                 } else {
                     crate::hw::steptime::default_max_capture(seqs)

@@ -83,8 +83,15 @@ fn bad_fields_name_their_path_and_what_was_expected() {
             &["cluster.engines[0].expert_parallel", "dense model", "expected 1"],
         ),
         (
-            &["cluster.engines[0].model=Qwen3-30B-A3B", "cluster.engines[0].expert_parallel=3"],
-            &["cluster.engines[0].expert_parallel", "expected 1, 2, 4, 8 or 16", "got 3"],
+            &[
+                "cluster.engines[0].model=Qwen3-30B-A3B",
+                "cluster.engines[0].expert_parallel=3",
+            ],
+            &[
+                "cluster.engines[0].expert_parallel",
+                "expected 1, 2, 4, 8 or 16",
+                "got 3",
+            ],
         ),
         (
             &["cluster.engines[0].replicas=zero"],
