@@ -102,6 +102,8 @@ pub struct StepTimeModel {
     tp: f64,
     /// Largest batch replayed from a captured CUDA graph (0: eager engine, no graphs).
     max_capture: u32,
+    /// The smooth roofline's exponent, `1 / (1 - overlap)` (infinite: the plain max).
+    roof_p: f64,
     moe: Option<Moe>,
 }
 
@@ -169,6 +171,11 @@ impl StepTimeModel {
             tp: t,
             coeffs,
             max_capture: 0,
+            roof_p: if coeffs.overlap >= 1.0 {
+                f64::INFINITY
+            } else {
+                1.0 / (1.0 - coeffs.overlap).max(1e-6)
+            },
             moe: model.is_moe().then(|| Moe {
                 experts: model.experts as f64,
                 per_token: (model.experts_per_token.min(model.experts)) as f64,
@@ -278,11 +285,10 @@ impl StepTimeModel {
         } else {
             (memory, compute)
         };
-        if self.coeffs.overlap >= 1.0 || lo <= 0.0 {
+        if self.roof_p.is_infinite() || lo <= 0.0 {
             return hi;
         }
-        let p = 1.0 / (1.0 - self.coeffs.overlap).max(1e-6);
-        hi * (1.0 + (lo / hi).powf(p)).powf(1.0 / p)
+        hi * (1.0 + (lo / hi).powf(self.roof_p)).powf(1.0 / self.roof_p)
     }
 
     /// Step time in integer nanoseconds (at least 1).

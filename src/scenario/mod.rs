@@ -524,15 +524,32 @@ impl ResolvedEngine {
         let cat = Catalog::builtin();
         let (m, g) = (cat.model(&self.model)?, cat.gpu(&self.gpu)?);
         let cap = self.steptime.max_capture();
-        self.steptime = StepTimeModel::new(m, g, self.tensor_parallel, c)
-            .with_cuda_graphs(cap)
-            .with_expert_parallel(self.expert_parallel);
-        self.frontend_ns = if self.api_server {
-            (c.frontend_us * 1e3).round() as crate::time::Nanos
-        } else {
-            0
-        };
+        self.steptime = engine_steptime(m, g, self.tensor_parallel, self.expert_parallel, c, cap);
+        self.frontend_ns = frontend_ns(self.api_server, &c);
         Ok(())
+    }
+}
+
+/// The step model of one engine: its model, GPU, parallelism, coefficients and CUDA graphs.
+fn engine_steptime(
+    model: &crate::hw::ModelSpec,
+    gpu: &crate::hw::GpuSpec,
+    tp: u32,
+    ep: u32,
+    c: Coefficients,
+    max_capture: u32,
+) -> StepTimeModel {
+    StepTimeModel::new(model, gpu, tp, c)
+        .with_cuda_graphs(max_capture)
+        .with_expert_parallel(ep)
+}
+
+/// The API server's front-end time a request pays before reaching the engine (none in-process).
+fn frontend_ns(api_server: bool, c: &Coefficients) -> crate::time::Nanos {
+    if api_server {
+        (c.frontend_us * 1e3).round() as crate::time::Nanos
+    } else {
+        0
     }
 }
 
@@ -991,13 +1008,12 @@ impl Scenario {
                     )
                 }
             };
-            let steptime = StepTimeModel::new(model, gpu, e.tensor_parallel, coeffs)
-                .with_cuda_graphs(if e.enforce_eager {
-                    0
-                } else {
-                    crate::hw::steptime::default_max_capture(seqs)
-                })
-                .with_expert_parallel(e.expert_parallel);
+            let max_capture = if e.enforce_eager {
+                0
+            } else {
+                crate::hw::steptime::default_max_capture(seqs)
+            };
+            let steptime = engine_steptime(model, gpu, e.tensor_parallel, e.expert_parallel, coeffs, max_capture);
             let base_name = e
                 .name
                 .clone()
@@ -1018,11 +1034,7 @@ impl Scenario {
                     tensor_parallel: e.tensor_parallel,
                     expert_parallel: e.expert_parallel,
                     api_server: e.api_server,
-                    frontend_ns: if e.api_server {
-                        (coeffs.frontend_us * 1e3).round() as crate::time::Nanos
-                    } else {
-                        0
-                    },
+                    frontend_ns: frontend_ns(e.api_server, &coeffs),
                     limits: EngineLimits {
                         max_num_batched_tokens: budget,
                         max_num_seqs: seqs,
