@@ -434,15 +434,8 @@ fn read_per_request(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
         .filter(|r| r.2 > 1)
         .map(|r| (r.4 - r.3) / (r.2 - 1) as f64)
         .collect();
-    // The queue grows over the trace by the same rule as a simulated stage: TTFT p50 of the
-    // last fifth of arrivals above 1 s and three times that of the first fifth.
-    let fifth = (rows.len() / 5).max(1);
-    let p50 = |rs: &[(f64, u32, u32, f64, f64)]| {
-        let mut t: Vec<f64> = rs.iter().map(|r| r.3).collect();
-        Dist::of(&mut t).p50
-    };
-    let (first, last) = (p50(&rows[..fifth]), p50(&rows[rows.len() - fifth..]));
-    let queue_grows = last > 1.0 && last > 3.0 * first;
+    // The queue grows over the trace by the same rule as a simulated stage.
+    let queue_grows = queue_grows(&ttft);
     let (ttft, e2e, tpot) = (Dist::of(&mut ttft), Dist::of(&mut e2e), Dist::of(&mut tpot));
     Ok(Experiment {
         name: name_of(d),
@@ -489,12 +482,13 @@ fn read_per_request(d: &Path, gpu_over: Option<&str>) -> Result<Experiment> {
             ];
             let dp = u32_field(kw, "data_parallel_size").unwrap_or(1);
             if dp > 1 {
+                let moe = cat.model(raw_model).is_ok_and(|m| m.is_moe());
                 n.push(format!(
-                    "data_parallel_size {dp}{}: {dp} engines, requests spread round robin",
-                    if kw["enable_expert_parallel"].as_bool() == Some(true) {
-                        " with expert parallelism (each rank holds 1/{dp} of the experts; ranks step together)"
+                    "data_parallel_size {dp}: {dp} engines, requests spread round robin{}",
+                    if moe {
+                        format!("; the ranks share the experts (each holds 1/{dp} of them; every MoE layer exchanges tokens between ranks)")
                     } else {
-                        ""
+                        String::new()
                     }
                 ));
             }
@@ -676,6 +670,19 @@ pub fn simulate(
         .collect())
 }
 
+/// The queue grows over a stage: with TTFTs (seconds) in arrival order, the TTFT p50 of the
+/// last fifth of arrivals is above 1 s and three times that of the first fifth. One rule for
+/// a simulated stage and a measured per-request trace.
+fn queue_grows(ttft_s: &[f64]) -> bool {
+    if ttft_s.is_empty() {
+        return false;
+    }
+    let fifth = (ttft_s.len() / 5).clamp(1, ttft_s.len());
+    let p50 = |xs: &[f64]| Dist::of(&mut xs.to_vec()).p50;
+    let (first, last) = (p50(&ttft_s[..fifth]), p50(&ttft_s[ttft_s.len() - fifth..]));
+    last > 1.0 && last > 3.0 * first
+}
+
 /// One simulated stage; with a client timeout, requests whose E2E exceeds it count as failed
 /// (the load generator gave up on them) and the latencies are those of the rest, as the load
 /// generator reports them.
@@ -692,17 +699,7 @@ fn stage_of(all: &[&RequestTiming], hit: f64, timeout_s: Option<f64>, span_s: Op
         .filter(|t| t.output_tokens > 1)
         .map(|t| s(t.e2e_ns - t.ttft_ns) / (t.output_tokens - 1) as f64)
         .collect();
-    let fifth = (v.len() / 5).max(1).min(v.len());
-    let p50 = |xs: &[&RequestTiming]| {
-        let mut t: Vec<f64> = xs.iter().map(|t| s(t.ttft_ns)).collect();
-        Dist::of(&mut t).p50
-    };
-    let overloaded = if v.is_empty() {
-        false
-    } else {
-        let (first, last) = (p50(&v[..fifth]), p50(&v[v.len() - fifth..]));
-        last > 1.0 && last > 3.0 * first
-    };
+    let overloaded = queue_grows(&ttft);
     SimStage {
         requests: v.len() as u64,
         failed,
